@@ -1,3 +1,41 @@
-fn main() {
-    println!("Hello, world!");
+//! The `ember` binary: parse the command line into a `VmConfig`, run it, map the outcome to an
+//! exit status.
+
+use std::error::Error;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ember::config::cli::Cli;
+use ember::vmm::{EXIT_USAGE, EXIT_VMM_ERROR};
+
+/// Prints an error and its chain of causes on one line.
+fn print_error(err: &dyn Error) {
+    let mut line = format!("ember: {err}");
+    let mut source = err.source();
+    while let Some(cause) = source {
+        line.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    eprintln!("{line}");
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ember::logger::init(cli.log_level.into());
+    let config = cli.to_config();
+    let vmm = match ember::builder::build_microvm(&config) {
+        Ok(vmm) => vmm,
+        Err(e) => {
+            print_error(&e);
+            let code = if e.is_usage() { EXIT_USAGE } else { EXIT_VMM_ERROR };
+            return ExitCode::from(code as u8);
+        }
+    };
+    match vmm.run() {
+        Ok(outcome) => ExitCode::from(outcome.exit_code() as u8),
+        Err(e) => {
+            print_error(&e);
+            ExitCode::from(EXIT_VMM_ERROR as u8)
+        }
+    }
 }

@@ -1,0 +1,261 @@
+//! Building a microVM from a `VmConfig`: the ordered boot steps, each a small function.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::arch::kernel::{self, BootProtocol, LoadedInitrd, LoadedKernel};
+use crate::arch::layout::{CMDLINE_START, SERIAL_IRQ};
+use crate::arch::{self, boot_params, mptable};
+use crate::config::{ConfigError, HostLimits, SerialConfig, VmConfig, boot};
+use crate::devices::bus::{Bus, BusError};
+use crate::devices::legacy::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
+use crate::devices::legacy::serial::{COM1_PORT_BASE, SERIAL_PORT_LEN, SerialDevice, SerialOutput};
+use crate::devices::legacy::EventFdTrigger;
+use crate::host::{HostKind, HostPolicy};
+use crate::vmm::{ConsoleInput, Vmm};
+use crate::vstate::memory::{self, MemoryError};
+use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vm::{KvmHost, Vm, VmError};
+
+/// Why a microVM could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid (a usage error).
+    #[error("Invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// KVM or VM setup failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Guest memory could not be allocated.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The kernel or initrd could not be loaded.
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    /// The zero page or PVH info could not be written.
+    #[error(transparent)]
+    BootParams(#[from] boot_params::BootParamsError),
+    /// The MP table could not be written.
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    /// The command line could not be written.
+    #[error("Failed to write the kernel command line into guest memory")]
+    Cmdline,
+    /// A device could not be placed on its bus.
+    #[error("Failed to place a device")]
+    Bus(#[from] BusError),
+    /// A vCPU could not be set up.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// An eventfd, file or descriptor could not be created.
+    #[error("Failed to create {what}")]
+    Io {
+        /// What.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// Whether the user's input is at fault (exit code 2) rather than the host.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, StartError::Config(_))
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+    let what = what.into();
+    move |source| StartError::Io { what, source }
+}
+
+/// Step 1: open KVM and check the configuration against this host.
+fn open_host(config: &VmConfig) -> Result<KvmHost, StartError> {
+    let host = KvmHost::open()?;
+    config.validate(&HostLimits::read(host.max_vcpus()))?;
+    Ok(host)
+}
+
+/// Step 2: decide the compatibility policy and build the final command line.
+fn decide_policy(config: &VmConfig) -> Result<(HostPolicy, String), StartError> {
+    let kind = HostKind::detect();
+    let policy = HostPolicy::decide(config.pvm_compat, kind);
+    if policy.pvm {
+        log::info!(
+            "Software-nested KVM (kvm_pvm={}, vmx/svm={}): applying the compatibility policy",
+            kind.pvm_module,
+            kind.hw_virt
+        );
+    }
+    let mut cmdline = config.boot.cmdline.clone();
+    policy.extend_cmdline(&mut cmdline);
+    boot::check_cmdline(&cmdline).map_err(ConfigError::from)?;
+    Ok((policy, cmdline))
+}
+
+/// Step 3: load kernel, initrd and command line into guest memory.
+fn load_boot_payload(
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    cmdline: &str,
+) -> Result<(LoadedKernel, Option<LoadedInitrd>), StartError> {
+    let mem_size = config.machine.memory_bytes();
+    let kernel = kernel::load_kernel(mem, mem_size, &config.boot.kernel, config.boot.protocol)?;
+    log::info!(
+        "Kernel loaded: entry {:#x} ({:?}), image ends at {:#x}",
+        kernel.entry,
+        kernel.protocol,
+        kernel.end
+    );
+    let mut limit = arch::low_ram_end(mem_size);
+    if let Some(header) = kernel.setup_header {
+        // A bzImage says how high its initrd may sit.
+        limit = limit.min(u64::from(header.initrd_addr_max) + 1);
+    }
+    let initrd = match &config.boot.initrd {
+        Some(path) => Some(kernel::load_initrd(mem, path, kernel.end, limit)?),
+        None => None,
+    };
+    let mut bytes = cmdline.as_bytes().to_vec();
+    bytes.push(0);
+    mem.write_slice(&bytes, GuestAddress(CMDLINE_START))
+        .map_err(|_| StartError::Cmdline)?;
+    Ok((kernel, initrd))
+}
+
+/// Step 4: the boot information the entry protocol expects, and the MP table.
+fn write_boot_info(
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    kernel: &LoadedKernel,
+    initrd: Option<LoadedInitrd>,
+    cmdline_len: usize,
+) -> Result<(), StartError> {
+    let e820 = arch::e820_map(config.machine.memory_bytes());
+    match kernel.protocol {
+        BootProtocol::Pvh => boot_params::write_pvh_info(mem, initrd, &e820)?,
+        BootProtocol::Linux64 => {
+            let params =
+                boot_params::build_zero_page(kernel.setup_header, cmdline_len, initrd, &e820)?;
+            boot_params::write_zero_page(mem, &params)?;
+        }
+    }
+    mptable::setup_mptable(mem, config.machine.vcpus)?;
+    Ok(())
+}
+
+fn serial_output(config: &SerialConfig) -> Result<SerialOutput, StartError> {
+    Ok(match config {
+        SerialConfig::Stdio => {
+            let fd = std::io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(io_err("a handle on standard output"))?;
+            SerialOutput::Stdout(File::from(fd))
+        }
+        SerialConfig::File(path) => SerialOutput::File(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(io_err(format!("serial output file {}", path.display())))?,
+        ),
+        SerialConfig::None => SerialOutput::Sink,
+    })
+}
+
+/// The legacy devices and the buses the vCPUs dispatch to.
+pub struct Devices {
+    /// Port I/O bus.
+    pub pio: Arc<Bus>,
+    /// MMIO bus.
+    pub mmio: Arc<Bus>,
+    /// Fired by the i8042 when the guest asks for a reset.
+    pub reset_evt: EventFd,
+    /// The console and where its input comes from, if it takes input.
+    pub console: Option<ConsoleInput>,
+}
+
+/// Legacy ports Linux probes that a microVM does not have (POST diagnostics, COM2-COM4):
+/// reads return all-ones and the accesses are logged only at debug level.
+const QUIET_PORTS: [(u64, u64); 4] = [(0x80, 1), (0x2f8, 8), (0x3e8, 8), (0x2e8, 8)];
+
+/// Step 5: legacy devices on the port bus, their interrupts wired through irqfds.
+fn create_devices(vm: &Vm, config: &VmConfig) -> Result<Devices, StartError> {
+    let mut pio = Bus::new("port");
+    for (base, len) in QUIET_PORTS {
+        pio.add_quiet_range(base, len);
+    }
+
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("the serial irq eventfd"))?;
+    vm.register_irqfd(&serial_irq, SERIAL_IRQ)?;
+    let space = EventFd::new(EFD_NONBLOCK).map_err(io_err("the serial input eventfd"))?;
+    let space_listener = space.try_clone().map_err(io_err("the serial input eventfd"))?;
+    let serial = Arc::new(SerialDevice::new(
+        EventFdTrigger(serial_irq),
+        space,
+        serial_output(&config.serial)?,
+    ));
+    pio.insert(serial.clone(), COM1_PORT_BASE, SERIAL_PORT_LEN)?;
+
+    let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("the reset eventfd"))?;
+    let i8042 = I8042::new(EventFdTrigger(
+        reset_evt.try_clone().map_err(io_err("the reset eventfd"))?,
+    ));
+    pio.insert(Arc::new(i8042), I8042_PORT_BASE, I8042_PORT_LEN)?;
+
+    let console = match config.serial {
+        SerialConfig::Stdio => Some(ConsoleInput {
+            serial,
+            space: space_listener,
+        }),
+        _ => None,
+    };
+    Ok(Devices {
+        pio: Arc::new(pio),
+        mmio: Arc::new(Bus::new("MMIO")),
+        reset_evt,
+        console,
+    })
+}
+
+/// Step 6: one configured vCPU per requested CPU; vCPU 0 gets the entry registers.
+fn create_vcpus(
+    host: &KvmHost,
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    policy: HostPolicy,
+    kernel: &LoadedKernel,
+) -> Result<Vec<Vcpu>, StartError> {
+    let num = config.machine.vcpus;
+    (0..num)
+        .map(|i| {
+            let vcpu = Vcpu::new(vm.fd(), i)?;
+            let boot = (i == 0).then_some((kernel.entry, kernel.protocol));
+            vcpu.configure(&host.kvm, mem, num, policy, boot)?;
+            Ok(vcpu)
+        })
+        .collect()
+}
+
+/// Builds a ready-to-run microVM: every resource is created and the guest is loaded, but no
+/// vCPU runs yet.
+pub fn build_microvm(config: &VmConfig) -> Result<Vmm, StartError> {
+    let host = open_host(config)?;
+    let (policy, cmdline) = decide_policy(config)?;
+    log::info!("Guest command line: {cmdline}");
+    let mem = memory::create_guest_memory(config.machine.memory_bytes())?;
+    let vm = Vm::new(&host)?;
+    vm.register_memory(&mem)?;
+    let (kernel, initrd) = load_boot_payload(&mem, config, &cmdline)?;
+    write_boot_info(&mem, config, &kernel, initrd, cmdline.len())?;
+    let devices = create_devices(&vm, config)?;
+    let vcpus = create_vcpus(&host, &vm, &mem, config, policy, &kernel)?;
+    Ok(Vmm::new(vm, mem, vcpus, devices, policy))
+}

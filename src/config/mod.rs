@@ -1,0 +1,89 @@
+//! `VmConfig`: everything needed to start a microVM, one file per resource, validated in one
+//! place before any resource is created.
+
+pub mod boot;
+pub mod cli;
+pub mod machine;
+pub mod serial;
+
+pub use boot::BootConfig;
+pub use machine::MachineConfig;
+pub use serial::SerialConfig;
+
+use crate::host::CompatMode;
+
+/// A complete microVM configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VmConfig {
+    /// vCPUs and memory.
+    pub machine: MachineConfig,
+    /// Kernel, initrd, command line.
+    pub boot: BootConfig,
+    /// Serial console routing.
+    pub serial: SerialConfig,
+    /// Software-nested KVM compatibility policy.
+    pub pvm_compat: CompatMode,
+}
+
+/// Host facts validation checks against.
+#[derive(Clone, Copy, Debug)]
+pub struct HostLimits {
+    /// Most vCPUs KVM allows in one VM.
+    pub max_vcpus: usize,
+    /// Host physical memory in bytes.
+    pub host_memory: u64,
+}
+
+impl HostLimits {
+    /// Reads the host's total memory from /proc/meminfo; `max_vcpus` comes from KVM.
+    pub fn read(max_vcpus: usize) -> Self {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        HostLimits {
+            max_vcpus,
+            host_memory: parse_mem_total(&meminfo).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// MemTotal from /proc/meminfo, in bytes.
+pub fn parse_mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Machine settings out of range.
+    #[error(transparent)]
+    Machine(#[from] machine::MachineError),
+    /// Boot source problems.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// Serial routing problems.
+    #[error(transparent)]
+    Serial(#[from] serial::SerialError),
+}
+
+impl VmConfig {
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self, limits: &HostLimits) -> Result<(), ConfigError> {
+        self.machine.validate(limits)?;
+        self.boot.validate()?;
+        self.serial.validate()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_parse_mem_total_reads_kib() {
+        let meminfo = "MemTotal:       24567890 kB\nMemFree: 1 kB\n";
+        assert_eq!(parse_mem_total(meminfo), Some(24_567_890 * 1024));
+        assert_eq!(parse_mem_total("nothing"), None);
+    }
+}

@@ -1,0 +1,201 @@
+//! What the host KVM is, and the compatibility policy for software-nested KVM ("PVM").
+//!
+//! On PVM hosts (`kvm_pvm` loaded, no `vmx`/`svm` CPU flag) guest kernel code runs in KVM's
+//! instruction emulator, and some things that work on hardware KVM do not:
+//!
+//! | problem | workaround applied by this module |
+//! |---|---|
+//! | CPUID feature bits set with KVM_SET_CPUID2 do not reach the guest; XRSTOR fails | `noxsave` on the guest command line |
+//! | CLAC (SMAP) and POPCNT fail to emulate | `clearcpuid=smap,popcnt` on the command line |
+//! | VMCALL (KVM hypercalls, PV IPIs, kvmclock) spins forever without an exit | the KVM paravirt CPUID leaves are hidden from the guest, and a watchdog skips a VMCALL found spinning (RAX = -KVM_ENOSYS) |
+//! | INT3 fails to emulate (KVM_EXIT_INTERNAL_ERROR) | RIP += 1 and #BP injected, as the hardware would |
+//! | FWAIT fails to emulate | RIP += 1 (no x87 exception can be pending) |
+//!
+//! Each workaround logs one line when it is applied. On hardware KVM none of this happens.
+//! `--pvm-compat on|off|auto` forces the policy on or off.
+
+use std::path::Path;
+
+/// The user's choice for the compatibility policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CompatMode {
+    /// Detect the host.
+    #[default]
+    Auto,
+    /// Always apply the policy.
+    On,
+    /// Never apply it.
+    Off,
+}
+
+/// What the detection found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostKind {
+    /// `/sys/module/kvm_pvm` exists.
+    pub pvm_module: bool,
+    /// The CPU advertises hardware virtualisation (vmx or svm).
+    pub hw_virt: bool,
+}
+
+impl HostKind {
+    /// Reads the host: the loaded KVM modules and /proc/cpuinfo flags.
+    pub fn detect() -> Self {
+        let pvm_module = Path::new("/sys/module/kvm_pvm").exists();
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        HostKind {
+            pvm_module,
+            hw_virt: cpuinfo_has_hw_virt(&cpuinfo),
+        }
+    }
+
+    /// Software-nested: PVM loaded and no hardware virtualisation flag.
+    pub fn is_software_nested(&self) -> bool {
+        self.pvm_module && !self.hw_virt
+    }
+}
+
+/// Whether the `flags` lines of /proc/cpuinfo name vmx or svm.
+pub fn cpuinfo_has_hw_virt(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+/// Guest command-line switches the policy appends, each with the reason it is logged with.
+pub const PVM_CMDLINE: [(&str, &str); 2] = [
+    ("noxsave", "XRSTOR fails to emulate"),
+    (
+        "clearcpuid=smap,popcnt",
+        "CLAC and POPCNT fail to emulate and CPUID masks do not reach the guest",
+    ),
+];
+
+/// How to get past an instruction KVM failed to emulate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmulationFixup {
+    /// INT3: advance RIP past it and inject #BP (vector 3).
+    Breakpoint,
+    /// FWAIT: advance RIP past it.
+    Skip(u64),
+}
+
+const INT3: u8 = 0xcc;
+const FWAIT: u8 = 0x9b;
+/// VMCALL's encoding.
+pub const VMCALL: [u8; 3] = [0x0f, 0x01, 0xc1];
+/// What a skipped hypercall returns: -KVM_ENOSYS.
+pub const KVM_ENOSYS_RETURN: u64 = (-1000i64) as u64;
+
+/// The compatibility policy in force for this VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostPolicy {
+    /// Whether the PVM workarounds apply.
+    pub pvm: bool,
+}
+
+impl HostPolicy {
+    /// Decides from the user's `mode` and the detected host.
+    pub fn decide(mode: CompatMode, host: HostKind) -> Self {
+        let pvm = match mode {
+            CompatMode::On => true,
+            CompatMode::Off => false,
+            CompatMode::Auto => host.is_software_nested(),
+        };
+        HostPolicy { pvm }
+    }
+
+    /// Appends the policy's switches to the guest command line, logging each.
+    pub fn extend_cmdline(&self, cmdline: &mut String) {
+        if !self.pvm {
+            return;
+        }
+        for (switch, why) in PVM_CMDLINE {
+            if !cmdline.split_whitespace().any(|w| w == switch) {
+                log::info!("Software-nested KVM: adding `{switch}` to the guest command line ({why})");
+                cmdline.push(' ');
+                cmdline.push_str(switch);
+            }
+        }
+    }
+
+    /// Whether to hide the KVM paravirtual CPUID leaves (0x40000000..).
+    pub fn hide_kvm_leaves(&self) -> bool {
+        self.pvm
+    }
+
+    /// Whether a watchdog should look for spinning VMCALLs.
+    pub fn vmcall_guard(&self) -> bool {
+        self.pvm
+    }
+
+    /// The fixup for an emulation failure at an instruction starting with `bytes`, if any.
+    pub fn emulation_fixup(&self, bytes: &[u8]) -> Option<EmulationFixup> {
+        if !self.pvm {
+            return None;
+        }
+        match bytes.first()? {
+            &INT3 => Some(EmulationFixup::Breakpoint),
+            &FWAIT => Some(EmulationFixup::Skip(1)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PVM_HOST: HostKind = HostKind {
+        pvm_module: true,
+        hw_virt: false,
+    };
+    const HW_HOST: HostKind = HostKind {
+        pvm_module: false,
+        hw_virt: true,
+    };
+
+    #[test]
+    fn test_cpuinfo_has_hw_virt_finds_vmx_flag() {
+        assert!(cpuinfo_has_hw_virt("processor: 0\nflags\t\t: fpu vme vmx sse\n"));
+        assert!(!cpuinfo_has_hw_virt("flags\t\t: fpu vme sse hypervisor\nvmx flags: x\n"));
+    }
+
+    #[test]
+    fn test_policy_auto_follows_detection() {
+        assert!(HostPolicy::decide(CompatMode::Auto, PVM_HOST).pvm);
+        assert!(!HostPolicy::decide(CompatMode::Auto, HW_HOST).pvm);
+        let both = HostKind {
+            pvm_module: true,
+            hw_virt: true,
+        };
+        assert!(!HostPolicy::decide(CompatMode::Auto, both).pvm);
+    }
+
+    #[test]
+    fn test_policy_forced_modes_override_detection() {
+        assert!(HostPolicy::decide(CompatMode::On, HW_HOST).pvm);
+        assert!(!HostPolicy::decide(CompatMode::Off, PVM_HOST).pvm);
+    }
+
+    #[test]
+    fn test_extend_cmdline_appends_once() {
+        let policy = HostPolicy { pvm: true };
+        let mut cmdline = String::from("console=ttyS0 noxsave");
+        policy.extend_cmdline(&mut cmdline);
+        assert_eq!(cmdline, "console=ttyS0 noxsave clearcpuid=smap,popcnt");
+        let mut off = String::from("console=ttyS0");
+        HostPolicy { pvm: false }.extend_cmdline(&mut off);
+        assert_eq!(off, "console=ttyS0");
+    }
+
+    #[test]
+    fn test_emulation_fixup_int3_and_fwait_only_under_pvm() {
+        let pvm = HostPolicy { pvm: true };
+        assert_eq!(pvm.emulation_fixup(&[0xcc]), Some(EmulationFixup::Breakpoint));
+        assert_eq!(pvm.emulation_fixup(&[0x9b, 0x90]), Some(EmulationFixup::Skip(1)));
+        assert_eq!(pvm.emulation_fixup(&[0x0f, 0x0b]), None);
+        assert_eq!(pvm.emulation_fixup(&[]), None);
+        assert_eq!(HostPolicy { pvm: false }.emulation_fixup(&[0xcc]), None);
+    }
+}

@@ -1,0 +1,23 @@
+//! Ember: a KVM microVM monitor for Linux/x86_64 on the rust-vmm crates.
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+/// Architecture-specific boot structures (x86_64: memory map, zero page, GDT, CPUID, MP table).
+pub mod arch;
+/// The ordered steps that turn a `VmConfig` into a ready microVM.
+pub mod builder;
+/// `VmConfig`, its resources, validation and the command-line front end.
+pub mod config;
+/// Emulated devices and the port/MMIO buses.
+pub mod devices;
+/// Host KVM detection and the software-nested (PVM) compatibility policy.
+pub mod host;
+/// Ember's stderr logger.
+pub mod logger;
+/// Host stop signals for the event loop.
+pub mod signals;
+/// The running microVM: event loop, lifecycle and exit status.
+pub mod vmm;
+/// KVM state: VM, guest memory and vCPU threads.
+pub mod vstate;

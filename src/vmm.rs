@@ -1,0 +1,373 @@
+//! The running microVM: owns the VM, guest memory, devices and vCPU threads, runs the event
+//! loop on the main thread, and turns what ends the VM into an outcome and an exit code.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::rc::Rc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::builder::Devices;
+use crate::devices::legacy::serial::{SerialDevice, SerialInput};
+use crate::devices::legacy::terminal::RawTerminal;
+use crate::host::HostPolicy;
+use crate::signals::StopSignals;
+use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuExitReason, VcpuHandle};
+use crate::vstate::vm::Vm;
+
+/// Exit status: the guest shut down (reset or power-off).
+pub const EXIT_OK: i32 = 0;
+/// Exit status: Ember itself failed.
+pub const EXIT_VMM_ERROR: i32 = 1;
+/// Exit status: invalid command line or configuration.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit status: the guest crashed.
+pub const EXIT_GUEST_CRASH: i32 = 3;
+/// Exit status base for a host signal (128 + signal number).
+pub const EXIT_SIGNAL_BASE: i32 = 128;
+
+/// How long a stopping vCPU may take to leave KVM_RUN before Ember gives up on it.
+const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the VMCALL spin guard samples the vCPUs on software-nested hosts.
+const VMCALL_SAMPLE_PERIOD: Duration = Duration::from_millis(500);
+
+/// What ended the VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmOutcome {
+    /// The guest reset (i8042 or KVM reset event): a reboot.
+    Reset,
+    /// The guest powered off.
+    PowerOff,
+    /// The guest crashed.
+    Crash(String),
+    /// A host signal stopped the VM.
+    Signal(i32),
+    /// The user typed Ctrl-A x.
+    Quit,
+    /// Ember failed while the guest ran.
+    Error(String),
+}
+
+impl VmOutcome {
+    /// The process exit status for this outcome (documented in `--help` and docs/usage.md).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            VmOutcome::Reset | VmOutcome::PowerOff => EXIT_OK,
+            VmOutcome::Crash(_) => EXIT_GUEST_CRASH,
+            VmOutcome::Signal(sig) => EXIT_SIGNAL_BASE + sig,
+            VmOutcome::Quit => EXIT_SIGNAL_BASE + libc::SIGINT,
+            VmOutcome::Error(_) => EXIT_VMM_ERROR,
+        }
+    }
+}
+
+/// Errors of the event loop itself.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The event manager failed.
+    #[error("Event loop failed: {0:?}")]
+    EventLoop(event_manager::Error),
+    /// An eventfd, timerfd or signalfd could not be created.
+    #[error("Failed to create {0}")]
+    Io(&'static str, #[source] std::io::Error),
+    /// A vCPU thread could not start.
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::VcpuError),
+}
+
+/// The console's input side: the UART and the event telling that its FIFO has room.
+pub struct ConsoleInput {
+    /// The UART.
+    pub serial: Arc<SerialDevice>,
+    /// Written when the guest drains the receive FIFO.
+    pub space: EventFd,
+}
+
+/// A built microVM, ready to run.
+pub struct Vmm {
+    // Field order is drop order: the VM (and its memory slots) goes before guest memory.
+    vcpus: Vec<Vcpu>,
+    devices: Devices,
+    vm: Vm,
+    mem: GuestMemoryMmap,
+    policy: HostPolicy,
+}
+
+#[repr(u32)]
+enum Token {
+    VcpuExit = 1,
+    Reset = 2,
+    Quit = 3,
+    Signal = 4,
+    Sample = 5,
+}
+
+/// The event-loop subscriber that decides when the VM ends.
+struct Controller {
+    exit_evt: EventFd,
+    exits: Receiver<(u8, VcpuExitReason)>,
+    reset_evt: EventFd,
+    quit_evt: EventFd,
+    signals: StopSignals,
+    sampler: Option<TimerFd>,
+    handles: Vec<VcpuHandle>,
+    exited: Vec<u8>,
+    outcome: Option<VmOutcome>,
+}
+
+impl Controller {
+    fn finish(&mut self, outcome: VmOutcome) {
+        if self.outcome.is_none() {
+            self.outcome = Some(outcome);
+        }
+    }
+
+    fn collect_exits(&mut self) {
+        let _ = self.exit_evt.read();
+        while let Ok((index, reason)) = self.exits.try_recv() {
+            self.exited.push(index);
+            let outcome = match reason {
+                VcpuExitReason::Stopped => continue,
+                VcpuExitReason::Reset => VmOutcome::Reset,
+                VcpuExitReason::PowerOff => VmOutcome::PowerOff,
+                VcpuExitReason::Crash(why) => VmOutcome::Crash(format!("vCPU {index}: {why}")),
+                VcpuExitReason::Error(why) => VmOutcome::Error(format!("vCPU {index}: {why}")),
+            };
+            self.finish(outcome);
+        }
+    }
+}
+
+impl MutEventSubscriber for Controller {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        match events.data() {
+            d if d == Token::VcpuExit as u32 => self.collect_exits(),
+            d if d == Token::Reset as u32 => {
+                let _ = self.reset_evt.read();
+                log::info!("Guest requested a reset through the i8042");
+                self.finish(VmOutcome::Reset);
+            }
+            d if d == Token::Quit as u32 => {
+                let _ = self.quit_evt.read();
+                self.finish(VmOutcome::Quit);
+            }
+            d if d == Token::Signal as u32 => {
+                if let Some(sig) = self.signals.read() {
+                    log::info!("Received signal {sig}, stopping the VM");
+                    self.finish(VmOutcome::Signal(sig));
+                }
+            }
+            d if d == Token::Sample as u32 => {
+                if let Some(timer) = self.sampler.as_mut() {
+                    let _ = timer.wait();
+                }
+                for handle in &self.handles {
+                    handle.request_sample();
+                }
+            }
+            other => log::warn!("Controller: unexpected event token {other}"),
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let mut add = |fd: &dyn std::os::fd::AsRawFd, token: Token| {
+            if let Err(e) = ops.add(Events::with_data_raw(
+                fd.as_raw_fd(),
+                token as u32,
+                EventSet::IN,
+            )) {
+                log::error!("Failed to register a VMM event: {e:?}");
+            }
+        };
+        add(&self.exit_evt, Token::VcpuExit);
+        add(&self.reset_evt, Token::Reset);
+        add(&self.quit_evt, Token::Quit);
+        add(&self.signals, Token::Signal);
+        if let Some(timer) = &self.sampler {
+            add(timer, Token::Sample);
+        }
+    }
+}
+
+type Subscriber = Rc<RefCell<dyn MutEventSubscriber>>;
+
+impl Vmm {
+    /// Assembles a VMM from the parts the builder made.
+    pub fn new(
+        vm: Vm,
+        mem: GuestMemoryMmap,
+        vcpus: Vec<Vcpu>,
+        devices: Devices,
+        policy: HostPolicy,
+    ) -> Self {
+        Vmm {
+            vcpus,
+            devices,
+            vm,
+            mem,
+            policy,
+        }
+    }
+
+    /// The VM (for tests and tools that inspect it).
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// Runs the guest until something ends it; the terminal is restored before returning.
+    pub fn run(mut self) -> Result<VmOutcome, VmmError> {
+        let signals = StopSignals::new().map_err(|e| VmmError::Io("the signalfd", e))?;
+        vcpu::install_kick_handler()?;
+        let mut manager: EventManager<Subscriber> =
+            EventManager::new().map_err(VmmError::EventLoop)?;
+
+        let exit_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| VmmError::Io("an eventfd", e))?;
+        let quit_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| VmmError::Io("an eventfd", e))?;
+        let reset_evt = self
+            .devices
+            .reset_evt
+            .try_clone()
+            .map_err(|e| VmmError::Io("an eventfd", e))?;
+        let sampler = if self.policy.vmcall_guard() {
+            let mut timer = TimerFd::new().map_err(|e| VmmError::Io("a timerfd", e.into()))?;
+            timer
+                .reset(VMCALL_SAMPLE_PERIOD, Some(VMCALL_SAMPLE_PERIOD))
+                .map_err(|e| VmmError::Io("a timerfd", e.into()))?;
+            log::info!("Software-nested KVM: VMCALL spin guard armed");
+            Some(timer)
+        } else {
+            None
+        };
+
+        // Raw mode only while the guest owns a terminal console; dropped (restored) on return.
+        let mut _raw_terminal = None;
+        if let Some(console) = self.devices.console.take() {
+            let stdin = std::io::stdin();
+            _raw_terminal = RawTerminal::enter(0);
+            match stdin.as_fd().try_clone_to_owned() {
+                Ok(fd) => {
+                    let quit = quit_evt
+                        .try_clone()
+                        .map_err(|e| VmmError::Io("an eventfd", e))?;
+                    let input = SerialInput::new(
+                        console.serial,
+                        File::from(fd),
+                        console.space,
+                        _raw_terminal.is_some(),
+                        quit,
+                    );
+                    let sub: Subscriber = Rc::new(RefCell::new(input));
+                    manager.add_subscriber(sub);
+                }
+                Err(e) => log::warn!("No serial input: cannot use standard input: {e}"),
+            }
+        }
+
+        let (tx, rx) = channel();
+        let ctx = VcpuContext {
+            pio: self.devices.pio.clone(),
+            mmio: self.devices.mmio.clone(),
+            mem: self.mem.clone(),
+            policy: self.policy,
+        };
+        let controller = Rc::new(RefCell::new(Controller {
+            exit_evt: exit_evt
+                .try_clone()
+                .map_err(|e| VmmError::Io("an eventfd", e))?,
+            exits: rx,
+            reset_evt,
+            quit_evt,
+            signals,
+            sampler,
+            handles: Vec::new(),
+            exited: Vec::new(),
+            outcome: None,
+        }));
+        manager.add_subscriber(controller.clone());
+
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        for vcpu in std::mem::take(&mut self.vcpus) {
+            let evt = exit_evt
+                .try_clone()
+                .map_err(|e| VmmError::Io("an eventfd", e))?;
+            match vcpu.start(ctx.clone(), tx.clone(), evt) {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    controller.borrow_mut().handles = handles;
+                    Self::stop_vcpus(&mut controller.borrow_mut());
+                    return Err(e.into());
+                }
+            }
+        }
+        drop(tx);
+        controller.borrow_mut().handles = handles;
+        log::info!("Started {} vCPU thread(s)", controller.borrow().handles.len());
+
+        let outcome = loop {
+            if let Some(outcome) = controller.borrow().outcome.clone() {
+                break outcome;
+            }
+            if let Err(e) = manager.run() {
+                break VmOutcome::Error(format!("event loop failed: {e:?}"));
+            }
+        };
+        Self::stop_vcpus(&mut controller.borrow_mut());
+        log::debug!("VM ran for {:?}", started.elapsed());
+        match &outcome {
+            VmOutcome::Reset => log::info!("Guest reset: the VM is done"),
+            VmOutcome::PowerOff => log::info!("Guest powered off"),
+            VmOutcome::Crash(why) => log::error!("Guest crashed: {why}"),
+            VmOutcome::Signal(sig) => log::info!("Stopped by signal {sig}"),
+            VmOutcome::Quit => log::info!("Stopped from the console"),
+            VmOutcome::Error(why) => log::error!("VMM failure: {why}"),
+        }
+        Ok(outcome)
+    }
+
+    /// Stops every vCPU thread and waits (bounded) for each to leave KVM_RUN.
+    fn stop_vcpus(controller: &mut Controller) {
+        for handle in &controller.handles {
+            handle.request_stop();
+        }
+        let deadline = Instant::now() + VCPU_STOP_TIMEOUT;
+        while controller.exited.len() < controller.handles.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match controller.exits.recv_timeout(left) {
+                Ok((index, _)) => controller.exited.push(index),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        for handle in &mut controller.handles {
+            if controller.exited.contains(&handle.index()) {
+                handle.join();
+            } else {
+                log::error!("vCPU {} did not stop in time; leaving it", handle.index());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_outcome_exit_codes_are_distinct() {
+        assert_eq!(VmOutcome::Reset.exit_code(), 0);
+        assert_eq!(VmOutcome::PowerOff.exit_code(), 0);
+        assert_eq!(VmOutcome::Crash("x".into()).exit_code(), EXIT_GUEST_CRASH);
+        assert_eq!(VmOutcome::Error("x".into()).exit_code(), EXIT_VMM_ERROR);
+        assert_eq!(VmOutcome::Signal(libc::SIGTERM).exit_code(), 143);
+        assert_eq!(VmOutcome::Quit.exit_code(), 130);
+        assert_ne!(EXIT_USAGE, EXIT_GUEST_CRASH);
+    }
+}

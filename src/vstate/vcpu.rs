@@ -1,0 +1,445 @@
+//! vCPUs: per-vCPU setup, the thread that runs KVM_RUN and dispatches exits, and the kick that
+//! gets a thread out of KVM_RUN.
+
+use std::cell::Cell;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_run};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
+
+use crate::arch::cpuid::{self, CpuidTopology};
+use crate::arch::kernel::BootProtocol;
+use crate::arch::{lapic, msr, regs};
+use crate::devices::bus::Bus;
+use crate::host::{EmulationFixup, HostPolicy, KVM_ENOSYS_RETURN, VMCALL};
+
+/// Errors while creating or configuring a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// KVM_CREATE_VCPU failed.
+    #[error("Failed to create vCPU {0}")]
+    Create(u8, #[source] kvm_ioctls::Error),
+    /// KVM_GET_SUPPORTED_CPUID failed.
+    #[error("Failed to read the host's supported CPUID")]
+    SupportedCpuid(#[source] kvm_ioctls::Error),
+    /// The normalised CPUID does not fit KVM's table.
+    #[error("Failed to build the CPUID table")]
+    BuildCpuid,
+    /// KVM_SET_CPUID2 failed.
+    #[error("Failed to set CPUID on vCPU {0}")]
+    SetCpuid(u8, #[source] kvm_ioctls::Error),
+    /// KVM_SET_MSRS failed or set fewer MSRs than asked.
+    #[error("Failed to set the boot MSRs on vCPU {0}")]
+    SetMsrs(u8),
+    /// Register setup failed.
+    #[error("Failed to set up the registers of vCPU {0}")]
+    Regs(u8, #[source] regs::RegsError),
+    /// LAPIC setup failed.
+    #[error("Failed to set up the local APIC of vCPU {0}")]
+    Lapic(u8, #[source] lapic::LapicError),
+    /// The kick signal handler could not be installed.
+    #[error("Failed to install the vCPU kick signal handler")]
+    SignalHandler(#[source] vmm_sys_util::errno::Error),
+    /// The vCPU thread could not be spawned.
+    #[error("Failed to spawn the thread of vCPU {0}")]
+    Spawn(u8, #[source] std::io::Error),
+}
+
+/// Why a vCPU thread ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VcpuExitReason {
+    /// The VMM asked it to stop.
+    Stopped,
+    /// The guest asked for a reset (KVM system event).
+    Reset,
+    /// The guest powered off (KVM system event).
+    PowerOff,
+    /// The guest crashed: triple fault, unrecoverable emulation failure, failed entry.
+    Crash(String),
+    /// KVM_RUN itself failed.
+    Error(String),
+}
+
+/// What the VMM and a vCPU thread share.
+#[derive(Default)]
+pub struct VcpuShared {
+    stop: AtomicBool,
+    sample: AtomicBool,
+}
+
+thread_local! {
+    /// This thread's kvm_run mapping, for the kick signal handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(|r| r.get());
+    if !run.is_null() {
+        // SAFETY: the pointer is this thread's own kvm_run mapping, set by the vCPU thread before
+        // its first KVM_RUN and valid while the thread lives; a volatile byte store is
+        // async-signal-safe. KVM reads immediate_exit on entry, so a kick that lands just before
+        // KVM_RUN still makes it return at once.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// The real-time signal used to kick vCPU threads out of KVM_RUN.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+/// Installs the kick signal handler; call once before any vCPU thread starts.
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    register_signal_handler(kick_signal(), handle_kick).map_err(VcpuError::SignalHandler)
+}
+
+/// A configured vCPU, before its thread starts.
+pub struct Vcpu {
+    index: u8,
+    fd: VcpuFd,
+}
+
+impl Vcpu {
+    /// Creates vCPU `index` on `vm`.
+    pub fn new(vm: &VmFd, index: u8) -> Result<Self, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|e| VcpuError::Create(index, e))?;
+        Ok(Vcpu { index, fd })
+    }
+
+    /// Sets CPUID, MSRs, FPU and LAPIC; for the boot vCPU also the entry registers.
+    pub fn configure(
+        &self,
+        kvm: &Kvm,
+        mem: &GuestMemoryMmap,
+        num_cpus: u8,
+        policy: HostPolicy,
+        boot: Option<(u64, BootProtocol)>,
+    ) -> Result<(), VcpuError> {
+        let i = self.index;
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(VcpuError::SupportedCpuid)?;
+        let topo = CpuidTopology {
+            cpu_id: i,
+            num_cpus,
+        };
+        let entries = cpuid::normalize(supported.as_slice(), topo, policy.hide_kvm_leaves());
+        let cpuid = CpuId::from_entries(&entries).map_err(|_| VcpuError::BuildCpuid)?;
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(|e| VcpuError::SetCpuid(i, e))?;
+
+        let msrs = msr::boot_msrs();
+        let set = self.fd.set_msrs(&msrs).map_err(|_| VcpuError::SetMsrs(i))?;
+        if set != msrs.as_slice().len() {
+            return Err(VcpuError::SetMsrs(i));
+        }
+        regs::setup_fpu(&self.fd).map_err(|e| VcpuError::Regs(i, e))?;
+        if let Some((entry, protocol)) = boot {
+            regs::setup_regs(&self.fd, entry, protocol).map_err(|e| VcpuError::Regs(i, e))?;
+            regs::setup_sregs(mem, &self.fd, protocol).map_err(|e| VcpuError::Regs(i, e))?;
+        }
+        lapic::set_lint(&self.fd).map_err(|e| VcpuError::Lapic(i, e))?;
+        Ok(())
+    }
+
+    /// Starts the vCPU thread `ember_vcpu{index}`. Its exit reason goes to `exits`, then
+    /// `exit_evt` is written so the event loop wakes up.
+    pub fn start(
+        self,
+        ctx: VcpuContext,
+        exits: Sender<(u8, VcpuExitReason)>,
+        exit_evt: EventFd,
+    ) -> Result<VcpuHandle, VcpuError> {
+        let index = self.index;
+        let shared = Arc::new(VcpuShared::default());
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("ember_vcpu{index}"))
+            .spawn(move || {
+                let mut runner = VcpuRunner {
+                    index,
+                    fd: self.fd,
+                    ctx,
+                    shared: thread_shared,
+                    last_vmcall_rip: None,
+                };
+                let reason = runner.run();
+                log::debug!("vCPU {index} exited: {reason:?}");
+                // The receiver only disappears when the VMM is already tearing down.
+                let _ = exits.send((index, reason));
+                let _ = exit_evt.write(1);
+            })
+            .map_err(|e| VcpuError::Spawn(index, e))?;
+        Ok(VcpuHandle {
+            index,
+            thread: Some(thread),
+            shared,
+        })
+    }
+}
+
+/// What a running vCPU needs from the VM.
+#[derive(Clone)]
+pub struct VcpuContext {
+    /// Port I/O bus.
+    pub pio: Arc<Bus>,
+    /// MMIO bus.
+    pub mmio: Arc<Bus>,
+    /// Guest memory (for decoding the instruction at an emulation failure).
+    pub mem: GuestMemoryMmap,
+    /// The host compatibility policy.
+    pub policy: HostPolicy,
+}
+
+/// The VMM's handle on a running vCPU thread.
+pub struct VcpuHandle {
+    index: u8,
+    thread: Option<JoinHandle<()>>,
+    shared: Arc<VcpuShared>,
+}
+
+impl VcpuHandle {
+    /// vCPU index.
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    fn signal(&self) {
+        if let Some(thread) = &self.thread {
+            // SAFETY: the pthread handle belongs to a thread we spawned and have not joined;
+            // the kick signal has a handler installed before any vCPU started.
+            unsafe { libc::pthread_kill(thread.as_pthread_t(), kick_signal()) };
+        }
+    }
+
+    /// Asks the vCPU to stop. The flag is set before the signal so that the thread, woken by
+    /// the signal (or about to enter KVM_RUN, which immediate_exit makes return at once), finds
+    /// it when it checks.
+    pub fn request_stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.signal();
+    }
+
+    /// Asks the vCPU to look at where it is (the VMCALL spin guard).
+    pub fn request_sample(&self) {
+        self.shared.sample.store(true, Ordering::SeqCst);
+        self.signal();
+    }
+
+    /// Waits for the thread to end.
+    pub fn join(&mut self) {
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            log::error!("vCPU {} thread panicked", self.index);
+        }
+    }
+}
+
+struct VcpuRunner {
+    index: u8,
+    fd: VcpuFd,
+    ctx: VcpuContext,
+    shared: Arc<VcpuShared>,
+    last_vmcall_rip: Option<u64>,
+}
+
+enum Step {
+    Continue,
+    Exit(VcpuExitReason),
+    InternalError,
+    Interrupted,
+}
+
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
+const BREAKPOINT_VECTOR: u8 = 3;
+const MAX_INSN_LEN: usize = 15;
+
+impl VcpuRunner {
+    fn run(&mut self) -> VcpuExitReason {
+        let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
+        KVM_RUN.with(|r| r.set(run_ptr));
+        let reason = self.run_loop();
+        KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
+        reason
+    }
+
+    fn run_loop(&mut self) -> VcpuExitReason {
+        loop {
+            if self.shared.stop.load(Ordering::SeqCst) {
+                return VcpuExitReason::Stopped;
+            }
+            if self.shared.sample.swap(false, Ordering::SeqCst) {
+                self.check_vmcall_spin();
+            }
+            let step = match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    self.ctx.pio.read(u64::from(port), data);
+                    Step::Continue
+                }
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    self.ctx.pio.write(u64::from(port), data);
+                    Step::Continue
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    self.ctx.mmio.read(addr, data);
+                    Step::Continue
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.ctx.mmio.write(addr, data);
+                    Step::Continue
+                }
+                Ok(VcpuExit::Shutdown) => Step::Exit(VcpuExitReason::Crash(
+                    "triple fault (KVM_EXIT_SHUTDOWN)".into(),
+                )),
+                Ok(VcpuExit::SystemEvent(kind, _)) => Step::Exit(match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => VcpuExitReason::PowerOff,
+                    KVM_SYSTEM_EVENT_RESET => VcpuExitReason::Reset,
+                    KVM_SYSTEM_EVENT_CRASH => VcpuExitReason::Crash("guest crash event".into()),
+                    other => VcpuExitReason::Crash(format!("unknown system event {other}")),
+                }),
+                Ok(VcpuExit::FailEntry(reason, cpu)) => Step::Exit(VcpuExitReason::Crash(
+                    format!("KVM entry failure, hardware reason {reason:#x} on CPU {cpu}"),
+                )),
+                Ok(VcpuExit::InternalError) => Step::InternalError,
+                Ok(VcpuExit::Hlt) => Step::Exit(VcpuExitReason::Crash(
+                    "vCPU halted with no way to wake up".into(),
+                )),
+                Ok(VcpuExit::IoapicEoi(_) | VcpuExit::Intr | VcpuExit::IrqWindowOpen) => {
+                    Step::Continue
+                }
+                Ok(other) => Step::Exit(VcpuExitReason::Crash(format!(
+                    "unexpected KVM exit {other:?}"
+                ))),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    Step::Interrupted
+                }
+                Err(e) => Step::Exit(VcpuExitReason::Error(format!("KVM_RUN failed: {e}"))),
+            };
+            match step {
+                Step::Continue => {}
+                Step::Interrupted => self.fd.set_kvm_immediate_exit(0),
+                Step::InternalError => {
+                    if let Err(reason) = self.handle_internal_error() {
+                        return reason;
+                    }
+                }
+                Step::Exit(reason) => return reason,
+            }
+        }
+    }
+
+    /// The bytes at the guest's current RIP (up to 15), and RIP.
+    fn instruction_at_rip(&self) -> Option<(kvm_bindings::kvm_regs, Vec<u8>)> {
+        let regs = self.fd.get_regs().ok()?;
+        let translation = self.fd.translate_gva(regs.rip).ok()?;
+        if translation.valid == 0 {
+            return None;
+        }
+        let mut bytes = vec![0u8; MAX_INSN_LEN];
+        let mut got = 0;
+        // Read byte by byte so an instruction near the end of RAM still decodes.
+        while got < MAX_INSN_LEN
+            && self
+                .ctx
+                .mem
+                .read_obj::<u8>(GuestAddress(translation.physical_address + got as u64))
+                .map(|b| bytes[got] = b)
+                .is_ok()
+        {
+            got += 1;
+        }
+        bytes.truncate(got);
+        Some((regs, bytes))
+    }
+
+    fn handle_internal_error(&mut self) -> Result<(), VcpuExitReason> {
+        // SAFETY: after KVM_EXIT_INTERNAL_ERROR the `internal` member of the union is the one
+        // KVM filled in.
+        let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+        let Some((mut regs, bytes)) = self.instruction_at_rip() else {
+            return Err(VcpuExitReason::Crash(format!(
+                "KVM internal error (suberror {suberror}), instruction unreadable"
+            )));
+        };
+        let fixup = self.ctx.policy.emulation_fixup(&bytes);
+        let description = format!(
+            "KVM internal error (suberror {suberror}) at RIP {:#x}, instruction bytes {:02x?}",
+            regs.rip,
+            &bytes[..bytes.len().min(8)]
+        );
+        let crash = || VcpuExitReason::Crash(description.clone());
+        match fixup {
+            None => Err(crash()),
+            Some(EmulationFixup::Skip(len)) => {
+                log::debug!(
+                    "vCPU {}: skipping unemulated instruction {:02x?} at {:#x}",
+                    self.index,
+                    &bytes[..len as usize],
+                    regs.rip
+                );
+                regs.rip += len;
+                self.fd.set_regs(&regs).map_err(|_| crash())
+            }
+            Some(EmulationFixup::Breakpoint) => {
+                log::debug!(
+                    "vCPU {}: INT3 at {:#x} failed to emulate, injecting #BP",
+                    self.index,
+                    regs.rip
+                );
+                regs.rip += 1;
+                self.fd.set_regs(&regs).map_err(|_| crash())?;
+                let mut events = self.fd.get_vcpu_events().map_err(|_| crash())?;
+                events.exception.injected = 1;
+                events.exception.nr = BREAKPOINT_VECTOR;
+                events.exception.has_error_code = 0;
+                events.exception.error_code = 0;
+                self.fd.set_vcpu_events(&events).map_err(|_| crash())
+            }
+        }
+    }
+
+    /// The VMCALL spin guard: a VMCALL that KVM never completes leaves RIP on it. Seen twice in
+    /// a row at the same RIP, it is completed by hand with -KVM_ENOSYS.
+    fn check_vmcall_spin(&mut self) {
+        if !self.ctx.policy.vmcall_guard() {
+            return;
+        }
+        let Some((mut regs, bytes)) = self.instruction_at_rip() else {
+            self.last_vmcall_rip = None;
+            return;
+        };
+        if !bytes.starts_with(&VMCALL) {
+            self.last_vmcall_rip = None;
+            return;
+        }
+        if self.last_vmcall_rip == Some(regs.rip) {
+            log::warn!(
+                "Software-nested KVM: vCPU {} spun on VMCALL (nr {}) at {:#x}; returning -KVM_ENOSYS",
+                self.index,
+                regs.rax,
+                regs.rip
+            );
+            regs.rip += VMCALL.len() as u64;
+            regs.rax = KVM_ENOSYS_RETURN;
+            if let Err(e) = self.fd.set_regs(&regs) {
+                log::error!("vCPU {}: failed to skip VMCALL: {e}", self.index);
+            }
+            self.last_vmcall_rip = None;
+        } else {
+            self.last_vmcall_rip = Some(regs.rip);
+        }
+    }
+}
