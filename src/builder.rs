@@ -12,9 +12,9 @@ use crate::arch::layout::{CMDLINE_START, SERIAL_IRQ};
 use crate::arch::{self, boot_params, mptable};
 use crate::config::{ConfigError, HostLimits, SerialConfig, VmConfig, boot};
 use crate::devices::bus::{Bus, BusError};
+use crate::devices::legacy::EventFdTrigger;
 use crate::devices::legacy::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{COM1_PORT_BASE, SERIAL_PORT_LEN, SerialDevice, SerialOutput};
-use crate::devices::legacy::EventFdTrigger;
 use crate::host::{HostKind, HostPolicy};
 use crate::vmm::{ConsoleInput, Vmm};
 use crate::vstate::memory::{self, MemoryError};
@@ -25,7 +25,7 @@ use crate::vstate::vm::{KvmHost, Vm, VmError};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The configuration is invalid (a usage error).
-    #[error("Invalid configuration: {0}")]
+    #[error("Invalid configuration")]
     Config(#[from] ConfigError),
     /// KVM or VM setup failed.
     #[error(transparent)]
@@ -195,7 +195,9 @@ fn create_devices(vm: &Vm, config: &VmConfig) -> Result<Devices, StartError> {
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("the serial irq eventfd"))?;
     vm.register_irqfd(&serial_irq, SERIAL_IRQ)?;
     let space = EventFd::new(EFD_NONBLOCK).map_err(io_err("the serial input eventfd"))?;
-    let space_listener = space.try_clone().map_err(io_err("the serial input eventfd"))?;
+    let space_listener = space
+        .try_clone()
+        .map_err(io_err("the serial input eventfd"))?;
     let serial = Arc::new(SerialDevice::new(
         EventFdTrigger(serial_irq),
         space,

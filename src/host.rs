@@ -112,7 +112,9 @@ impl HostPolicy {
         }
         for (switch, why) in PVM_CMDLINE {
             if !cmdline.split_whitespace().any(|w| w == switch) {
-                log::info!("Software-nested KVM: adding `{switch}` to the guest command line ({why})");
+                log::info!(
+                    "Software-nested KVM: adding `{switch}` to the guest command line ({why})"
+                );
                 cmdline.push(' ');
                 cmdline.push_str(switch);
             }
@@ -134,9 +136,9 @@ impl HostPolicy {
         if !self.pvm {
             return None;
         }
-        match bytes.first()? {
-            &INT3 => Some(EmulationFixup::Breakpoint),
-            &FWAIT => Some(EmulationFixup::Skip(1)),
+        match *bytes.first()? {
+            INT3 => Some(EmulationFixup::Breakpoint),
+            FWAIT => Some(EmulationFixup::Skip(1)),
             _ => None,
         }
     }
@@ -157,8 +159,12 @@ mod tests {
 
     #[test]
     fn test_cpuinfo_has_hw_virt_finds_vmx_flag() {
-        assert!(cpuinfo_has_hw_virt("processor: 0\nflags\t\t: fpu vme vmx sse\n"));
-        assert!(!cpuinfo_has_hw_virt("flags\t\t: fpu vme sse hypervisor\nvmx flags: x\n"));
+        assert!(cpuinfo_has_hw_virt(
+            "processor: 0\nflags\t\t: fpu vme vmx sse\n"
+        ));
+        assert!(!cpuinfo_has_hw_virt(
+            "flags\t\t: fpu vme sse hypervisor\nvmx flags: x\n"
+        ));
     }
 
     #[test]
@@ -192,8 +198,14 @@ mod tests {
     #[test]
     fn test_emulation_fixup_int3_and_fwait_only_under_pvm() {
         let pvm = HostPolicy { pvm: true };
-        assert_eq!(pvm.emulation_fixup(&[0xcc]), Some(EmulationFixup::Breakpoint));
-        assert_eq!(pvm.emulation_fixup(&[0x9b, 0x90]), Some(EmulationFixup::Skip(1)));
+        assert_eq!(
+            pvm.emulation_fixup(&[0xcc]),
+            Some(EmulationFixup::Breakpoint)
+        );
+        assert_eq!(
+            pvm.emulation_fixup(&[0x9b, 0x90]),
+            Some(EmulationFixup::Skip(1))
+        );
         assert_eq!(pvm.emulation_fixup(&[0x0f, 0x0b]), None);
         assert_eq!(pvm.emulation_fixup(&[]), None);
         assert_eq!(HostPolicy { pvm: false }.emulation_fixup(&[0xcc]), None);

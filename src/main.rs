@@ -19,15 +19,46 @@ fn print_error(err: &dyn Error) {
     eprintln!("{line}");
 }
 
+/// Clap's multi-line usage errors as one line (help and version still print in full).
+fn parse_cli() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|e| {
+        use clap::error::ErrorKind;
+        if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        let text = e.render().to_string();
+        let message: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+            .filter(|l| !l.is_empty())
+            .collect();
+        let line = message.join(" ");
+        eprintln!(
+            "ember: {} (see ember --help)",
+            line.strip_prefix("error: ").unwrap_or(&line)
+        );
+        ExitCode::from(EXIT_USAGE as u8)
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     ember::logger::init(cli.log_level.into());
     let config = cli.to_config();
     let vmm = match ember::builder::build_microvm(&config) {
         Ok(vmm) => vmm,
         Err(e) => {
             print_error(&e);
-            let code = if e.is_usage() { EXIT_USAGE } else { EXIT_VMM_ERROR };
+            let code = if e.is_usage() {
+                EXIT_USAGE
+            } else {
+                EXIT_VMM_ERROR
+            };
             return ExitCode::from(code as u8);
         }
     };

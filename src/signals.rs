@@ -38,9 +38,8 @@ impl StopSignals {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        Ok(StopSignals {
-            fd: unsafe { File::from_raw_fd(fd) },
-        })
+        let fd = unsafe { File::from_raw_fd(fd) };
+        Ok(StopSignals { fd })
     }
 
     /// The next pending stop signal, if any.

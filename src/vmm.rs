@@ -5,8 +5,8 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::rc::Rc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -310,7 +310,10 @@ impl Vmm {
         }
         drop(tx);
         controller.borrow_mut().handles = handles;
-        log::info!("Started {} vCPU thread(s)", controller.borrow().handles.len());
+        log::info!(
+            "Started {} vCPU thread(s)",
+            controller.borrow().handles.len()
+        );
 
         let outcome = loop {
             if let Some(outcome) = controller.borrow().outcome.clone() {

@@ -68,11 +68,18 @@ impl Bus {
     }
 
     /// Maps `device` at `[base, base + len)`.
-    pub fn insert(&mut self, device: Arc<dyn BusDevice>, base: u64, len: u64) -> Result<(), BusError> {
+    pub fn insert(
+        &mut self,
+        device: Arc<dyn BusDevice>,
+        base: u64,
+        len: u64,
+    ) -> Result<(), BusError> {
         if len == 0 {
             return Err(BusError::ZeroLength { base });
         }
-        let end = base.checked_add(len).ok_or(BusError::Overlap { base, len })?;
+        let end = base
+            .checked_add(len)
+            .ok_or(BusError::Overlap { base, len })?;
         if let Some((&start, entry)) = self.devices.range(..end).next_back()
             && start + entry.len > base
         {
@@ -167,7 +174,10 @@ mod tests {
         bus.insert(dev.clone(), 0x10, 0x10).expect("first");
         assert_eq!(
             bus.insert(dev.clone(), 0x18, 0x10),
-            Err(BusError::Overlap { base: 0x18, len: 0x10 })
+            Err(BusError::Overlap {
+                base: 0x18,
+                len: 0x10
+            })
         );
         assert!(bus.insert(dev.clone(), 0x08, 0x09).is_err());
         assert!(bus.insert(dev.clone(), 0x20, 0x10).is_ok());
@@ -177,7 +187,8 @@ mod tests {
     #[test]
     fn test_bus_read_routes_with_offset() {
         let mut bus = Bus::new("test");
-        bus.insert(Arc::new(Recorder::default()), 0x3f8, 8).expect("insert");
+        bus.insert(Arc::new(Recorder::default()), 0x3f8, 8)
+            .expect("insert");
         let mut data = [0u8; 1];
         assert!(matches!(bus.read(0x3fd, &mut data), Access::Handled));
         assert_eq!(data[0], 5);

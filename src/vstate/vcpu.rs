@@ -3,9 +3,9 @@
 
 use std::cell::Cell;
 use std::os::unix::thread::JoinHandleExt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_run};
@@ -310,9 +310,9 @@ impl VcpuRunner {
                     KVM_SYSTEM_EVENT_CRASH => VcpuExitReason::Crash("guest crash event".into()),
                     other => VcpuExitReason::Crash(format!("unknown system event {other}")),
                 }),
-                Ok(VcpuExit::FailEntry(reason, cpu)) => Step::Exit(VcpuExitReason::Crash(
-                    format!("KVM entry failure, hardware reason {reason:#x} on CPU {cpu}"),
-                )),
+                Ok(VcpuExit::FailEntry(reason, cpu)) => Step::Exit(VcpuExitReason::Crash(format!(
+                    "KVM entry failure, hardware reason {reason:#x} on CPU {cpu}"
+                ))),
                 Ok(VcpuExit::InternalError) => Step::InternalError,
                 Ok(VcpuExit::Hlt) => Step::Exit(VcpuExitReason::Crash(
                     "vCPU halted with no way to wake up".into(),

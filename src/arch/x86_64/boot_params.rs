@@ -7,11 +7,11 @@ use linux_loader::loader::elf::start_info::{
 };
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::E820Entry;
 use super::kernel::LoadedInitrd;
 use super::layout::{
     CMDLINE_START, PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START, ZERO_PAGE_START,
 };
-use super::E820Entry;
 
 /// `boot_params` as plain bytes for guest memory.
 #[derive(Clone, Copy, Default)]

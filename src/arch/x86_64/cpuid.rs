@@ -137,7 +137,14 @@ mod tests {
 
     #[test]
     fn test_normalize_sets_apic_id_and_count_in_leaf1() {
-        let out = normalize(&sample(), CpuidTopology { cpu_id: 3, num_cpus: 4 }, false);
+        let out = normalize(
+            &sample(),
+            CpuidTopology {
+                cpu_id: 3,
+                num_cpus: 4,
+            },
+            false,
+        );
         let leaf1 = find(&out, LEAF_FEATURES, 0);
         assert_eq!(leaf1.ebx >> 24, 3);
         assert_eq!((leaf1.ebx >> 16) & 0xff, 4);
@@ -147,7 +154,14 @@ mod tests {
 
     #[test]
     fn test_normalize_topology_leaf_reports_cores() {
-        let out = normalize(&sample(), CpuidTopology { cpu_id: 2, num_cpus: 3 }, false);
+        let out = normalize(
+            &sample(),
+            CpuidTopology {
+                cpu_id: 2,
+                num_cpus: 3,
+            },
+            false,
+        );
         let core = find(&out, LEAF_TOPOLOGY, 1);
         assert_eq!(core.ebx, 3);
         assert_eq!(core.eax, 2);

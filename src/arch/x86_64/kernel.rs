@@ -101,7 +101,9 @@ pub enum KernelError {
         reason: String,
     },
     /// A bzImage too old for the 64-bit boot protocol.
-    #[error("bzImage {path} uses boot protocol {version:#x}; 2.06 or newer with a 64-bit entry is needed")]
+    #[error(
+        "bzImage {path} uses boot protocol {version:#x}; 2.06 or newer with a 64-bit entry is needed"
+    )]
     BzImageTooOld {
         /// The path given.
         path: PathBuf,
@@ -222,64 +224,64 @@ pub fn load_kernel(
             path: path.to_owned(),
         });
     }
-    let loaded = match detect_format(path, &mut file)? {
-        Format::Elf => {
-            let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(
-                |e| KernelError::Elf {
-                    path: path.to_owned(),
-                    reason: e.to_string(),
-                },
-            )?;
-            let pvh_entry = match result.pvh_boot_cap {
-                PvhBootCapability::PvhEntryPresent(addr) => Some(addr.0),
-                _ => None,
-            };
-            let (entry, protocol) = match (choice, pvh_entry) {
-                (ProtocolChoice::Auto | ProtocolChoice::Pvh, Some(addr)) => {
-                    (addr, BootProtocol::Pvh)
+    let loaded =
+        match detect_format(path, &mut file)? {
+            Format::Elf => {
+                let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+                    .map_err(|e| KernelError::Elf {
+                        path: path.to_owned(),
+                        reason: e.to_string(),
+                    })?;
+                let pvh_entry = match result.pvh_boot_cap {
+                    PvhBootCapability::PvhEntryPresent(addr) => Some(addr.0),
+                    _ => None,
+                };
+                let (entry, protocol) = match (choice, pvh_entry) {
+                    (ProtocolChoice::Auto | ProtocolChoice::Pvh, Some(addr)) => {
+                        (addr, BootProtocol::Pvh)
+                    }
+                    (ProtocolChoice::Pvh, None) => {
+                        return Err(KernelError::NoPvhEntry {
+                            path: path.to_owned(),
+                        });
+                    }
+                    _ => (result.kernel_load.0, BootProtocol::Linux64),
+                };
+                LoadedKernel {
+                    entry,
+                    protocol,
+                    end: result.kernel_end,
+                    setup_header: None,
                 }
-                (ProtocolChoice::Pvh, None) => {
+            }
+            Format::BzImage => {
+                if choice == ProtocolChoice::Pvh {
                     return Err(KernelError::NoPvhEntry {
                         path: path.to_owned(),
                     });
                 }
-                _ => (result.kernel_load.0, BootProtocol::Linux64),
-            };
-            LoadedKernel {
-                entry,
-                protocol,
-                end: result.kernel_end,
-                setup_header: None,
-            }
-        }
-        Format::BzImage => {
-            if choice == ProtocolChoice::Pvh {
-                return Err(KernelError::NoPvhEntry {
-                    path: path.to_owned(),
-                });
-            }
-            let result = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
-                .map_err(|e| KernelError::BzImage {
+                let result = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+                    .map_err(|e| KernelError::BzImage {
                     path: path.to_owned(),
                     reason: e.to_string(),
                 })?;
-            let header = result
-                .setup_header
-                .expect("the bzImage loader always returns the setup header");
-            if header.version < 0x0206 || header.xloadflags & XLF_KERNEL_64 == 0 {
-                return Err(KernelError::BzImageTooOld {
-                    path: path.to_owned(),
-                    version: header.version,
-                });
+                let header = result
+                    .setup_header
+                    .expect("the bzImage loader always returns the setup header");
+                if header.version < 0x0206 || header.xloadflags & XLF_KERNEL_64 == 0 {
+                    return Err(KernelError::BzImageTooOld {
+                        path: path.to_owned(),
+                        version: header.version,
+                    });
+                }
+                LoadedKernel {
+                    entry: result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
+                    protocol: BootProtocol::Linux64,
+                    end: result.kernel_end,
+                    setup_header: Some(header),
+                }
             }
-            LoadedKernel {
-                entry: result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
-                protocol: BootProtocol::Linux64,
-                end: result.kernel_end,
-                setup_header: Some(header),
-            }
-        }
-    };
+        };
     if loaded.end > low_ram_end(mem_size) {
         return Err(KernelError::KernelTooBig {
             path: path.to_owned(),

@@ -34,7 +34,10 @@ pub fn ram_regions(mem_size: u64) -> Vec<(u64, u64)> {
     if mem_size <= MMIO_GAP_START {
         vec![(0, mem_size)]
     } else {
-        vec![(0, MMIO_GAP_START), (MMIO_GAP_END, mem_size - MMIO_GAP_START)]
+        vec![
+            (0, MMIO_GAP_START),
+            (MMIO_GAP_END, mem_size - MMIO_GAP_START),
+        ]
     }
 }
 
@@ -105,7 +108,11 @@ mod tests {
         assert_eq!(map.len(), 3);
         assert_eq!(map[2].addr, HIMEM_START);
         assert_eq!(map[2].addr + map[2].size, 128 * MIB);
-        let ram: u64 = map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
         assert_eq!(ram, 128 * MIB - (HIMEM_START - EBDA_START));
     }
 

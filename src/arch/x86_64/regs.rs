@@ -196,7 +196,9 @@ mod tests {
         assert_eq!(sregs.cs.l, 1);
         let pml4: u64 = mem.read_obj(GuestAddress(PML4_START)).expect("pml4");
         assert_eq!(pml4, PDPTE_START | PTE_PRESENT_RW);
-        let last_pde: u64 = mem.read_obj(GuestAddress(PDE_START + 511 * 8)).expect("pde");
+        let last_pde: u64 = mem
+            .read_obj(GuestAddress(PDE_START + 511 * 8))
+            .expect("pde");
         assert_eq!(last_pde, (511 << 21) | PDE_HUGE);
     }
 

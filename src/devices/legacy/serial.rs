@@ -7,8 +7,8 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use vm_superio::serial::SerialEvents;
 use vm_superio::Serial;
+use vm_superio::serial::SerialEvents;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -96,7 +96,10 @@ impl SerialDevice {
 
     /// Free space in the receive FIFO.
     pub fn input_capacity(&self) -> usize {
-        self.uart.lock().expect("serial lock poisoned").fifo_capacity()
+        self.uart
+            .lock()
+            .expect("serial lock poisoned")
+            .fifo_capacity()
     }
 }
 
