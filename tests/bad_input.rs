@@ -14,8 +14,14 @@ const QUICK: Duration = Duration::from_secs(10);
 fn expect_error(args: &[&str], code: i32, needle: &str) {
     let (got, stderr) = run_ember(args, QUICK);
     assert_eq!(got, code, "exit code for {args:?}; stderr:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "panic for {args:?}:\n{stderr}");
-    assert!(!stderr.contains("RUST_BACKTRACE"), "backtrace for {args:?}:\n{stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "panic for {args:?}:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("RUST_BACKTRACE"),
+        "backtrace for {args:?}:\n{stderr}"
+    );
     let errors: Vec<&str> = stderr
         .lines()
         .filter(|l| l.starts_with("ember:") || l.starts_with("error:"))
@@ -53,9 +59,15 @@ fn test_empty_kernel_is_rejected() {
 
 #[test]
 fn test_random_bytes_kernel_is_rejected() {
-    let bytes: Vec<u8> = (0..65536u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let bytes: Vec<u8> = (0..65536u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let path = scratch_file("random-kernel", &bytes);
-    expect_error(&["--kernel", &path], 1, "neither an ELF vmlinux nor a bzImage");
+    expect_error(
+        &["--kernel", &path],
+        1,
+        "neither an ELF vmlinux nor a bzImage",
+    );
 }
 
 #[test]
@@ -141,7 +153,11 @@ fn test_zero_vcpus_is_usage_error() {
 #[test]
 fn test_vcpus_above_host_limit_is_usage_error() {
     let kernel = test_guest("hello").display().to_string();
-    expect_error(&["--kernel", &kernel, "--vcpus", "255"], 2, "more than this host allows");
+    expect_error(
+        &["--kernel", &kernel, "--vcpus", "255"],
+        2,
+        "more than this host allows",
+    );
 }
 
 #[test]
@@ -170,7 +186,11 @@ fn test_bad_serial_value_is_usage_error() {
 #[test]
 fn test_pvh_forced_on_bzimage_is_rejected() {
     let path = scratch_file("pvh-bzimage", &fake_truncated_bzimage());
-    expect_error(&["--kernel", &path, "--boot-protocol", "pvh"], 1, "no PVH entry");
+    expect_error(
+        &["--kernel", &path, "--boot-protocol", "pvh"],
+        1,
+        "no PVH entry",
+    );
 }
 
 #[test]
@@ -181,7 +201,17 @@ fn test_help_documents_exit_codes() {
         .expect("run --help");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in ["--kernel", "--initrd", "--cmdline", "--memory", "--vcpus", "--serial", "--log-level", "Exit status", "Example"] {
+    for needle in [
+        "--kernel",
+        "--initrd",
+        "--cmdline",
+        "--memory",
+        "--vcpus",
+        "--serial",
+        "--log-level",
+        "Exit status",
+        "Example",
+    ] {
         assert!(help.contains(needle), "--help lacks {needle}");
     }
 }

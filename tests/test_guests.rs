@@ -31,7 +31,11 @@ fn usable_ram(map: &[(u64, u64, u32)]) -> u64 {
 #[test]
 fn test_hello_guest_prints_and_reset_exits_zero() {
     let vm = boot_to_done(VmArgs::guest("hello"), "hello");
-    assert!(vm.console().iter().any(|l| l == "Hello from the hello guest"));
+    assert!(
+        vm.console()
+            .iter()
+            .any(|l| l == "Hello from the hello guest")
+    );
     assert!(vm.log().contains("reset"));
 }
 
@@ -49,7 +53,11 @@ fn test_bootinfo_pvh_e820_small_memory() {
 #[test]
 fn test_bootinfo_odd_memory_size_is_exact() {
     let vm = boot_to_done(VmArgs::guest("bootinfo").arg("--memory", 77), "bootinfo");
-    let top = e820_lines(&vm).iter().map(|e| e.0 + e.1).max().expect("entries");
+    let top = e820_lines(&vm)
+        .iter()
+        .map(|e| e.0 + e.1)
+        .max()
+        .expect("entries");
     assert_eq!(top, 77 << 20);
 }
 
@@ -57,7 +65,10 @@ fn test_bootinfo_odd_memory_size_is_exact() {
 fn test_bootinfo_large_memory_splits_around_mmio_gap() {
     let vm = boot_to_done(VmArgs::guest("bootinfo").arg("--memory", 5120), "bootinfo");
     let map = e820_lines(&vm);
-    assert!(map.contains(&(0x10_0000, 0xc000_0000 - 0x10_0000, 1)), "{map:x?}");
+    assert!(
+        map.contains(&(0x10_0000, 0xc000_0000 - 0x10_0000, 1)),
+        "{map:x?}"
+    );
     assert!(map.contains(&(0x1_0000_0000, 2 << 30, 1)), "{map:x?}");
     for (addr, size, _) in &map {
         assert!(addr + size <= 0xc000_0000 || *addr >= 0x1_0000_0000);
@@ -71,7 +82,11 @@ fn test_bootinfo_linux64_protocol_sees_same_map() {
         .arg("--boot-protocol", "linux");
     let vm = boot_to_done(args, "bootinfo");
     assert!(vm.console()[0].contains("protocol=linux64"));
-    let top = e820_lines(&vm).iter().map(|e| e.0 + e.1).max().expect("entries");
+    let top = e820_lines(&vm)
+        .iter()
+        .map(|e| e.0 + e.1)
+        .max()
+        .expect("entries");
     assert_eq!(top, 256 << 20);
 }
 
@@ -85,7 +100,9 @@ fn test_bootinfo_cmdline_is_passed_verbatim_then_policy() {
 
 fn check_initrd(protocol: &str) {
     let path = scratch_dir().join(format!("initrd-{protocol}.bin"));
-    let contents: Vec<u8> = (0..300_001u32).map(|i| (i.wrapping_mul(7919) >> 3) as u8).collect();
+    let contents: Vec<u8> = (0..300_001u32)
+        .map(|i| (i.wrapping_mul(7919) >> 3) as u8)
+        .collect();
     std::fs::write(&path, &contents).expect("write initrd");
     let args = VmArgs::guest("bootinfo")
         .arg("--memory", 64)
@@ -98,8 +115,15 @@ fn check_initrd(protocol: &str) {
     let size = u64::from_str_radix(f[2].trim_start_matches("0x"), 16).expect("size");
     assert_eq!(size, contents.len() as u64);
     assert_eq!(addr % 4096, 0, "initrd page-aligned");
-    assert!(addr + size <= 64 << 20 && addr + size + 4096 > 64 << 20, "at the top of RAM: {line}");
-    assert_eq!(f[3], format!("{:#x}", fnv1a64(&contents)), "initrd contents intact");
+    assert!(
+        addr + size <= 64 << 20 && addr + size + 4096 > 64 << 20,
+        "at the top of RAM: {line}"
+    );
+    assert_eq!(
+        f[3],
+        format!("{:#x}", fnv1a64(&contents)),
+        "initrd contents intact"
+    );
 }
 
 #[test]
@@ -167,17 +191,35 @@ fn test_triple_fault_exits_with_crash_code() {
 
 #[test]
 fn test_unmapped_mmio_is_logged_and_harmless() {
-    let vm = boot_to_done(VmArgs::guest("fault").arg("--cmdline", "fault=mmio"), "fault");
+    let vm = boot_to_done(
+        VmArgs::guest("fault").arg("--cmdline", "fault=mmio"),
+        "fault",
+    );
     assert!(vm.console().contains(&"MMIO read 0xffffffff".to_string()));
-    assert!(vm.log().contains("unmapped MMIO address 0xd0000000"), "{}", vm.log());
+    assert!(
+        vm.log().contains("unmapped MMIO address 0xd0000000"),
+        "{}",
+        vm.log()
+    );
 }
 
 #[test]
 fn test_unknown_port_is_logged_and_reads_all_ones() {
-    let vm = boot_to_done(VmArgs::guest("fault").arg("--cmdline", "fault=pio"), "fault");
+    let vm = boot_to_done(
+        VmArgs::guest("fault").arg("--cmdline", "fault=pio"),
+        "fault",
+    );
     assert!(vm.console().contains(&"PIO read 0xff".to_string()));
-    assert!(vm.log().contains("unmapped port address 0x1234"), "{}", vm.log());
-    assert!(vm.log().contains("unmapped port address 0x1235"), "{}", vm.log());
+    assert!(
+        vm.log().contains("unmapped port address 0x1234"),
+        "{}",
+        vm.log()
+    );
+    assert!(
+        vm.log().contains("unmapped port address 0x1235"),
+        "{}",
+        vm.log()
+    );
 }
 
 #[test]

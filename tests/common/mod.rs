@@ -115,7 +115,10 @@ impl TestVm {
                 let text = String::from_utf8_lossy(&line)
                     .trim_end_matches('\r')
                     .to_string();
-                console_writer.lock().expect("console lock").push(text.clone());
+                console_writer
+                    .lock()
+                    .expect("console lock")
+                    .push(text.clone());
                 if tx.send(text).is_err() {
                     // Keep draining so the guest never blocks on a full pipe.
                     continue;
@@ -282,7 +285,9 @@ pub fn run_ember(args: &[&str], timeout: Duration) -> (i32, String) {
         .expect("stderr piped")
         .read_to_string(&mut stderr)
         .expect("read stderr");
-    let code = status.code().expect("ember exited normally, not by a signal");
+    let code = status
+        .code()
+        .expect("ember exited normally, not by a signal");
     (code, stderr)
 }
 
