@@ -2,6 +2,8 @@
 //! place before any resource is created.
 
 pub mod boot;
+pub mod drive;
+pub mod net;
 pub mod cli;
 pub mod machine;
 pub mod serial;

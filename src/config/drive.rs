@@ -1,0 +1,189 @@
+//! Block devices: `--disk path=FILE[,readonly=on][,id=NAME][,root=on]`.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// One virtio-blk disk backed by a host file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriveConfig {
+    /// Identifier (API path component, virtio-blk serial). Default `disk<N>` by position.
+    pub id: String,
+    /// Backing file.
+    pub path: PathBuf,
+    /// Read-only: the file is opened read-only and the guest sees VIRTIO_BLK_F_RO.
+    pub readonly: bool,
+    /// The root device: adds `root=/dev/vdX` and `rw`/`ro` to the kernel command line.
+    pub root: bool,
+}
+
+/// Invalid drive settings.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DriveError {
+    /// Syntax error in `--disk`.
+    #[error("disk: {0}")]
+    Parse(String),
+    /// The backing file is missing.
+    #[error("disk {id}: {path} does not exist")]
+    Missing {
+        /// Drive id.
+        id: String,
+        /// The path.
+        path: PathBuf,
+    },
+    /// The backing path is not a regular file or block device.
+    #[error("disk {id}: {path} is not a regular file or block device")]
+    NotAFile {
+        /// Drive id.
+        id: String,
+        /// The path.
+        path: PathBuf,
+    },
+    /// Two drives share an id.
+    #[error("disk: id {0} is used twice")]
+    DuplicateId(String),
+    /// More than one root drive.
+    #[error("disk: only one disk can have root=on")]
+    TwoRoots,
+    /// An id that cannot be used.
+    #[error("disk: id `{0}` must be 1-64 characters of [A-Za-z0-9_-]")]
+    BadId(String),
+}
+
+/// Parses `on`/`off` (also true/false, yes/no, 1/0).
+pub fn parse_bool(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("{key}={value}: expected on or off")),
+    }
+}
+
+/// Checks an id for API paths and guest-visible names.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Splits `k=v,k=v` into pairs.
+pub fn key_values(s: &str) -> Result<Vec<(&str, &str)>, String> {
+    s.split(',')
+        .map(|kv| {
+            kv.split_once('=')
+                .ok_or_else(|| format!("`{kv}` is not key=value"))
+        })
+        .collect()
+}
+
+impl FromStr for DriveConfig {
+    type Err = DriveError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut drive = DriveConfig {
+            id: String::new(),
+            path: PathBuf::new(),
+            readonly: false,
+            root: false,
+        };
+        for (key, value) in key_values(s).map_err(DriveError::Parse)? {
+            match key {
+                "path" => drive.path = PathBuf::from(value),
+                "id" => drive.id = value.to_string(),
+                "readonly" => drive.readonly = parse_bool(key, value).map_err(DriveError::Parse)?,
+                "root" => drive.root = parse_bool(key, value).map_err(DriveError::Parse)?,
+                other => {
+                    return Err(DriveError::Parse(format!(
+                        "unknown key `{other}` (expected path, readonly, id, root)"
+                    )));
+                }
+            }
+        }
+        if drive.path.as_os_str().is_empty() {
+            return Err(DriveError::Parse("path=FILE is required".into()));
+        }
+        Ok(drive)
+    }
+}
+
+impl DriveConfig {
+    /// Checks the backing file.
+    pub fn validate(&self) -> Result<(), DriveError> {
+        if !valid_id(&self.id) {
+            return Err(DriveError::BadId(self.id.clone()));
+        }
+        let meta = std::fs::metadata(&self.path).map_err(|_| DriveError::Missing {
+            id: self.id.clone(),
+            path: self.path.clone(),
+        })?;
+        use std::os::unix::fs::FileTypeExt;
+        if !(meta.is_file() || meta.file_type().is_block_device()) {
+            return Err(DriveError::NotAFile {
+                id: self.id.clone(),
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Gives unnamed drives `disk<N>` ids and checks ids and roots across the list.
+pub fn finalize_drives(drives: &mut [DriveConfig]) -> Result<(), DriveError> {
+    for (i, d) in drives.iter_mut().enumerate() {
+        if d.id.is_empty() {
+            d.id = format!("disk{i}");
+        }
+    }
+    validate_drives(drives)
+}
+
+/// Checks ids are unique and at most one drive is root.
+pub fn validate_drives(drives: &[DriveConfig]) -> Result<(), DriveError> {
+    for (i, d) in drives.iter().enumerate() {
+        if drives[..i].iter().any(|o| o.id == d.id) {
+            return Err(DriveError::DuplicateId(d.id.clone()));
+        }
+    }
+    if drives.iter().filter(|d| d.root).count() > 1 {
+        return Err(DriveError::TwoRoots);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_drive_parse_all_keys() {
+        let d: DriveConfig = "path=/tmp/a.img,readonly=on,id=data,root=on".parse().expect("ok");
+        assert_eq!(d.path, PathBuf::from("/tmp/a.img"));
+        assert!(d.readonly && d.root);
+        assert_eq!(d.id, "data");
+    }
+
+    #[test]
+    fn test_drive_parse_errors() {
+        assert!("readonly=on".parse::<DriveConfig>().is_err());
+        assert!("path=/a,bogus=1".parse::<DriveConfig>().is_err());
+        assert!("path=/a,readonly=maybe".parse::<DriveConfig>().is_err());
+        assert!("/a".parse::<DriveConfig>().is_err());
+    }
+
+    #[test]
+    fn test_finalize_drives_names_and_checks() {
+        let mut drives: Vec<DriveConfig> = vec![
+            "path=/a".parse().expect("ok"),
+            "path=/b,id=x".parse().expect("ok"),
+        ];
+        finalize_drives(&mut drives).expect("valid");
+        assert_eq!(drives[0].id, "disk0");
+        drives[0].id = "x".into();
+        assert_eq!(validate_drives(&drives), Err(DriveError::DuplicateId("x".into())));
+        drives[0].id = "y".into();
+        drives[0].root = true;
+        drives[1].root = true;
+        assert_eq!(validate_drives(&drives), Err(DriveError::TwoRoots));
+    }
+}
