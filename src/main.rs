@@ -49,7 +49,13 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     ember::logger::init(cli.log_level.into());
-    let config = cli.to_config();
+    let config = match cli.to_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ember: Invalid configuration: {e}");
+            return ExitCode::from(EXIT_USAGE as u8);
+        }
+    };
     let vmm = match ember::builder::build_microvm(&config) {
         Ok(vmm) => vmm,
         Err(e) => {

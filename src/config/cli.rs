@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+use super::ConfigError;
 use super::boot::DEFAULT_CMDLINE;
 use super::machine::{DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
-use super::{BootConfig, MachineConfig, SerialConfig, VmConfig};
+use super::{BootConfig, DriveConfig, MachineConfig, NetConfig, SerialConfig, VmConfig};
 use crate::arch::kernel::ProtocolChoice;
 use crate::host::CompatMode;
 
@@ -107,6 +108,16 @@ pub struct Cli {
     #[arg(long, value_name = "stdio|file:PATH|none", default_value = "stdio")]
     pub serial: SerialConfig,
 
+    /// A virtio-blk disk backed by a file (repeatable; vda, vdb, ... in order). root=on makes it
+    /// the root device. Example: --disk path=rootfs.ext4,root=on --disk path=data.img,readonly=on
+    #[arg(long, value_name = "path=FILE[,readonly=on][,id=NAME][,root=on]")]
+    pub disk: Vec<DriveConfig>,
+
+    /// A virtio-net interface on an existing host TAP device (repeatable; eth0, eth1, ...).
+    /// Example: --net tap=tap0,mac=02:00:00:00:00:01
+    #[arg(long, value_name = "tap=NAME[,mac=MAC][,id=NAME]")]
+    pub net: Vec<NetConfig>,
+
     /// Log level of Ember's own messages (on stderr).
     #[arg(long, value_name = "LEVEL", value_enum, default_value_t = LogLevel::Warn)]
     pub log_level: LogLevel,
@@ -122,8 +133,12 @@ pub struct Cli {
 
 impl Cli {
     /// The `VmConfig` these flags describe (not yet validated).
-    pub fn to_config(&self) -> VmConfig {
-        VmConfig {
+    pub fn to_config(&self) -> Result<VmConfig, ConfigError> {
+        let mut drives = self.disk.clone();
+        super::drive::finalize_drives(&mut drives)?;
+        let mut nets = self.net.clone();
+        super::net::finalize_nets(&mut nets)?;
+        Ok(VmConfig {
             machine: MachineConfig {
                 vcpus: self.vcpus,
                 memory_mib: self.memory,
@@ -139,12 +154,14 @@ impl Cli {
                 },
             },
             serial: self.serial.clone(),
+            drives,
+            nets,
             pvm_compat: match self.pvm_compat {
                 CompatArg::Auto => CompatMode::Auto,
                 CompatArg::On => CompatMode::On,
                 CompatArg::Off => CompatMode::Off,
             },
-        }
+        })
     }
 }
 
@@ -155,7 +172,7 @@ mod tests {
     #[test]
     fn test_cli_defaults() {
         let cli = Cli::try_parse_from(["ember", "--kernel", "k"]).expect("parses");
-        let cfg = cli.to_config();
+        let cfg = cli.to_config().expect("valid");
         assert_eq!(cfg.machine, MachineConfig::default());
         assert_eq!(cfg.boot.cmdline, DEFAULT_CMDLINE);
         assert_eq!(cfg.serial, SerialConfig::Stdio);
@@ -184,7 +201,7 @@ mod tests {
             "off",
         ])
         .expect("parses");
-        let cfg = cli.to_config();
+        let cfg = cli.to_config().expect("valid");
         assert_eq!(cfg.machine.vcpus, 4);
         assert_eq!(cfg.machine.memory_mib, 512);
         assert_eq!(cfg.boot.initrd, Some(PathBuf::from("i")));

@@ -157,7 +157,9 @@ mod tests {
 
     #[test]
     fn test_drive_parse_all_keys() {
-        let d: DriveConfig = "path=/tmp/a.img,readonly=on,id=data,root=on".parse().expect("ok");
+        let d: DriveConfig = "path=/tmp/a.img,readonly=on,id=data,root=on"
+            .parse()
+            .expect("ok");
         assert_eq!(d.path, PathBuf::from("/tmp/a.img"));
         assert!(d.readonly && d.root);
         assert_eq!(d.id, "data");
@@ -180,7 +182,10 @@ mod tests {
         finalize_drives(&mut drives).expect("valid");
         assert_eq!(drives[0].id, "disk0");
         drives[0].id = "x".into();
-        assert_eq!(validate_drives(&drives), Err(DriveError::DuplicateId("x".into())));
+        assert_eq!(
+            validate_drives(&drives),
+            Err(DriveError::DuplicateId("x".into()))
+        );
         drives[0].id = "y".into();
         drives[0].root = true;
         drives[1].root = true;

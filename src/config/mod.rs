@@ -2,14 +2,16 @@
 //! place before any resource is created.
 
 pub mod boot;
-pub mod drive;
-pub mod net;
 pub mod cli;
+pub mod drive;
 pub mod machine;
+pub mod net;
 pub mod serial;
 
 pub use boot::BootConfig;
+pub use drive::DriveConfig;
 pub use machine::MachineConfig;
+pub use net::NetConfig;
 pub use serial::SerialConfig;
 
 use crate::host::CompatMode;
@@ -23,6 +25,10 @@ pub struct VmConfig {
     pub boot: BootConfig,
     /// Serial console routing.
     pub serial: SerialConfig,
+    /// virtio-blk disks, in guest order (vda, vdb, ...).
+    pub drives: Vec<DriveConfig>,
+    /// virtio-net interfaces, in guest order (eth0, eth1, ...).
+    pub nets: Vec<NetConfig>,
     /// Software-nested KVM compatibility policy.
     pub pvm_compat: CompatMode,
 }
@@ -66,6 +72,12 @@ pub enum ConfigError {
     /// Serial routing problems.
     #[error(transparent)]
     Serial(#[from] serial::SerialError),
+    /// Drive problems.
+    #[error(transparent)]
+    Drive(#[from] drive::DriveError),
+    /// Network interface problems.
+    #[error(transparent)]
+    Net(#[from] net::NetError),
 }
 
 impl VmConfig {
@@ -74,6 +86,11 @@ impl VmConfig {
         self.machine.validate(limits)?;
         self.boot.validate()?;
         self.serial.validate()?;
+        drive::validate_drives(&self.drives)?;
+        for d in &self.drives {
+            d.validate()?;
+        }
+        net::validate_nets(&self.nets)?;
         Ok(())
     }
 }

@@ -122,10 +122,7 @@ impl NetConfig {
         if !valid_id(&self.id) {
             return Err(NetError::BadId(self.id.clone()));
         }
-        if self.tap.is_empty()
-            || self.tap.len() > 15
-            || self.tap.contains(['/', ' ', '\0'])
-        {
+        if self.tap.is_empty() || self.tap.len() > 15 || self.tap.contains(['/', ' ', '\0']) {
             return Err(NetError::BadTap(self.tap.clone()));
         }
         Ok(())
