@@ -2,7 +2,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use event_manager::MutEventSubscriber;
+use kvm_ioctls::IoEventAddress;
+use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -13,6 +18,9 @@ use crate::arch::{self, boot_params, mptable};
 use crate::config::{ConfigError, HostLimits, SerialConfig, VmConfig, boot};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::EventFdTrigger;
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::mmio::{MMIO_WINDOW_SIZE, MmioTransport};
+use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::legacy::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{COM1_PORT_BASE, SERIAL_PORT_LEN, SerialDevice, SerialOutput};
 use crate::host::{HostKind, HostPolicy};
@@ -51,6 +59,15 @@ pub enum StartError {
     /// A vCPU could not be set up.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// A disk could not be set up.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// More virtio devices than free interrupt lines.
+    #[error("Too many devices: at most {} disks and network interfaces together", arch::MAX_VIRTIO_DEVICES)]
+    TooManyDevices,
+    /// An ioeventfd could not be registered.
+    #[error("Failed to register the queue notification of {0}")]
+    Ioeventfd(String, #[source] kvm_ioctls::Error),
     /// An eventfd, file or descriptor could not be created.
     #[error("Failed to create {what}")]
     Io {
@@ -81,6 +98,41 @@ fn open_host(config: &VmConfig) -> Result<KvmHost, StartError> {
     Ok(host)
 }
 
+/// The command-line additions for the devices: the root disk and, for kernels that find
+/// virtio-mmio devices on the command line, one `virtio_mmio.device=` per device.
+fn device_cmdline(config: &VmConfig, cmdline: &mut String) -> Result<(), StartError> {
+    let count = config.drives.len() + config.nets.len();
+    if count > arch::MAX_VIRTIO_DEVICES {
+        return Err(StartError::TooManyDevices);
+    }
+    if let Some((i, drive)) = config.drives.iter().enumerate().find(|(_, d)| d.root) {
+        if cmdline.split_whitespace().any(|w| w.starts_with("root=")) {
+            log::warn!("Disk {} has root=on but the command line already names a root", drive.id);
+        } else {
+            let name = disk_name(i);
+            let mode = if drive.readonly { "ro" } else { "rw" };
+            cmdline.push_str(&format!(" root=/dev/{name} {mode}"));
+        }
+    }
+    for index in 0..count {
+        let (base, irq) = arch::virtio_mmio_slot(index).ok_or(StartError::TooManyDevices)?;
+        cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+    }
+    Ok(())
+}
+
+/// The guest's name for disk number `index`: vda, vdb, ..., vdz, vdaa, ...
+pub fn disk_name(index: usize) -> String {
+    let mut suffix = String::new();
+    let mut n = index + 1;
+    while n > 0 {
+        n -= 1;
+        suffix.insert(0, (b'a' + (n % 26) as u8) as char);
+        n /= 26;
+    }
+    format!("vd{suffix}")
+}
+
 /// Step 2: decide the compatibility policy and build the final command line.
 fn decide_policy(config: &VmConfig) -> Result<(HostPolicy, String), StartError> {
     let kind = HostKind::detect();
@@ -93,6 +145,7 @@ fn decide_policy(config: &VmConfig) -> Result<(HostPolicy, String), StartError> 
         );
     }
     let mut cmdline = config.boot.cmdline.clone();
+    device_cmdline(config, &mut cmdline)?;
     policy.extend_cmdline(&mut cmdline);
     boot::check_cmdline(&cmdline).map_err(ConfigError::from)?;
     Ok((policy, cmdline))
@@ -179,6 +232,10 @@ pub struct Devices {
     pub reset_evt: EventFd,
     /// The console and where its input comes from, if it takes input.
     pub console: Option<ConsoleInput>,
+    /// Virtio devices, served by the event loop.
+    pub virtio: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    /// Set while the VM is paused: virtio devices leave their queues alone.
+    pub paused: Arc<AtomicBool>,
 }
 
 /// Legacy ports Linux probes that a microVM does not have (POST diagnostics, COM2-COM4):
@@ -223,10 +280,74 @@ fn create_devices(vm: &Vm, config: &VmConfig) -> Result<Devices, StartError> {
         mmio: Arc::new(Bus::new("MMIO")),
         reset_evt,
         console,
+        virtio: Vec::new(),
+        paused: Arc::new(AtomicBool::new(false)),
     })
 }
 
-/// Step 6: one configured vCPU per requested CPU; vCPU 0 gets the entry registers.
+/// Puts `device` behind a virtio-mmio transport in slot `index`: register window on the MMIO
+/// bus, queue notifications through ioeventfds, interrupt through an irqfd.
+fn attach_virtio<D>(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    index: usize,
+    name: String,
+    device: Arc<Mutex<D>>,
+    interrupt: Arc<VirtioInterrupt>,
+) -> Result<(), StartError>
+where
+    D: VirtioDevice + 'static,
+{
+    let (base, _) = arch::virtio_mmio_slot(index).ok_or(StartError::TooManyDevices)?;
+    {
+        let dev = device.lock().expect("new device lock");
+        for (q, evt) in dev.queue_events().iter().enumerate() {
+            let addr = IoEventAddress::Mmio(base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY));
+            vm.fd()
+                .register_ioevent(evt, &addr, q as u32)
+                .map_err(|e| StartError::Ioeventfd(name.clone(), e))?;
+        }
+    }
+    let transport = MmioTransport::new(device, interrupt, mem.clone(), name);
+    mmio.insert(Arc::new(transport), base, MMIO_WINDOW_SIZE)?;
+    Ok(())
+}
+
+/// The interrupt of virtio slot `index`, wired to its GSI.
+fn virtio_interrupt(vm: &Vm, index: usize) -> Result<Arc<VirtioInterrupt>, StartError> {
+    let (_, irq) = arch::virtio_mmio_slot(index).ok_or(StartError::TooManyDevices)?;
+    let evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("a virtio irq eventfd"))?;
+    vm.register_irqfd(&evt, irq)?;
+    Ok(Arc::new(VirtioInterrupt::new(evt)))
+}
+
+/// Step 6: the virtio devices, in the order the command line announced them (disks, then NICs).
+fn create_virtio_devices(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    devices: &mut Devices,
+) -> Result<(), StartError> {
+    let mut mmio = Bus::new("MMIO");
+    for (index, drive) in config.drives.iter().enumerate() {
+        let interrupt = virtio_interrupt(vm, index)?;
+        let block = Arc::new(Mutex::new(Block::new(
+            &drive.id,
+            &drive.path,
+            drive.readonly,
+            interrupt.clone(),
+            devices.paused.clone(),
+        )?));
+        let name = format!("disk {} ({})", drive.id, disk_name(index));
+        attach_virtio(vm, mem, &mut mmio, index, name, block.clone(), interrupt)?;
+        devices.virtio.push(block);
+    }
+    devices.mmio = Arc::new(mmio);
+    Ok(())
+}
+
+/// Step 7: one configured vCPU per requested CPU; vCPU 0 gets the entry registers.
 fn create_vcpus(
     host: &KvmHost,
     vm: &Vm,
@@ -246,6 +367,18 @@ fn create_vcpus(
         .collect()
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_disk_name_sequence() {
+        assert_eq!(disk_name(0), "vda");
+        assert_eq!(disk_name(25), "vdz");
+        assert_eq!(disk_name(26), "vdaa");
+    }
+}
+
 /// Builds a ready-to-run microVM: every resource is created and the guest is loaded, but no
 /// vCPU runs yet.
 pub fn build_microvm(config: &VmConfig) -> Result<Vmm, StartError> {
@@ -257,7 +390,8 @@ pub fn build_microvm(config: &VmConfig) -> Result<Vmm, StartError> {
     vm.register_memory(&mem)?;
     let (kernel, initrd) = load_boot_payload(&mem, config, &cmdline)?;
     write_boot_info(&mem, config, &kernel, initrd, cmdline.len())?;
-    let devices = create_devices(&vm, config)?;
+    let mut devices = create_devices(&vm, config)?;
+    create_virtio_devices(&vm, &mem, config, &mut devices)?;
     let vcpus = create_vcpus(&host, &vm, &mem, config, policy, &kernel)?;
     Ok(Vmm::new(vm, mem, vcpus, devices, policy))
 }

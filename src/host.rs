@@ -6,7 +6,7 @@
 //! | problem | workaround applied by this module |
 //! |---|---|
 //! | CPUID feature bits set with KVM_SET_CPUID2 do not reach the guest; XRSTOR fails | `noxsave` on the guest command line |
-//! | CLAC (SMAP) and POPCNT fail to emulate | `clearcpuid=smap,popcnt` on the command line |
+//! | CLAC (SMAP), POPCNT and CMPXCHG16B fail to emulate | `clearcpuid=smap,popcnt,cx16` on the command line |
 //! | VMCALL (KVM hypercalls, PV IPIs, kvmclock) spins forever without an exit | the KVM paravirt CPUID leaves are hidden from the guest, and a watchdog skips a VMCALL found spinning (RAX = -KVM_ENOSYS) |
 //! | INT3 fails to emulate (KVM_EXIT_INTERNAL_ERROR) | RIP += 1 and #BP injected, as the hardware would |
 //! | FWAIT fails to emulate | RIP += 1 (no x87 exception can be pending) |
@@ -66,8 +66,8 @@ pub fn cpuinfo_has_hw_virt(cpuinfo: &str) -> bool {
 pub const PVM_CMDLINE: [(&str, &str); 2] = [
     ("noxsave", "XRSTOR fails to emulate"),
     (
-        "clearcpuid=smap,popcnt",
-        "CLAC and POPCNT fail to emulate and CPUID masks do not reach the guest",
+        "clearcpuid=smap,popcnt,cx16",
+        "CLAC, POPCNT and CMPXCHG16B (SLUB's cmpxchg_double) fail to emulate, and CPUID masks do not reach the guest",
     ),
 ];
 
@@ -189,7 +189,7 @@ mod tests {
         let policy = HostPolicy { pvm: true };
         let mut cmdline = String::from("console=ttyS0 noxsave");
         policy.extend_cmdline(&mut cmdline);
-        assert_eq!(cmdline, "console=ttyS0 noxsave clearcpuid=smap,popcnt");
+        assert_eq!(cmdline, "console=ttyS0 noxsave clearcpuid=smap,popcnt,cx16");
         let mut off = String::from("console=ttyS0");
         HostPolicy { pvm: false }.extend_cmdline(&mut off);
         assert_eq!(off, "console=ttyS0");

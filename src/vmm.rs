@@ -271,6 +271,11 @@ impl Vmm {
             }
         }
 
+        for device in std::mem::take(&mut self.devices.virtio) {
+            let sub: Subscriber = Rc::new(RefCell::new(device));
+            manager.add_subscriber(sub);
+        }
+
         let (tx, rx) = channel();
         let ctx = VcpuContext {
             pio: self.devices.pio.clone(),

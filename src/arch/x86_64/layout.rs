@@ -38,6 +38,12 @@ pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
 pub const MMIO_GAP_SIZE: u64 = MMIO_GAP_END - MMIO_GAP_START;
 /// First address handed to virtio-mmio devices, inside the MMIO gap.
 pub const MMIO_DEVICES_START: u64 = 0xd000_0000;
+/// Size of each virtio-mmio device window.
+pub const MMIO_DEVICE_WINDOW: u64 = 0x1000;
+/// First interrupt line handed to virtio-mmio devices (lower ones are legacy ISA).
+pub const VIRTIO_IRQ_FIRST: u32 = 5;
+/// Last interrupt line handed to virtio-mmio devices (the I/O APIC has 24 pins).
+pub const VIRTIO_IRQ_LAST: u32 = 23;
 /// I/O APIC registers (in-kernel irqchip).
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC registers (in-kernel irqchip).

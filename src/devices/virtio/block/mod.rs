@@ -1,0 +1,267 @@
+//! virtio-blk on a host file: the device (config space, features, queue processing on the event
+//! loop). Request parsing and execution live in `request`, the file in `disk`.
+
+pub mod disk;
+pub mod request;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+};
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use self::disk::{DiskFile, SECTOR_SIZE};
+use self::request::{MAX_DISCARD_SEGMENTS, RequestStats};
+use super::{
+    ActivateContext, ActivateError, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioInterrupt, read_config_bytes,
+};
+
+/// Size of the one request queue.
+pub const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
+/// Size of virtio_blk_config up to write_zeroes_may_unmap.
+const CONFIG_SIZE: usize = 60;
+
+/// Errors while creating a block device.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The backing file cannot be opened.
+    #[error("Cannot open disk {id} backing file {path}")]
+    Open {
+        /// Drive id.
+        id: String,
+        /// Path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An eventfd could not be created.
+    #[error("Failed to create an eventfd for disk {0}")]
+    EventFd(String, #[source] std::io::Error),
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+}
+
+/// A virtio-blk device.
+pub struct Block {
+    id: String,
+    disk: DiskFile,
+    features: u64,
+    config: [u8; CONFIG_SIZE],
+    queue_evts: Vec<EventFd>,
+    interrupt: Arc<VirtioInterrupt>,
+    active: Option<Active>,
+    broken: bool,
+    paused: Arc<AtomicBool>,
+    stats: RequestStats,
+}
+
+fn put_u32(config: &mut [u8], offset: usize, value: u32) {
+    config[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
+}
+
+impl Block {
+    /// A disk backed by `path`; `paused` stops queue processing while the VM is paused.
+    pub fn new(
+        id: &str,
+        path: &Path,
+        readonly: bool,
+        interrupt: Arc<VirtioInterrupt>,
+        paused: Arc<AtomicBool>,
+    ) -> Result<Self, BlockError> {
+        let disk = DiskFile::open(path, readonly).map_err(|source| BlockError::Open {
+            id: id.to_string(),
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut features = VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_RING_F_INDIRECT_DESC
+            | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_BLK_SIZE)
+            | (1 << VIRTIO_BLK_F_FLUSH);
+        if readonly {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        if disk.supports_discard() {
+            features |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
+        }
+        let mut config = [0u8; CONFIG_SIZE];
+        config[0..8].copy_from_slice(&(disk.size() / SECTOR_SIZE).to_le_bytes());
+        put_u32(&mut config, 12, u32::from(QUEUE_SIZE) - 2); // seg_max
+        put_u32(&mut config, 20, SECTOR_SIZE as u32); // blk_size
+        let max_sectors = (request::MAX_REQUEST_BYTES as u64 / SECTOR_SIZE) as u32;
+        put_u32(&mut config, 36, u32::MAX / SECTOR_SIZE as u32); // max_discard_sectors
+        put_u32(&mut config, 40, MAX_DISCARD_SEGMENTS); // max_discard_seg
+        put_u32(&mut config, 44, 8); // discard_sector_alignment: 4 KiB
+        put_u32(&mut config, 48, max_sectors.max(1)); // max_write_zeroes_sectors
+        put_u32(&mut config, 52, MAX_DISCARD_SEGMENTS); // max_write_zeroes_seg
+        config[56] = 1; // write_zeroes_may_unmap
+        let queue_evts = vec![
+            EventFd::new(EFD_NONBLOCK).map_err(|e| BlockError::EventFd(id.to_string(), e))?,
+        ];
+        log::info!(
+            "Disk {id}: {} ({} sectors{}{})",
+            path.display(),
+            disk.size() / SECTOR_SIZE,
+            if readonly { ", read-only" } else { "" },
+            if disk.supports_discard() { ", discard" } else { "" }
+        );
+        Ok(Block {
+            id: id.to_string(),
+            disk,
+            features,
+            config,
+            queue_evts,
+            interrupt,
+            active: None,
+            broken: false,
+            paused,
+            stats: RequestStats::default(),
+        })
+    }
+
+    /// Counters of malformed and failed requests.
+    pub fn stats(&self) -> RequestStats {
+        self.stats
+    }
+
+    fn process_queue(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mem = active.mem.clone();
+        let queue = &mut active.queue;
+        let id = self.id.as_bytes();
+        let mut used_any = false;
+        loop {
+            if queue.event_idx_enabled() && queue.disable_notification(&mem).is_err() {
+                self.broken = true;
+                break;
+            }
+            let chains: Vec<_> = match queue.iter(&mem) {
+                Ok(iter) => iter.collect(),
+                Err(e) => {
+                    log::warn!("Disk {}: the guest corrupted its queue ({e}); stopping it", self.id);
+                    self.broken = true;
+                    break;
+                }
+            };
+            for chain in chains {
+                let head = chain.head_index();
+                let done = request::process(&mem, chain, &self.disk, id, &mut self.stats);
+                if let Err(e) = queue.add_used(&mem, head, done.used_len) {
+                    log::warn!("Disk {}: cannot complete request {head}: {e}", self.id);
+                    self.broken = true;
+                    break;
+                }
+                used_any = true;
+            }
+            if self.broken || !queue.event_idx_enabled() {
+                break;
+            }
+            match queue.enable_notification(&mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(_) => {
+                    self.broken = true;
+                    break;
+                }
+            }
+        }
+        if used_any && queue.needs_notification(&mem).unwrap_or(true) {
+            self.interrupt.signal_used_queue();
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.features
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        let queue = ctx
+            .queues
+            .into_iter()
+            .next()
+            .ok_or_else(|| ActivateError::BadQueue(0, "missing".into()))?;
+        if !queue.ready() {
+            return Err(ActivateError::BadQueue(0, "not ready".into()));
+        }
+        self.active = Some(Active {
+            mem: ctx.mem,
+            queue,
+        });
+        self.broken = false;
+        // Requests may have been queued before DRIVER_OK; look now.
+        self.process_queue();
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.broken = false;
+    }
+}
+
+/// Event-loop tokens.
+const TOKEN_QUEUE: u32 = 0;
+
+impl MutEventSubscriber for Block {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() != TOKEN_QUEUE {
+            return;
+        }
+        let _ = self.queue_evts[0].read();
+        if self.paused.load(Ordering::SeqCst) {
+            // Resumed VMs re-kick (see Vmm::resume); nothing is lost, the avail ring keeps it.
+            return;
+        }
+        if self.broken {
+            log::debug!("Disk {}: notification ignored until the driver resets the device", self.id);
+            return;
+        }
+        self.process_queue();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::with_data(
+            &self.queue_evts[0],
+            TOKEN_QUEUE,
+            EventSet::IN,
+        )) {
+            log::error!("Disk {}: cannot watch its queue: {e:?}", self.id);
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! One virtio-blk request: parsing the descriptor chain (any framing: the header and data are
+//! read through a `Reader`, the data and the status byte written through a `Writer`) and
+//! executing it against the disk. Everything the guest controls is checked; a bad request gets
+//! an error status, never a panic.
+
+use std::io::{Read, Write};
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+};
+use virtio_queue::{DescriptorChain, Reader, Writer};
+use vm_memory::GuestMemoryMmap;
+
+use super::disk::{DiskFile, SECTOR_SIZE};
+
+/// Largest data transfer Ember accepts in one request (the guest is told through seg_max and
+/// the queue size; this bounds the bounce buffer).
+pub const MAX_REQUEST_BYTES: usize = 32 << 20;
+/// Most discard / write-zeroes segments in one request (advertised in config space).
+pub const MAX_DISCARD_SEGMENTS: u32 = 32;
+
+/// Counters of what went wrong, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RequestStats {
+    /// Chains that could not even carry a status byte.
+    pub malformed: u64,
+    /// Requests completed with VIRTIO_BLK_S_IOERR.
+    pub io_errors: u64,
+    /// Requests completed with VIRTIO_BLK_S_UNSUPP.
+    pub unsupported: u64,
+}
+
+/// Why a request failed, logged at debug level and turned into a status byte.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("header shorter than 16 bytes")]
+    ShortHeader,
+    #[error("data length {0} is not a multiple of 512")]
+    Unaligned(usize),
+    #[error("request of {0} bytes is larger than {MAX_REQUEST_BYTES}")]
+    TooLarge(usize),
+    #[error("sectors {sector}+{count} beyond capacity {capacity}")]
+    OutOfRange { sector: u64, count: u64, capacity: u64 },
+    #[error("write to a read-only disk")]
+    ReadOnly,
+    #[error("bad discard/write-zeroes segment list")]
+    BadSegments,
+    #[error("guest memory access failed: {0}")]
+    Memory(std::io::Error),
+    #[error("host I/O failed: {0}")]
+    Io(std::io::Error),
+    #[error("unsupported request type {0}")]
+    Unsupported(u32),
+}
+
+/// The result to put in the used ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// Bytes written into guest buffers (data + status).
+    pub used_len: u32,
+    /// The status byte, or `None` when the chain had no writable byte for it.
+    pub status: Option<u8>,
+}
+
+fn check_range(disk: &DiskFile, sector: u64, bytes: u64) -> Result<u64, RequestError> {
+    let capacity = disk.size() / SECTOR_SIZE;
+    let count = bytes / SECTOR_SIZE;
+    let offset = sector.checked_mul(SECTOR_SIZE);
+    match (offset, sector.checked_add(count)) {
+        (Some(offset), Some(end)) if end <= capacity => Ok(offset),
+        _ => Err(RequestError::OutOfRange {
+            sector,
+            count,
+            capacity,
+        }),
+    }
+}
+
+fn data_len(len: usize) -> Result<usize, RequestError> {
+    if len > MAX_REQUEST_BYTES {
+        return Err(RequestError::TooLarge(len));
+    }
+    if len as u64 % SECTOR_SIZE != 0 {
+        return Err(RequestError::Unaligned(len));
+    }
+    Ok(len)
+}
+
+fn execute(
+    disk: &DiskFile,
+    id: &[u8],
+    reader: &mut Reader<'_>,
+    data: &mut Writer<'_>,
+) -> Result<(), RequestError> {
+    let mut header = [0u8; 16];
+    reader
+        .read_exact(&mut header)
+        .map_err(|_| RequestError::ShortHeader)?;
+    let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let sector = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    match kind {
+        VIRTIO_BLK_T_IN => {
+            let len = data_len(data.available_bytes())?;
+            let offset = check_range(disk, sector, len as u64)?;
+            let mut buf = vec![0u8; len];
+            disk.read_at(offset, &mut buf).map_err(RequestError::Io)?;
+            data.write_all(&buf).map_err(RequestError::Memory)
+        }
+        VIRTIO_BLK_T_OUT => {
+            if disk.readonly() {
+                return Err(RequestError::ReadOnly);
+            }
+            let len = data_len(reader.available_bytes())?;
+            let offset = check_range(disk, sector, len as u64)?;
+            let mut buf = vec![0u8; len];
+            reader.read_exact(&mut buf).map_err(RequestError::Memory)?;
+            disk.write_at(offset, &buf).map_err(RequestError::Io)
+        }
+        VIRTIO_BLK_T_FLUSH => {
+            if disk.readonly() {
+                return Ok(());
+            }
+            disk.flush().map_err(RequestError::Io)
+        }
+        VIRTIO_BLK_T_GET_ID => {
+            let mut serial = [0u8; VIRTIO_BLK_ID_BYTES as usize];
+            let n = id.len().min(serial.len());
+            serial[..n].copy_from_slice(&id[..n]);
+            let room = data.available_bytes().min(serial.len());
+            data.write_all(&serial[..room]).map_err(RequestError::Memory)
+        }
+        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+            if disk.readonly() {
+                return Err(RequestError::ReadOnly);
+            }
+            if !disk.supports_discard() {
+                return Err(RequestError::Unsupported(kind));
+            }
+            let avail = reader.available_bytes();
+            if avail == 0 || avail % 16 != 0 || avail / 16 > MAX_DISCARD_SEGMENTS as usize {
+                return Err(RequestError::BadSegments);
+            }
+            for _ in 0..avail / 16 {
+                let mut seg = [0u8; 16];
+                reader.read_exact(&mut seg).map_err(RequestError::Memory)?;
+                let start = u64::from_le_bytes(seg[0..8].try_into().expect("8 bytes"));
+                let sectors = u32::from_le_bytes(seg[8..12].try_into().expect("4 bytes"));
+                let flags = u32::from_le_bytes(seg[12..16].try_into().expect("4 bytes"));
+                // Only the "unmap" flag (bit 0) exists, and only for write-zeroes.
+                let allowed = if kind == VIRTIO_BLK_T_WRITE_ZEROES { 1 } else { 0 };
+                if flags & !allowed != 0 {
+                    return Err(RequestError::Unsupported(kind));
+                }
+                let bytes = u64::from(sectors) * SECTOR_SIZE;
+                let offset = check_range(disk, start, bytes)?;
+                if bytes == 0 {
+                    continue;
+                }
+                let done = if kind == VIRTIO_BLK_T_DISCARD {
+                    disk.discard(offset, bytes)
+                } else {
+                    disk.write_zeroes(offset, bytes)
+                };
+                done.map_err(RequestError::Io)?;
+            }
+            Ok(())
+        }
+        other => Err(RequestError::Unsupported(other)),
+    }
+}
+
+/// Parses and executes the request in `chain`, writing its data and status into guest memory.
+pub fn process(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    disk: &DiskFile,
+    id: &[u8],
+    stats: &mut RequestStats,
+) -> Completion {
+    let readers = Reader::new(mem, chain.clone()).and_then(|r| Ok((r, Writer::new(mem, chain)?)));
+    let (mut reader, mut writer) = match readers {
+        Ok(pair) => pair,
+        Err(e) => {
+            log::debug!("virtio-blk: descriptor chain outside guest memory: {e}");
+            stats.malformed += 1;
+            return Completion {
+                used_len: 0,
+                status: None,
+            };
+        }
+    };
+    let Some(data_room) = writer.available_bytes().checked_sub(1) else {
+        log::debug!("virtio-blk: request without a writable status byte");
+        stats.malformed += 1;
+        return Completion {
+            used_len: 0,
+            status: None,
+        };
+    };
+    let mut status_writer = match writer.split_at(data_room) {
+        Ok(w) => w,
+        Err(_) => {
+            stats.malformed += 1;
+            return Completion {
+                used_len: 0,
+                status: None,
+            };
+        }
+    };
+    let status = match execute(disk, id, &mut reader, &mut writer) {
+        Ok(()) => VIRTIO_BLK_S_OK as u8,
+        Err(RequestError::Unsupported(kind)) => {
+            log::debug!("virtio-blk: unsupported request type {kind}");
+            stats.unsupported += 1;
+            VIRTIO_BLK_S_UNSUPP as u8
+        }
+        Err(e) => {
+            log::debug!("virtio-blk: request failed: {e}");
+            stats.io_errors += 1;
+            VIRTIO_BLK_S_IOERR as u8
+        }
+    };
+    if status_writer.write_all(&[status]).is_err() {
+        stats.malformed += 1;
+        return Completion {
+            used_len: writer.bytes_written() as u32,
+            status: None,
+        };
+    }
+    Completion {
+        used_len: writer.bytes_written() as u32 + 1,
+        status: Some(status),
+    }
+}

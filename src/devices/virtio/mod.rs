@@ -1,0 +1,151 @@
+//! Virtio devices: the device trait every device implements, the interrupt they raise, and the
+//! virtio-mmio transport that exposes them to the guest (in `mmio`). Devices never see MMIO
+//! offsets; the transport never looks inside a queue.
+
+pub mod block;
+pub mod mmio;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Feature bit every Ember device offers: the modern (1.x) interface.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+/// Indirect descriptors.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 =
+    1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+/// used_event / avail_event notification suppression.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+
+/// The interrupt line of one transport plus its interrupt status register.
+pub struct VirtioInterrupt {
+    status: AtomicU32,
+    irq: EventFd,
+}
+
+impl VirtioInterrupt {
+    /// An interrupt raised by writing `irq` (an irqfd).
+    pub fn new(irq: EventFd) -> Self {
+        VirtioInterrupt {
+            status: AtomicU32::new(0),
+            irq,
+        }
+    }
+
+    fn raise(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        if let Err(e) = self.irq.write(1) {
+            log::error!("Failed to raise a virtio interrupt: {e}");
+        }
+    }
+
+    /// Tells the driver a used ring changed.
+    pub fn signal_used_queue(&self) {
+        self.raise(VIRTIO_MMIO_INT_VRING);
+    }
+
+    /// Tells the driver the configuration space (or device status) changed.
+    pub fn signal_config_change(&self) {
+        self.raise(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    /// The InterruptStatus register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// InterruptACK: clears the acknowledged bits.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Clears everything (device reset).
+    pub fn reset(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+}
+
+/// Why a device refused to activate.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver set up a queue the device cannot use.
+    #[error("Queue {0} is not usable: {1}")]
+    BadQueue(usize, String),
+}
+
+/// What a device gets when the driver sets DRIVER_OK.
+pub struct ActivateContext {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// The queues as the driver configured them (size, addresses, ready, event_idx).
+    pub queues: Vec<Queue>,
+    /// Features the driver accepted.
+    pub acked_features: u64,
+}
+
+/// A virtio device behind a transport.
+pub trait VirtioDevice: Send {
+    /// Virtio device id (VIRTIO_ID_BLOCK, VIRTIO_ID_NET, ...).
+    fn device_type(&self) -> u32;
+    /// Features the device offers (VERSION_1 included).
+    fn avail_features(&self) -> u64;
+    /// Largest size of each queue; the number of entries is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The eventfds the queue notifications arrive on, one per queue.
+    fn queue_events(&self) -> &[EventFd];
+    /// Reads the device-specific configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific configuration space (ignored by default).
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::warn!(
+            "Guest wrote {} bytes to read-only virtio config at offset {offset:#x}; ignored",
+            data.len()
+        );
+    }
+    /// Starts the device: the driver set DRIVER_OK.
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
+    /// Stops the device and forgets the queues: the driver wrote 0 to Status.
+    fn reset(&mut self);
+}
+
+/// Copies `data.len()` bytes of `config` at `offset` (zeroes past its end).
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    #[test]
+    fn test_interrupt_status_set_and_ack() {
+        let evt = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let irq = VirtioInterrupt::new(evt.try_clone().expect("clone"));
+        irq.signal_used_queue();
+        irq.signal_config_change();
+        assert_eq!(irq.status(), 3);
+        assert_eq!(evt.read().expect("irq fired"), 2);
+        irq.ack(1);
+        assert_eq!(irq.status(), 2);
+    }
+
+    #[test]
+    fn test_read_config_bytes_past_end_is_zero() {
+        let mut data = [0xffu8; 4];
+        read_config_bytes(&[1, 2, 3], 1, &mut data);
+        assert_eq!(data, [2, 3, 0, 0]);
+        read_config_bytes(&[1, 2, 3], u64::MAX, &mut data);
+        assert_eq!(data, [0; 4]);
+    }
+}
