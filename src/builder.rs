@@ -18,11 +18,11 @@ use crate::arch::{self, boot_params, mptable};
 use crate::config::{ConfigError, HostLimits, SerialConfig, VmConfig, boot};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::EventFdTrigger;
+use crate::devices::legacy::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
+use crate::devices::legacy::serial::{COM1_PORT_BASE, SERIAL_PORT_LEN, SerialDevice, SerialOutput};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MMIO_WINDOW_SIZE, MmioTransport};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
-use crate::devices::legacy::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
-use crate::devices::legacy::serial::{COM1_PORT_BASE, SERIAL_PORT_LEN, SerialDevice, SerialOutput};
 use crate::host::{HostKind, HostPolicy};
 use crate::vmm::{ConsoleInput, Vmm};
 use crate::vstate::memory::{self, MemoryError};
@@ -63,7 +63,10 @@ pub enum StartError {
     #[error(transparent)]
     Block(#[from] BlockError),
     /// More virtio devices than free interrupt lines.
-    #[error("Too many devices: at most {} disks and network interfaces together", arch::MAX_VIRTIO_DEVICES)]
+    #[error(
+        "Too many devices: at most {} disks and network interfaces together",
+        arch::MAX_VIRTIO_DEVICES
+    )]
     TooManyDevices,
     /// An ioeventfd could not be registered.
     #[error("Failed to register the queue notification of {0}")]
@@ -107,7 +110,10 @@ fn device_cmdline(config: &VmConfig, cmdline: &mut String) -> Result<(), StartEr
     }
     if let Some((i, drive)) = config.drives.iter().enumerate().find(|(_, d)| d.root) {
         if cmdline.split_whitespace().any(|w| w.starts_with("root=")) {
-            log::warn!("Disk {} has root=on but the command line already names a root", drive.id);
+            log::warn!(
+                "Disk {} has root=on but the command line already names a root",
+                drive.id
+            );
         } else {
             let name = disk_name(i);
             let mode = if drive.readonly { "ro" } else { "rw" };
@@ -238,9 +244,9 @@ pub struct Devices {
     pub paused: Arc<AtomicBool>,
 }
 
-/// Legacy ports Linux probes that a microVM does not have (POST diagnostics, COM2-COM4):
+/// Legacy ports Linux probes that a microVM does not have (CMOS RTC, POST diagnostics, COM2-4):
 /// reads return all-ones and the accesses are logged only at debug level.
-const QUIET_PORTS: [(u64, u64); 4] = [(0x80, 1), (0x2f8, 8), (0x3e8, 8), (0x2e8, 8)];
+const QUIET_PORTS: [(u64, u64); 5] = [(0x70, 2), (0x80, 1), (0x2f8, 8), (0x3e8, 8), (0x2e8, 8)];
 
 /// Step 5: legacy devices on the port bus, their interrupts wired through irqfds.
 fn create_devices(vm: &Vm, config: &VmConfig) -> Result<Devices, StartError> {

@@ -50,8 +50,12 @@ pub fn low_ram_end(mem_size: u64) -> u64 {
 /// the one place device addresses and IRQs are allocated; `None` past the last free IRQ.
 pub fn virtio_mmio_slot(index: usize) -> Option<(u64, u32)> {
     let irq = layout::VIRTIO_IRQ_FIRST.checked_add(u32::try_from(index).ok()?)?;
-    (irq <= layout::VIRTIO_IRQ_LAST)
-        .then(|| (layout::MMIO_DEVICES_START + index as u64 * layout::MMIO_DEVICE_WINDOW, irq))
+    (irq <= layout::VIRTIO_IRQ_LAST).then(|| {
+        (
+            layout::MMIO_DEVICES_START + index as u64 * layout::MMIO_DEVICE_WINDOW,
+            irq,
+        )
+    })
 }
 
 /// Most virtio-mmio devices one VM can have.
@@ -141,7 +145,10 @@ mod tests {
     fn test_virtio_mmio_slots_are_distinct_and_bounded() {
         assert_eq!(virtio_mmio_slot(0), Some((0xd000_0000, 5)));
         assert_eq!(virtio_mmio_slot(1), Some((0xd000_1000, 6)));
-        assert_eq!(virtio_mmio_slot(MAX_VIRTIO_DEVICES - 1).map(|s| s.1), Some(23));
+        assert_eq!(
+            virtio_mmio_slot(MAX_VIRTIO_DEVICES - 1).map(|s| s.1),
+            Some(23)
+        );
         assert_eq!(virtio_mmio_slot(MAX_VIRTIO_DEVICES), None);
     }
 

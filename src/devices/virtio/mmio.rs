@@ -126,7 +126,10 @@ impl MmioTransport {
                 if state.status & VIRTIO_CONFIG_S_FEATURES_OK != 0
                     || state.status & VIRTIO_CONFIG_S_DRIVER == 0
                 {
-                    log::warn!("{}: driver features written out of order; ignored", self.name);
+                    log::warn!(
+                        "{}: driver features written out of order; ignored",
+                        self.name
+                    );
                     return;
                 }
                 let offered = self.device().avail_features() | VIRTIO_F_VERSION_1;
@@ -169,7 +172,10 @@ impl MmioTransport {
                 }
                 let sel = state.queue_sel as usize;
                 let Some(q) = state.queues.get_mut(sel) else {
-                    log::warn!("{}: queue register written for missing queue {sel}", self.name);
+                    log::warn!(
+                        "{}: queue register written for missing queue {sel}",
+                        self.name
+                    );
                     return;
                 };
                 match offset {
@@ -228,25 +234,33 @@ impl MmioTransport {
         let old = state.status;
         // The driver may only add bits (and FAILED); anything else is a protocol error.
         if value & old != old {
-            log::warn!("{}: driver cleared status bits ({old:#x} -> {value:#x}); ignored", self.name);
+            log::warn!(
+                "{}: driver cleared status bits ({old:#x} -> {value:#x}); ignored",
+                self.name
+            );
             return;
         }
         let added = value & !old;
         if added & VIRTIO_CONFIG_S_FEATURES_OK != 0
             && state.acked_features & VIRTIO_F_VERSION_1 == 0
         {
-            log::warn!("{}: driver did not accept VIRTIO_F_VERSION_1; features not OK", self.name);
+            log::warn!(
+                "{}: driver did not accept VIRTIO_F_VERSION_1; features not OK",
+                self.name
+            );
             state.status = value & !VIRTIO_CONFIG_S_FEATURES_OK;
             return;
         }
         state.status = value;
         if added & VIRTIO_CONFIG_S_FAILED != 0 {
-            log::warn!("{}: the guest driver gave up on the device (FAILED)", self.name);
+            log::warn!(
+                "{}: the guest driver gave up on the device (FAILED)",
+                self.name
+            );
         }
         if added & VIRTIO_CONFIG_S_DRIVER_OK != 0 && !state.activated {
-            let needed = VIRTIO_CONFIG_S_ACKNOWLEDGE
-                | VIRTIO_CONFIG_S_DRIVER
-                | VIRTIO_CONFIG_S_FEATURES_OK;
+            let needed =
+                VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
             if value & needed != needed {
                 log::warn!("{}: DRIVER_OK before FEATURES_OK", self.name);
                 self.needs_reset(state);
@@ -295,7 +309,11 @@ impl MmioTransport {
         match self.device().activate(ctx) {
             Ok(()) => {
                 state.activated = true;
-                log::debug!("{}: activated, features {:#x}", self.name, state.acked_features);
+                log::debug!(
+                    "{}: activated, features {:#x}",
+                    self.name,
+                    state.acked_features
+                );
             }
             Err(e) => {
                 log::warn!("{}: activation failed: {e}", self.name);
@@ -394,7 +412,9 @@ mod tests {
             activated: None,
             resets: 0,
         }));
-        let irq = Arc::new(VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).expect("irq")));
+        let irq = Arc::new(VirtioInterrupt::new(
+            EventFd::new(EFD_NONBLOCK).expect("irq"),
+        ));
         let t = MmioTransport::new(dummy.clone(), irq, mem, "test".into());
         (t, dummy)
     }
@@ -413,7 +433,11 @@ mod tests {
         wr(t, VIRTIO_MMIO_STATUS, 1);
         wr(t, VIRTIO_MMIO_STATUS, 3);
         wr(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
-        wr(t, VIRTIO_MMIO_DRIVER_FEATURES, (VIRTIO_RING_F_EVENT_IDX | 1) as u32);
+        wr(
+            t,
+            VIRTIO_MMIO_DRIVER_FEATURES,
+            (VIRTIO_RING_F_EVENT_IDX | 1) as u32,
+        );
         wr(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
         wr(t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
         wr(t, VIRTIO_MMIO_STATUS, 3 | 8);
@@ -446,7 +470,10 @@ mod tests {
         setup_queue(&t);
         wr(&t, VIRTIO_MMIO_STATUS, 3 | 8 | 4);
         let acked = dummy.lock().expect("lock").activated;
-        assert_eq!(acked, Some((1, VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | 1)));
+        assert_eq!(
+            acked,
+            Some((1, VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | 1))
+        );
         assert_eq!(rd(&t, VIRTIO_MMIO_STATUS), 15);
     }
 
@@ -526,6 +553,11 @@ mod tests {
         let (t, dummy) = setup();
         wr(&t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
         wr(&t, VIRTIO_MMIO_QUEUE_NOTIFY, 7);
-        assert_eq!(dummy.lock().expect("lock").evts[0].read().expect("notified"), 1);
+        assert_eq!(
+            dummy.lock().expect("lock").evts[0]
+                .read()
+                .expect("notified"),
+            1
+        );
     }
 }

@@ -22,10 +22,7 @@ pub struct DiskFile {
 impl DiskFile {
     /// Opens `path` (read-only when `readonly`) and probes what the file system supports.
     pub fn open(path: &Path, readonly: bool) -> std::io::Result<Self> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(!readonly)
-            .open(path)?;
+        let mut file = OpenOptions::new().read(true).write(!readonly).open(path)?;
         let size = file.seek(SeekFrom::End(0))?;
         let is_file = file.metadata()?.is_file();
         // Punching a hole past the end with KEEP_SIZE changes nothing, and fails where the file

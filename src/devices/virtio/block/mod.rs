@@ -5,8 +5,8 @@ pub mod disk;
 pub mod request;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_bindings::virtio_blk::{
@@ -111,15 +111,18 @@ impl Block {
         put_u32(&mut config, 48, max_sectors.max(1)); // max_write_zeroes_sectors
         put_u32(&mut config, 52, MAX_DISCARD_SEGMENTS); // max_write_zeroes_seg
         config[56] = 1; // write_zeroes_may_unmap
-        let queue_evts = vec![
-            EventFd::new(EFD_NONBLOCK).map_err(|e| BlockError::EventFd(id.to_string(), e))?,
-        ];
+        let queue_evts =
+            vec![EventFd::new(EFD_NONBLOCK).map_err(|e| BlockError::EventFd(id.to_string(), e))?];
         log::info!(
             "Disk {id}: {} ({} sectors{}{})",
             path.display(),
             disk.size() / SECTOR_SIZE,
             if readonly { ", read-only" } else { "" },
-            if disk.supports_discard() { ", discard" } else { "" }
+            if disk.supports_discard() {
+                ", discard"
+            } else {
+                ""
+            }
         );
         Ok(Block {
             id: id.to_string(),
@@ -156,7 +159,10 @@ impl Block {
             let chains: Vec<_> = match queue.iter(&mem) {
                 Ok(iter) => iter.collect(),
                 Err(e) => {
-                    log::warn!("Disk {}: the guest corrupted its queue ({e}); stopping it", self.id);
+                    log::warn!(
+                        "Disk {}: the guest corrupted its queue ({e}); stopping it",
+                        self.id
+                    );
                     self.broken = true;
                     break;
                 }
@@ -249,7 +255,10 @@ impl MutEventSubscriber for Block {
             return;
         }
         if self.broken {
-            log::debug!("Disk {}: notification ignored until the driver resets the device", self.id);
+            log::debug!(
+                "Disk {}: notification ignored until the driver resets the device",
+                self.id
+            );
             return;
         }
         self.process_queue();
