@@ -330,7 +330,7 @@ impl BusDevice for MmioTransport {
                 .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             log::warn!(
                 "{}: {}-byte read at register offset {offset:#x}; registers are 32-bit",
                 self.name,
@@ -352,7 +352,7 @@ impl BusDevice for MmioTransport {
             state.config_generation = state.config_generation.wrapping_add(1);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             log::warn!(
                 "{}: {}-byte write at register offset {offset:#x}; registers are 32-bit",
                 self.name,

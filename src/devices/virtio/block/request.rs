@@ -86,7 +86,7 @@ fn data_len(len: usize) -> Result<usize, RequestError> {
     if len > MAX_REQUEST_BYTES {
         return Err(RequestError::TooLarge(len));
     }
-    if len as u64 % SECTOR_SIZE != 0 {
+    if !(len as u64).is_multiple_of(SECTOR_SIZE) {
         return Err(RequestError::Unaligned(len));
     }
     Ok(len)
@@ -144,7 +144,7 @@ fn execute(
                 return Err(RequestError::Unsupported(kind));
             }
             let avail = reader.available_bytes();
-            if avail == 0 || avail % 16 != 0 || avail / 16 > MAX_DISCARD_SEGMENTS as usize {
+            if avail == 0 || !avail.is_multiple_of(16) || avail / 16 > MAX_DISCARD_SEGMENTS as usize {
                 return Err(RequestError::BadSegments);
             }
             for _ in 0..avail / 16 {
