@@ -373,18 +373,6 @@ fn create_vcpus(
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn test_disk_name_sequence() {
-        assert_eq!(disk_name(0), "vda");
-        assert_eq!(disk_name(25), "vdz");
-        assert_eq!(disk_name(26), "vdaa");
-    }
-}
-
 /// Builds a ready-to-run microVM: every resource is created and the guest is loaded, but no
 /// vCPU runs yet.
 pub fn build_microvm(config: &VmConfig) -> Result<Vmm, StartError> {
@@ -400,4 +388,16 @@ pub fn build_microvm(config: &VmConfig) -> Result<Vmm, StartError> {
     create_virtio_devices(&vm, &mem, config, &mut devices)?;
     let vcpus = create_vcpus(&host, &vm, &mem, config, policy, &kernel)?;
     Ok(Vmm::new(vm, mem, vcpus, devices, policy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_disk_name_sequence() {
+        assert_eq!(disk_name(0), "vda");
+        assert_eq!(disk_name(25), "vdz");
+        assert_eq!(disk_name(26), "vdaa");
+    }
 }
