@@ -22,7 +22,10 @@ fn image(name: &str) -> Option<PathBuf> {
     if std::env::var_os("EMBER_REQUIRE_LINUX").is_some() {
         panic!("{} missing: run scripts/build-guest-images", path.display());
     }
-    eprintln!("SKIP: {} not built (run scripts/build-guest-images)", path.display());
+    eprintln!(
+        "SKIP: {} not built (run scripts/build-guest-images)",
+        path.display()
+    );
     None
 }
 
@@ -72,7 +75,11 @@ fn test_linux_mounts_ext4_root_read_write_and_writes_reach_file() {
     vm.wait_for_line("Run /sbin/idle as init process", LINUX_TIMEOUT);
     vm.signal(15);
     assert_eq!(vm.exit_code(Duration::from_secs(30)), 143, "{}", vm.log());
-    assert_eq!(mount_count(&disk), before + 1, "the superblock write reached the host file");
+    assert_eq!(
+        mount_count(&disk),
+        before + 1,
+        "the superblock write reached the host file"
+    );
 }
 
 #[test]
@@ -88,7 +95,10 @@ fn test_linux_mounts_readonly_disk_readonly_and_file_unchanged() {
     vm.wait_for_line("Run /sbin/idle as init process", LINUX_TIMEOUT);
     vm.signal(15);
     assert_eq!(vm.exit_code(Duration::from_secs(30)), 143, "{}", vm.log());
-    assert!(std::fs::read(&disk).expect("read image") == before, "read-only image changed");
+    assert!(
+        std::fs::read(&disk).expect("read image") == before,
+        "read-only image changed"
+    );
     assert!(vm.log().contains("read-only"), "{}", vm.log());
 }
 
