@@ -13,11 +13,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::arch::kernel::{self, BootProtocol, LoadedInitrd, LoadedKernel};
-use crate::arch::layout::{CMDLINE_START, SERIAL_IRQ};
+use crate::arch::layout::{BOOT_TIMER_START, CMDLINE_START, SERIAL_IRQ};
 use crate::arch::{self, boot_params, mptable};
 use crate::config::{ConfigError, HostLimits, SerialConfig, VmConfig, boot};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::EventFdTrigger;
+use crate::devices::legacy::boot_timer::{BOOT_TIMER_LEN, BootTimer};
 use crate::devices::legacy::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{COM1_PORT_BASE, SERIAL_PORT_LEN, SerialDevice, SerialOutput};
 use crate::devices::virtio::block::{Block, BlockError};
@@ -336,6 +337,11 @@ fn create_virtio_devices(
     devices: &mut Devices,
 ) -> Result<(), StartError> {
     let mut mmio = Bus::new("MMIO");
+    mmio.insert(
+        Arc::new(BootTimer::default()),
+        BOOT_TIMER_START,
+        BOOT_TIMER_LEN,
+    )?;
     for (index, drive) in config.drives.iter().enumerate() {
         let interrupt = virtio_interrupt(vm, index)?;
         let block = Arc::new(Mutex::new(Block::new(

@@ -44,6 +44,7 @@ fn parse_cli() -> Result<Cli, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    ember::devices::legacy::boot_timer::mark_process_start();
     let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(code) => return code,

@@ -31,6 +31,8 @@
 /* Guest-physical addresses used by the guests. */
 #define AP_TRAMPOLINE 0x10000        /* SIPI vector 0x10 */
 #define LAPIC_BASE    0xfee00000
+#define BOOT_TIMER    0xc0000000     /* Ember's boot-timer register (MMIO) */
+#define BOOT_TIMER_MAGIC 123         /* the value that marks "init started" */
 #define COM1          0x3f8
 
 #endif

@@ -19,6 +19,9 @@
         .globl  ring3_start
 ring3_start:
         andq    $-16, %rsp
+        /* Boot timer: the guest's "init" starts here (Ember logs the time since exec). */
+        movl    $BOOT_TIMER, %eax
+        movb    $BOOT_TIMER_MAGIC, (%rax)
         movl    %edi, boot_protocol(%rip)
         movq    %rsi, boot_info(%rip)
         call    serial_init

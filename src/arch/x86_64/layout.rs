@@ -36,6 +36,8 @@ pub const MMIO_GAP_START: u64 = 0xc000_0000;
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
 /// Size of the 32-bit MMIO gap.
 pub const MMIO_GAP_SIZE: u64 = MMIO_GAP_END - MMIO_GAP_START;
+/// The boot-timer register (first page of the MMIO gap).
+pub const BOOT_TIMER_START: u64 = MMIO_GAP_START;
 /// First address handed to virtio-mmio devices, inside the MMIO gap.
 pub const MMIO_DEVICES_START: u64 = 0xd000_0000;
 /// Size of each virtio-mmio device window.

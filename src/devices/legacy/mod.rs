@@ -1,5 +1,6 @@
-//! Legacy PC devices: the 16550 UART console and the i8042 reset line.
+//! Legacy PC devices: the 16550 UART console, the i8042 reset line and the boot timer.
 
+pub mod boot_timer;
 pub mod i8042;
 pub mod serial;
 pub mod terminal;
