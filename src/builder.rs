@@ -13,7 +13,7 @@ use crate::arch::{self, boot_params, mptable};
 use crate::config::{ConfigError, HostLimits, SerialConfig, VmConfig, boot};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::EventFdTrigger;
-use crate::devices::legacy::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
+use crate::devices::legacy::i8042::{I8042, I8042_KBD_IRQ, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{COM1_PORT_BASE, SERIAL_PORT_LEN, SerialDevice, SerialOutput};
 use crate::host::{HostKind, HostPolicy};
 use crate::vmm::{ConsoleInput, Vmm};
@@ -177,6 +177,8 @@ pub struct Devices {
     pub mmio: Arc<Bus>,
     /// Fired by the i8042 when the guest asks for a reset.
     pub reset_evt: EventFd,
+    /// The i8042, for host-injected keys (Ctrl-Alt-Del).
+    pub i8042: Arc<I8042>,
     /// The console and where its input comes from, if it takes input.
     pub console: Option<ConsoleInput>,
 }
@@ -206,10 +208,13 @@ fn create_devices(vm: &Vm, config: &VmConfig) -> Result<Devices, StartError> {
     pio.insert(serial.clone(), COM1_PORT_BASE, SERIAL_PORT_LEN)?;
 
     let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("the reset eventfd"))?;
-    let i8042 = I8042::new(EventFdTrigger(
-        reset_evt.try_clone().map_err(io_err("the reset eventfd"))?,
+    let kbd_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("the keyboard irq eventfd"))?;
+    vm.register_irqfd(&kbd_irq, I8042_KBD_IRQ)?;
+    let i8042 = Arc::new(I8042::new(
+        EventFdTrigger(reset_evt.try_clone().map_err(io_err("the reset eventfd"))?),
+        EventFdTrigger(kbd_irq),
     ));
-    pio.insert(Arc::new(i8042), I8042_PORT_BASE, I8042_PORT_LEN)?;
+    pio.insert(i8042.clone(), I8042_PORT_BASE, I8042_PORT_LEN)?;
 
     let console = match config.serial {
         SerialConfig::Stdio => Some(ConsoleInput {
@@ -222,6 +227,7 @@ fn create_devices(vm: &Vm, config: &VmConfig) -> Result<Devices, StartError> {
         pio: Arc::new(pio),
         mmio: Arc::new(Bus::new("MMIO")),
         reset_evt,
+        i8042,
         console,
     })
 }

@@ -1,4 +1,5 @@
-//! Legacy PC devices: the 16550 UART console and the i8042 reset line.
+//! Legacy PC devices: the 16550 UART console and the i8042 keyboard controller (reset line,
+//! keyboard).
 
 pub mod i8042;
 pub mod serial;
