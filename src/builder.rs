@@ -19,7 +19,7 @@ use crate::config::{ConfigError, HostLimits, SerialConfig, VmConfig, boot};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::legacy::boot_timer::{BOOT_TIMER_LEN, BootTimer};
-use crate::devices::legacy::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
+use crate::devices::legacy::i8042::{I8042, I8042_KBD_IRQ, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{COM1_PORT_BASE, SERIAL_PORT_LEN, SerialDevice, SerialOutput};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MMIO_WINDOW_SIZE, MmioTransport};
@@ -237,12 +237,16 @@ pub struct Devices {
     pub mmio: Arc<Bus>,
     /// Fired by the i8042 when the guest asks for a reset.
     pub reset_evt: EventFd,
+    /// The i8042, for host-injected keys (Ctrl-Alt-Del).
+    pub i8042: Arc<I8042>,
     /// The console and where its input comes from, if it takes input.
     pub console: Option<ConsoleInput>,
     /// Virtio devices, served by the event loop.
     pub virtio: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
     /// Set while the VM is paused: virtio devices leave their queues alone.
     pub paused: Arc<AtomicBool>,
+    /// A handle on every virtio queue's notification eventfd, to re-kick queues on resume.
+    pub queue_kicks: Vec<EventFd>,
 }
 
 /// Legacy ports Linux probes that a microVM does not have (CMOS RTC, POST diagnostics, COM2-4):
@@ -270,10 +274,13 @@ fn create_devices(vm: &Vm, config: &VmConfig) -> Result<Devices, StartError> {
     pio.insert(serial.clone(), COM1_PORT_BASE, SERIAL_PORT_LEN)?;
 
     let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("the reset eventfd"))?;
-    let i8042 = I8042::new(EventFdTrigger(
-        reset_evt.try_clone().map_err(io_err("the reset eventfd"))?,
+    let kbd_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("the keyboard irq eventfd"))?;
+    vm.register_irqfd(&kbd_irq, I8042_KBD_IRQ)?;
+    let i8042 = Arc::new(I8042::new(
+        EventFdTrigger(reset_evt.try_clone().map_err(io_err("the reset eventfd"))?),
+        EventFdTrigger(kbd_irq),
     ));
-    pio.insert(Arc::new(i8042), I8042_PORT_BASE, I8042_PORT_LEN)?;
+    pio.insert(i8042.clone(), I8042_PORT_BASE, I8042_PORT_LEN)?;
 
     let console = match config.serial {
         SerialConfig::Stdio => Some(ConsoleInput {
@@ -286,39 +293,54 @@ fn create_devices(vm: &Vm, config: &VmConfig) -> Result<Devices, StartError> {
         pio: Arc::new(pio),
         mmio: Arc::new(Bus::new("MMIO")),
         reset_evt,
+        i8042,
         console,
         virtio: Vec::new(),
         paused: Arc::new(AtomicBool::new(false)),
+        queue_kicks: Vec::new(),
     })
 }
 
-/// Puts `device` behind a virtio-mmio transport in slot `index`: register window on the MMIO
-/// bus, queue notifications through ioeventfds, interrupt through an irqfd.
-fn attach_virtio<D>(
-    vm: &Vm,
-    mem: &GuestMemoryMmap,
-    mmio: &mut Bus,
-    index: usize,
-    name: String,
-    device: Arc<Mutex<D>>,
-    interrupt: Arc<VirtioInterrupt>,
-) -> Result<(), StartError>
-where
-    D: VirtioDevice + 'static,
-{
-    let (base, _) = arch::virtio_mmio_slot(index).ok_or(StartError::TooManyDevices)?;
+/// What attaching virtio devices needs: the VM (ioeventfds), guest memory, the MMIO bus being
+/// built, and the list of queue eventfds to re-kick on resume.
+struct VirtioAttach<'a> {
+    vm: &'a Vm,
+    mem: &'a GuestMemoryMmap,
+    mmio: &'a mut Bus,
+    kicks: &'a mut Vec<EventFd>,
+}
+
+impl VirtioAttach<'_> {
+    /// Puts `device` behind a virtio-mmio transport in slot `index`: register window on the MMIO
+    /// bus, queue notifications through ioeventfds, interrupt through an irqfd.
+    fn attach<D>(
+        &mut self,
+        index: usize,
+        name: String,
+        device: Arc<Mutex<D>>,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Result<(), StartError>
+    where
+        D: VirtioDevice + 'static,
     {
-        let dev = device.lock().expect("new device lock");
-        for (q, evt) in dev.queue_events().iter().enumerate() {
-            let addr = IoEventAddress::Mmio(base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY));
-            vm.fd()
-                .register_ioevent(evt, &addr, q as u32)
-                .map_err(|e| StartError::Ioeventfd(name.clone(), e))?;
+        let (base, _) = arch::virtio_mmio_slot(index).ok_or(StartError::TooManyDevices)?;
+        {
+            let dev = device.lock().expect("new device lock");
+            for (q, evt) in dev.queue_events().iter().enumerate() {
+                let addr = IoEventAddress::Mmio(base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY));
+                self.vm
+                    .fd()
+                    .register_ioevent(evt, &addr, q as u32)
+                    .map_err(|e| StartError::Ioeventfd(name.clone(), e))?;
+                self.kicks
+                    .push(evt.try_clone().map_err(io_err("a queue eventfd"))?);
+            }
         }
+        let transport = MmioTransport::new(device, interrupt, self.mem.clone(), name);
+        self.mmio
+            .insert(Arc::new(transport), base, MMIO_WINDOW_SIZE)?;
+        Ok(())
     }
-    let transport = MmioTransport::new(device, interrupt, mem.clone(), name);
-    mmio.insert(Arc::new(transport), base, MMIO_WINDOW_SIZE)?;
-    Ok(())
 }
 
 /// The interrupt of virtio slot `index`, wired to its GSI.
@@ -342,6 +364,13 @@ fn create_virtio_devices(
         BOOT_TIMER_START,
         BOOT_TIMER_LEN,
     )?;
+    let mut kicks = Vec::new();
+    let mut slots = VirtioAttach {
+        vm,
+        mem,
+        mmio: &mut mmio,
+        kicks: &mut kicks,
+    };
     for (index, drive) in config.drives.iter().enumerate() {
         let interrupt = virtio_interrupt(vm, index)?;
         let block = Arc::new(Mutex::new(Block::new(
@@ -352,9 +381,10 @@ fn create_virtio_devices(
             devices.paused.clone(),
         )?));
         let name = format!("disk {} ({})", drive.id, disk_name(index));
-        attach_virtio(vm, mem, &mut mmio, index, name, block.clone(), interrupt)?;
+        slots.attach(index, name, block.clone(), interrupt)?;
         devices.virtio.push(block);
     }
+    devices.queue_kicks = kicks;
     devices.mmio = Arc::new(mmio);
     Ok(())
 }

@@ -16,8 +16,9 @@
 
 use std::path::Path;
 
-/// The user's choice for the compatibility policy.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The user's choice for the compatibility policy (`"auto"`, `"on"`, `"off"` in JSON).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CompatMode {
     /// Detect the host.
     #[default]

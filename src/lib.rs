@@ -3,6 +3,8 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+/// The HTTP API on a Unix socket: server thread, HTTP parsing, routing and models.
+pub mod api;
 /// Architecture-specific boot structures (x86_64: memory map, zero page, GDT, CPUID, MP table).
 pub mod arch;
 /// The ordered steps that turn a `VmConfig` into a ready microVM.
@@ -11,8 +13,12 @@ pub mod builder;
 pub mod config;
 /// Emulated devices and the port/MMIO buses.
 pub mod devices;
+/// Lifecycle event lines (`--events`).
+pub mod events;
 /// Host KVM detection and the software-nested (PVM) compatibility policy.
 pub mod host;
+/// From a front end's request to a finished VM: API socket, pre-boot wait, build, run.
+pub mod launch;
 /// Ember's stderr logger.
 pub mod logger;
 /// Host stop signals for the event loop.

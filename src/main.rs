@@ -1,11 +1,12 @@
-//! The `ember` binary: parse the command line into a `VmConfig`, run it, map the outcome to an
-//! exit status.
+//! The `ember` binary: parse the command line (or the `--config-file`) into a configuration,
+//! launch it, map the outcome to an exit status.
 
 use std::error::Error;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ember::config::cli::Cli;
+use ember::config::cli::{Cli, LogLevel};
+use ember::launch::{LaunchOptions, launch};
 use ember::vmm::{EXIT_USAGE, EXIT_VMM_ERROR};
 
 /// Prints an error and its chain of causes on one line.
@@ -49,16 +50,30 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    ember::logger::init(cli.log_level.into());
-    let config = match cli.to_config() {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("ember: Invalid configuration: {e}");
-            return ExitCode::from(EXIT_USAGE as u8);
-        }
+    let usage = |message: String| {
+        eprintln!("ember: {message}");
+        ExitCode::from(EXIT_USAGE as u8)
     };
-    let vmm = match ember::builder::build_microvm(&config) {
-        Ok(vmm) => vmm,
+    let (draft, file_level) = match &cli.config_file {
+        Some(path) => match ember::config::file::load(path) {
+            Ok(loaded) => loaded,
+            Err(e) => return usage(e.to_string()),
+        },
+        None => match cli.to_draft() {
+            Ok(draft) => (draft, None),
+            Err(e) => return usage(format!("Invalid configuration: {e}")),
+        },
+    };
+    let level = cli.log_level.or(file_level).unwrap_or(LogLevel::Warn);
+    ember::logger::init(level.into());
+    let options = LaunchOptions {
+        start_now: draft.boot.is_some(),
+        draft,
+        api_sock: cli.api_sock.clone(),
+        events: cli.events.clone(),
+    };
+    match launch(options) {
+        Ok(outcome) => ExitCode::from(outcome.exit_code() as u8),
         Err(e) => {
             print_error(&e);
             let code = if e.is_usage() {
@@ -66,14 +81,7 @@ fn main() -> ExitCode {
             } else {
                 EXIT_VMM_ERROR
             };
-            return ExitCode::from(code as u8);
-        }
-    };
-    match vmm.run() {
-        Ok(outcome) => ExitCode::from(outcome.exit_code() as u8),
-        Err(e) => {
-            print_error(&e);
-            ExitCode::from(EXIT_VMM_ERROR as u8)
+            ExitCode::from(code as u8)
         }
     }
 }

@@ -1,11 +1,15 @@
 //! The running microVM: owns the VM, guest memory, devices and vCPU threads, runs the event
 //! loop on the main thread, and turns what ends the VM into an outcome and an exit code.
+//! API requests while the VM runs (pause, resume, Ctrl-Alt-Del) are answered in vmm/api.rs.
+
+mod api;
 
 use std::cell::RefCell;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
@@ -15,9 +19,13 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::api::{ApiCall, ApiChannel, ApiResponse};
 use crate::builder::Devices;
+use crate::config::VmConfig;
+use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{SerialDevice, SerialInput};
 use crate::devices::legacy::terminal::RawTerminal;
+use crate::events::{EventSink, LifecycleEvent};
 use crate::host::HostPolicy;
 use crate::signals::StopSignals;
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuExitReason, VcpuHandle};
@@ -99,6 +107,22 @@ pub struct Vmm {
     vm: Vm,
     mem: GuestMemoryMmap,
     policy: HostPolicy,
+    paused: Arc<AtomicBool>,
+}
+
+/// What a front end hands the running VMM besides the VM itself; all optional.
+#[derive(Default)]
+pub struct RunOptions {
+    /// API requests from the `ember_api` thread.
+    pub api: Option<ApiChannel>,
+    /// An `InstanceStart` request to answer once the vCPUs run.
+    pub start_call: Option<ApiCall>,
+    /// Where lifecycle events go.
+    pub events: EventSink,
+    /// The stop-signal fd, when the front end blocked the signals before starting threads.
+    pub signals: Option<StopSignals>,
+    /// The configuration the VM was built from (for `GET /vm/config`).
+    pub config: Option<VmConfig>,
 }
 
 #[repr(u32)]
@@ -108,9 +132,10 @@ enum Token {
     Quit = 3,
     Signal = 4,
     Sample = 5,
+    Api = 6,
 }
 
-/// The event-loop subscriber that decides when the VM ends.
+/// The event-loop subscriber that decides when the VM ends and answers API requests.
 struct Controller {
     exit_evt: EventFd,
     exits: Receiver<(u8, VcpuExitReason)>,
@@ -121,6 +146,12 @@ struct Controller {
     handles: Vec<VcpuHandle>,
     exited: Vec<u8>,
     outcome: Option<VmOutcome>,
+    api: Option<ApiChannel>,
+    paused: Arc<AtomicBool>,
+    queue_kicks: Vec<EventFd>,
+    i8042: Arc<I8042>,
+    config: Option<VmConfig>,
+    events: EventSink,
 }
 
 impl Controller {
@@ -169,10 +200,14 @@ impl MutEventSubscriber for Controller {
                 if let Some(timer) = self.sampler.as_mut() {
                     let _ = timer.wait();
                 }
-                for handle in &self.handles {
-                    handle.request_sample();
+                // A parked vCPU has nothing to sample.
+                if !self.paused.load(std::sync::atomic::Ordering::SeqCst) {
+                    for handle in &self.handles {
+                        handle.request_sample();
+                    }
                 }
             }
+            d if d == Token::Api as u32 => self.serve_api(),
             other => log::warn!("Controller: unexpected event token {other}"),
         }
     }
@@ -194,6 +229,9 @@ impl MutEventSubscriber for Controller {
         if let Some(timer) = &self.sampler {
             add(timer, Token::Sample);
         }
+        if let Some(api) = &self.api {
+            add(&api.notify, Token::Api);
+        }
     }
 }
 
@@ -208,13 +246,23 @@ impl Vmm {
         devices: Devices,
         policy: HostPolicy,
     ) -> Self {
+        let devices_paused = devices.paused.clone();
         Vmm {
             vcpus,
             devices,
             vm,
             mem,
             policy,
+            paused: devices_paused,
         }
+    }
+
+    /// True while the VM is paused: every vCPU is parked outside KVM_RUN. Device event
+    /// handlers on the event loop (virtio queue subscribers) hold a clone and leave guest
+    /// queues alone while it is set; the pause sets it before kicking the vCPUs and resume
+    /// clears it once they all run again.
+    pub fn paused(&self) -> Arc<AtomicBool> {
+        self.paused.clone()
     }
 
     /// The VM (for tests and tools that inspect it).
@@ -223,8 +271,16 @@ impl Vmm {
     }
 
     /// Runs the guest until something ends it; the terminal is restored before returning.
-    pub fn run(mut self) -> Result<VmOutcome, VmmError> {
-        let signals = StopSignals::new().map_err(|e| VmmError::Io("the signalfd", e))?;
+    pub fn run(self) -> Result<VmOutcome, VmmError> {
+        self.run_with(RunOptions::default())
+    }
+
+    /// `run`, with an API channel, lifecycle events and the front end's signal fd.
+    pub fn run_with(mut self, options: RunOptions) -> Result<VmOutcome, VmmError> {
+        let signals = match options.signals {
+            Some(signals) => signals,
+            None => StopSignals::new().map_err(|e| VmmError::Io("the signalfd", e))?,
+        };
         vcpu::install_kick_handler()?;
         let mut manager: EventManager<Subscriber> =
             EventManager::new().map_err(VmmError::EventLoop)?;
@@ -295,9 +351,16 @@ impl Vmm {
             handles: Vec::new(),
             exited: Vec::new(),
             outcome: None,
+            api: options.api,
+            paused: self.paused.clone(),
+            queue_kicks: std::mem::take(&mut self.devices.queue_kicks),
+            i8042: self.devices.i8042.clone(),
+            config: options.config,
+            events: options.events,
         }));
         manager.add_subscriber(controller.clone());
 
+        let mut start_call = options.start_call;
         let started = Instant::now();
         let mut handles = Vec::new();
         for vcpu in std::mem::take(&mut self.vcpus) {
@@ -309,16 +372,26 @@ impl Vmm {
                 Err(e) => {
                     controller.borrow_mut().handles = handles;
                     Self::stop_vcpus(&mut controller.borrow_mut());
+                    if let Some(call) = start_call.take() {
+                        call.answer(ApiResponse::error(500, &format!("{e}")));
+                    }
                     return Err(e.into());
                 }
             }
         }
         drop(tx);
+        let vcpu_count = handles.len();
         controller.borrow_mut().handles = handles;
-        log::info!(
-            "Started {} vCPU thread(s)",
-            controller.borrow().handles.len()
-        );
+        log::info!("Started {vcpu_count} vCPU thread(s)");
+        controller
+            .borrow_mut()
+            .events
+            .emit(LifecycleEvent::Started {
+                vcpus: u8::try_from(vcpu_count).unwrap_or(u8::MAX),
+            });
+        if let Some(call) = start_call {
+            call.answer(ApiResponse::no_content());
+        }
 
         let outcome = loop {
             if let Some(outcome) = controller.borrow().outcome.clone() {
@@ -338,6 +411,10 @@ impl Vmm {
             VmOutcome::Quit => log::info!("Stopped from the console"),
             VmOutcome::Error(why) => log::error!("VMM failure: {why}"),
         }
+        controller
+            .borrow_mut()
+            .events
+            .emit(LifecycleEvent::from_outcome(&outcome));
         Ok(outcome)
     }
 

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use crate::arch::kernel::ProtocolChoice;
 use crate::arch::layout::CMDLINE_MAX_SIZE;
 
@@ -19,6 +21,48 @@ pub struct BootConfig {
     pub cmdline: String,
     /// Entry protocol choice (default: PVH when available).
     pub protocol: ProtocolChoice,
+}
+
+/// `boot-source` in the JSON file and the API, with Firecracker's field names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSourceBody {
+    /// Kernel image (required).
+    pub kernel_image_path: PathBuf,
+    /// Initrd / initramfs (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<PathBuf>,
+    /// Kernel command line (default: `DEFAULT_CMDLINE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
+    /// Ember extension: entry protocol, `auto` (default), `pvh` or `linux`.
+    #[serde(default)]
+    pub boot_protocol: ProtocolChoice,
+}
+
+impl From<&BootSourceBody> for BootConfig {
+    fn from(body: &BootSourceBody) -> Self {
+        BootConfig {
+            kernel: body.kernel_image_path.clone(),
+            initrd: body.initrd_path.clone(),
+            cmdline: body
+                .boot_args
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+            protocol: body.boot_protocol,
+        }
+    }
+}
+
+impl From<&BootConfig> for BootSourceBody {
+    fn from(boot: &BootConfig) -> Self {
+        BootSourceBody {
+            kernel_image_path: boot.kernel.clone(),
+            initrd_path: boot.initrd.clone(),
+            boot_args: Some(boot.cmdline.clone()),
+            boot_protocol: boot.protocol,
+        }
+    }
 }
 
 /// Invalid boot settings.
@@ -115,6 +159,31 @@ mod tests {
             cfg.validate(),
             Err(BootError::NotAFile { what: "kernel", .. })
         ));
+    }
+
+    #[test]
+    fn test_boot_body_defaults_cmdline() {
+        let body: BootSourceBody =
+            serde_json::from_str(r#"{"kernel_image_path": "/k"}"#).expect("parses");
+        let boot = BootConfig::from(&body);
+        assert_eq!(boot.cmdline, DEFAULT_CMDLINE);
+        assert_eq!(boot.protocol, ProtocolChoice::Auto);
+        assert_eq!(boot.initrd, None);
+    }
+
+    #[test]
+    fn test_boot_body_protocol_extension_parses() {
+        let body: BootSourceBody = serde_json::from_str(
+            r#"{"kernel_image_path": "/k", "boot_args": "x", "boot_protocol": "linux"}"#,
+        )
+        .expect("parses");
+        assert_eq!(body.boot_protocol, ProtocolChoice::Linux);
+        assert!(
+            serde_json::from_str::<BootSourceBody>(
+                r#"{"kernel_image_path": "/k", "boot_protocol": "efi"}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]

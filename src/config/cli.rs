@@ -7,7 +7,9 @@ use clap::{Parser, ValueEnum};
 use super::ConfigError;
 use super::boot::DEFAULT_CMDLINE;
 use super::machine::{DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
-use super::{BootConfig, DriveConfig, MachineConfig, NetConfig, SerialConfig, VmConfig};
+use super::{
+    BootConfig, DriveConfig, MachineConfig, NetConfig, SerialConfig, VmConfig, VmConfigDraft,
+};
 use crate::arch::kernel::ProtocolChoice;
 use crate::host::CompatMode;
 
@@ -16,6 +18,8 @@ Examples:
   ember --kernel vmlinux --initrd initramfs.cpio
   ember --kernel bzImage --vcpus 2 --memory 512 --cmdline 'console=ttyS0 reboot=k panic=1 quiet'
   ember --kernel vmlinux --serial file:/tmp/console.log --log-level debug
+  ember --config-file vm.json --events /tmp/ember-events.jsonl
+  ember --api-sock /tmp/ember.sock     (then configure and start it over HTTP)
 
 Console: with --serial stdio on a terminal, the terminal is in raw mode while the guest runs;
 press Ctrl-A x to stop the VM, Ctrl-A Ctrl-A to send Ctrl-A.
@@ -27,18 +31,24 @@ Exit status:
   3    the guest crashed: triple fault, KVM internal (emulation) error, failed VM entry
   130  stopped by SIGINT or Ctrl-A x;  143  stopped by SIGTERM";
 
-/// Log verbosity.
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+/// Log verbosity. In JSON: Firecracker's names (`"Error"`, `"Warning"`, `"Info"`, `"Debug"`,
+/// `"Trace"`) or the CLI's lower-case ones.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LogLevel {
     /// Only errors.
+    #[serde(alias = "error")]
     Error,
     /// Errors and warnings (default).
+    #[serde(rename = "Warning", alias = "warning", alias = "warn", alias = "Warn")]
     Warn,
     /// Rare state changes too.
+    #[serde(alias = "info")]
     Info,
     /// Everything useful for debugging.
+    #[serde(alias = "debug")]
     Debug,
     /// Everything.
+    #[serde(alias = "trace")]
     Trace,
 }
 
@@ -81,18 +91,18 @@ pub enum CompatArg {
 #[derive(Parser, Debug)]
 #[command(name = "ember", version, about, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage.
-    /// Example: --kernel guest-images/out/vmlinux
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage. Required
+    /// unless --config-file or --api-sock is given. Example: --kernel guest-images/out/vmlinux
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["config_file", "api_sock"])]
+    pub kernel: Option<PathBuf>,
 
     /// Initrd or initramfs, loaded at the top of low guest memory.
     /// Example: --initrd guest-images/out/initramfs.cpio
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", requires = "kernel")]
     pub initrd: Option<PathBuf>,
 
     /// Kernel command line. On software-nested hosts Ember appends its compatibility switches.
-    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
+    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE, requires = "kernel")]
     pub cmdline: String,
 
     /// Guest memory in MiB. Above 3072 the RAM is split around the 32-bit MMIO gap.
@@ -118,33 +128,71 @@ pub struct Cli {
     #[arg(long, value_name = "tap=NAME[,mac=MAC][,id=NAME]")]
     pub net: Vec<NetConfig>,
 
-    /// Log level of Ember's own messages (on stderr).
-    #[arg(long, value_name = "LEVEL", value_enum, default_value_t = LogLevel::Warn)]
-    pub log_level: LogLevel,
+    /// Log level of Ember's own messages (on stderr) [default: warn]. Overrides the config
+    /// file's logger level.
+    #[arg(long, value_name = "LEVEL", value_enum)]
+    pub log_level: Option<LogLevel>,
 
     /// Kernel entry protocol.
-    #[arg(long, value_name = "PROTOCOL", value_enum, default_value_t = BootProtocolArg::Auto)]
+    #[arg(long, value_name = "PROTOCOL", value_enum, default_value_t = BootProtocolArg::Auto,
+          requires = "kernel")]
     pub boot_protocol: BootProtocolArg,
 
     /// Workarounds for software-nested KVM (see docs/usage.md): auto-detected by default.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = CompatArg::Auto)]
     pub pvm_compat: CompatArg,
+
+    /// Read the whole VM configuration from a JSON file (Firecracker's resource names; see
+    /// docs/usage.md). Cannot be combined with the flags that describe the VM.
+    #[arg(long, value_name = "FILE", conflicts_with_all = VM_FLAGS)]
+    pub config_file: Option<PathBuf>,
+
+    /// Serve Ember's HTTP API (Firecracker-compatible, docs/api.yaml) on this Unix socket. It
+    /// must not exist yet; it is removed when Ember exits. Without --kernel or --config-file,
+    /// Ember waits for the configuration and InstanceStart there.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+
+    /// Append one JSON line per lifecycle change (started, paused, resumed, reset, powered_off,
+    /// crashed, stopped) to this file or FIFO.
+    #[arg(long, value_name = "PATH")]
+    pub events: Option<PathBuf>,
 }
 
+/// Flags that describe the VM, and so conflict with --config-file.
+const VM_FLAGS: [&str; 10] = [
+    "kernel",
+    "initrd",
+    "cmdline",
+    "memory",
+    "vcpus",
+    "serial",
+    "disk",
+    "net",
+    "boot_protocol",
+    "pvm_compat",
+];
+
 impl Cli {
-    /// The `VmConfig` these flags describe (not yet validated).
+    /// The `VmConfig` these flags describe (not yet validated against the host).
     pub fn to_config(&self) -> Result<VmConfig, ConfigError> {
+        self.to_draft()?.build()
+    }
+
+    /// What these flags describe; the boot source is `None` without --kernel (the API then
+    /// supplies it).
+    pub fn to_draft(&self) -> Result<VmConfigDraft, ConfigError> {
         let mut drives = self.disk.clone();
         super::drive::finalize_drives(&mut drives)?;
         let mut nets = self.net.clone();
         super::net::finalize_nets(&mut nets)?;
-        Ok(VmConfig {
+        Ok(VmConfigDraft {
             machine: MachineConfig {
                 vcpus: self.vcpus,
                 memory_mib: self.memory,
             },
-            boot: BootConfig {
-                kernel: self.kernel.clone(),
+            boot: self.kernel.as_ref().map(|kernel| BootConfig {
+                kernel: kernel.clone(),
                 initrd: self.initrd.clone(),
                 cmdline: self.cmdline.clone(),
                 protocol: match self.boot_protocol {
@@ -152,7 +200,7 @@ impl Cli {
                     BootProtocolArg::Pvh => ProtocolChoice::Pvh,
                     BootProtocolArg::Linux => ProtocolChoice::Linux,
                 },
-            },
+            }),
             serial: self.serial.clone(),
             drives,
             nets,
@@ -213,5 +261,41 @@ mod tests {
     fn test_cli_unknown_flag_rejected() {
         assert!(Cli::try_parse_from(["ember", "--kernel", "k", "--bogus"]).is_err());
         assert!(Cli::try_parse_from(["ember"]).is_err());
+    }
+
+    #[test]
+    fn test_cli_kernel_optional_with_config_file_or_api_sock() {
+        let cli = Cli::try_parse_from(["ember", "--config-file", "f.json"]).expect("parses");
+        assert_eq!(cli.config_file, Some(PathBuf::from("f.json")));
+        let cli =
+            Cli::try_parse_from(["ember", "--api-sock", "s", "--memory", "64"]).expect("parses");
+        let draft = cli.to_draft().expect("valid");
+        assert_eq!(draft.boot, None);
+        assert_eq!(draft.machine.memory_mib, 64);
+        assert_eq!(cli.to_config(), Err(ConfigError::NoBootSource));
+    }
+
+    #[test]
+    fn test_cli_config_file_conflicts_with_vm_flags() {
+        for flag in [["--kernel", "k"], ["--memory", "64"], ["--serial", "none"]] {
+            let args = ["ember", "--config-file", "f.json", flag[0], flag[1]];
+            assert!(Cli::try_parse_from(args).is_err(), "{flag:?}");
+        }
+        let ok = [
+            "ember",
+            "--config-file",
+            "f",
+            "--log-level",
+            "debug",
+            "--api-sock",
+            "s",
+        ];
+        assert!(Cli::try_parse_from(ok).is_ok());
+    }
+
+    #[test]
+    fn test_cli_boot_flags_need_kernel() {
+        let args = ["ember", "--api-sock", "s", "--cmdline", "x"];
+        assert!(Cli::try_parse_from(args).is_err());
     }
 }

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
+
 /// One virtio-blk disk backed by a host file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DriveConfig {
@@ -14,6 +16,45 @@ pub struct DriveConfig {
     pub readonly: bool,
     /// The root device: adds `root=/dev/vdX` and `rw`/`ro` to the kernel command line.
     pub root: bool,
+}
+
+/// One entry of `drives` in the JSON file, and the body of `PUT /drives/{id}`, with
+/// Firecracker's field names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveBody {
+    /// Identifier (required).
+    pub drive_id: String,
+    /// Backing file (required).
+    pub path_on_host: PathBuf,
+    /// The root device (default false).
+    #[serde(default)]
+    pub is_root_device: bool,
+    /// Read-only (default false).
+    #[serde(default)]
+    pub is_read_only: bool,
+}
+
+impl From<&DriveBody> for DriveConfig {
+    fn from(body: &DriveBody) -> Self {
+        DriveConfig {
+            id: body.drive_id.clone(),
+            path: body.path_on_host.clone(),
+            readonly: body.is_read_only,
+            root: body.is_root_device,
+        }
+    }
+}
+
+impl From<&DriveConfig> for DriveBody {
+    fn from(drive: &DriveConfig) -> Self {
+        DriveBody {
+            drive_id: drive.id.clone(),
+            path_on_host: drive.path.clone(),
+            is_root_device: drive.root,
+            is_read_only: drive.readonly,
+        }
+    }
 }
 
 /// Invalid drive settings.
@@ -171,6 +212,18 @@ mod tests {
         assert!("path=/a,bogus=1".parse::<DriveConfig>().is_err());
         assert!("path=/a,readonly=maybe".parse::<DriveConfig>().is_err());
         assert!("/a".parse::<DriveConfig>().is_err());
+    }
+
+    #[test]
+    fn test_drive_body_maps_firecracker_fields() {
+        let body: DriveBody = serde_json::from_str(
+            r#"{"drive_id": "rootfs", "path_on_host": "/r.ext4", "is_root_device": true, "is_read_only": false}"#,
+        )
+        .expect("parses");
+        let drive = DriveConfig::from(&body);
+        assert_eq!(drive.id, "rootfs");
+        assert!(drive.root && !drive.readonly);
+        assert_eq!(DriveBody::from(&drive), body);
     }
 
     #[test]

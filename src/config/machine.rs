@@ -1,6 +1,9 @@
 //! vCPU count and memory size.
 
+use serde::{Deserialize, Serialize};
+
 use super::HostLimits;
+use crate::host::CompatMode;
 
 /// Default number of vCPUs.
 pub const DEFAULT_VCPUS: u8 = 1;
@@ -29,6 +32,48 @@ impl Default for MachineConfig {
     }
 }
 
+/// `machine-config` in the JSON file and the API, with Firecracker's field names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigBody {
+    /// Number of vCPUs (required).
+    pub vcpu_count: u8,
+    /// Guest memory in MiB (required).
+    pub mem_size_mib: u64,
+    /// Simultaneous multithreading: Ember exposes none, so only `false` (the default) is valid.
+    #[serde(default)]
+    pub smt: bool,
+    /// Ember extension: software-nested KVM workarounds, `auto` (default), `on` or `off`.
+    #[serde(default)]
+    pub pvm_compat: CompatMode,
+}
+
+impl MachineConfigBody {
+    /// The machine shape and the compatibility choice this body describes.
+    pub fn to_config(&self) -> Result<(MachineConfig, CompatMode), MachineError> {
+        if self.smt {
+            return Err(MachineError::Smt);
+        }
+        Ok((
+            MachineConfig {
+                vcpus: self.vcpu_count,
+                memory_mib: self.mem_size_mib,
+            },
+            self.pvm_compat,
+        ))
+    }
+
+    /// The body describing `machine` and `pvm_compat`.
+    pub fn from_config(machine: &MachineConfig, pvm_compat: CompatMode) -> Self {
+        MachineConfigBody {
+            vcpu_count: machine.vcpus,
+            mem_size_mib: machine.memory_mib,
+            smt: false,
+            pvm_compat,
+        }
+    }
+}
+
 /// Invalid machine settings.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MachineError {
@@ -46,6 +91,9 @@ pub enum MachineError {
     /// Memory too small to boot anything.
     #[error("memory: {0} MiB is too small (at least {MIN_MEMORY_MIB} MiB)")]
     MemoryTooSmall(u64),
+    /// SMT asked for.
+    #[error("smt: Ember does not expose SMT; only false is accepted")]
+    Smt,
     /// Memory larger than the host has.
     #[error("memory: {requested} MiB is more than the host's {host} MiB of RAM")]
     MemoryTooLarge {
@@ -120,6 +168,31 @@ mod tests {
             cfg.validate(&LIMITS),
             Err(MachineError::TooManyVcpus { max: 8, .. })
         ));
+    }
+
+    #[test]
+    fn test_machine_body_parses_firecracker_fields() {
+        let body: MachineConfigBody =
+            serde_json::from_str(r#"{"vcpu_count": 2, "mem_size_mib": 1024}"#).expect("parses");
+        let (machine, compat) = body.to_config().expect("valid");
+        assert_eq!(machine.vcpus, 2);
+        assert_eq!(machine.memory_mib, 1024);
+        assert_eq!(compat, CompatMode::Auto);
+    }
+
+    #[test]
+    fn test_machine_body_smt_true_rejected() {
+        let body: MachineConfigBody =
+            serde_json::from_str(r#"{"vcpu_count": 1, "mem_size_mib": 64, "smt": true}"#)
+                .expect("parses");
+        assert_eq!(body.to_config(), Err(MachineError::Smt));
+    }
+
+    #[test]
+    fn test_machine_body_unknown_field_rejected() {
+        let r: Result<MachineConfigBody, _> =
+            serde_json::from_str(r#"{"vcpu_count": 1, "mem_size_mib": 64, "cpus": 1}"#);
+        assert!(r.expect_err("unknown").to_string().contains("cpus"));
     }
 
     #[test]

@@ -3,12 +3,16 @@
 
 pub mod boot;
 pub mod cli;
+pub mod draft;
 pub mod drive;
+pub mod file;
+pub mod logger;
 pub mod machine;
 pub mod net;
 pub mod serial;
 
 pub use boot::BootConfig;
+pub use draft::VmConfigDraft;
 pub use drive::DriveConfig;
 pub use machine::MachineConfig;
 pub use net::NetConfig;
@@ -78,6 +82,11 @@ pub enum ConfigError {
     /// Network interface problems.
     #[error(transparent)]
     Net(#[from] net::NetError),
+    /// No boot source was given.
+    #[error(
+        "boot-source: no kernel given (set --kernel, boot-source in the config file, or PUT /boot-source)"
+    )]
+    NoBootSource,
 }
 
 impl VmConfig {

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 use super::drive::{key_values, valid_id};
 
 /// A MAC address.
@@ -43,6 +45,19 @@ impl fmt::Display for MacAddr {
     }
 }
 
+impl Serialize for MacAddr {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl MacAddr {
     /// A locally administered unicast MAC derived from `id` (stable across runs).
     pub fn generated(id: &str) -> Self {
@@ -64,6 +79,40 @@ pub struct NetConfig {
     pub tap: String,
     /// Guest MAC (generated from the id when absent).
     pub mac: Option<MacAddr>,
+}
+
+/// One entry of `network-interfaces` in the JSON file, and the body of
+/// `PUT /network-interfaces/{id}`, with Firecracker's field names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetBody {
+    /// Identifier (required).
+    pub iface_id: String,
+    /// Host TAP device (required).
+    pub host_dev_name: String,
+    /// Guest MAC (default: generated from the id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<MacAddr>,
+}
+
+impl From<&NetBody> for NetConfig {
+    fn from(body: &NetBody) -> Self {
+        NetConfig {
+            id: body.iface_id.clone(),
+            tap: body.host_dev_name.clone(),
+            mac: body.guest_mac,
+        }
+    }
+}
+
+impl From<&NetConfig> for NetBody {
+    fn from(net: &NetConfig) -> Self {
+        NetBody {
+            iface_id: net.id.clone(),
+            host_dev_name: net.tap.clone(),
+            guest_mac: net.mac,
+        }
+    }
 }
 
 /// Invalid network settings.
@@ -178,6 +227,22 @@ mod tests {
         assert!("tap=t,mac=01:00:00:00:00:00".parse::<NetConfig>().is_err());
         assert!("tap=t,mac=zz".parse::<NetConfig>().is_err());
         assert!("mac=02:00:00:00:00:01".parse::<NetConfig>().is_err());
+    }
+
+    #[test]
+    fn test_net_body_parses_uppercase_mac() {
+        let body: NetBody = serde_json::from_str(
+            r#"{"iface_id": "net1", "guest_mac": "06:00:AC:10:00:02", "host_dev_name": "tap0"}"#,
+        )
+        .expect("parses");
+        let net = NetConfig::from(&body);
+        assert_eq!(net.mac.expect("mac").to_string(), "06:00:ac:10:00:02");
+        assert!(
+            serde_json::from_str::<NetBody>(
+                r#"{"iface_id": "n", "host_dev_name": "t", "guest_mac": "x"}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
+
 /// Serial console routing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum SerialConfig {
@@ -15,12 +17,68 @@ pub enum SerialConfig {
     None,
 }
 
+/// Ember's `serial` resource in the JSON file: `{"mode": "stdio"}`, `{"mode": "none"}` or
+/// `{"mode": "file", "path": "/tmp/console.log"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialBody {
+    /// Where the console goes.
+    pub mode: SerialMode,
+    /// Output file; required with `file`, refused otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+/// The `mode` of a `SerialBody`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SerialMode {
+    /// Standard output and input.
+    Stdio,
+    /// A file (output only).
+    File,
+    /// No console.
+    None,
+}
+
+impl TryFrom<&SerialBody> for SerialConfig {
+    type Error = SerialError;
+
+    fn try_from(body: &SerialBody) -> Result<Self, SerialError> {
+        match (body.mode, &body.path) {
+            (SerialMode::File, Some(path)) if !path.as_os_str().is_empty() => {
+                Ok(SerialConfig::File(path.clone()))
+            }
+            (SerialMode::File, _) => Err(SerialError::Body("mode file needs a path".into())),
+            (_, Some(_)) => Err(SerialError::Body(
+                "path is only valid with mode file".into(),
+            )),
+            (SerialMode::Stdio, None) => Ok(SerialConfig::Stdio),
+            (SerialMode::None, None) => Ok(SerialConfig::None),
+        }
+    }
+}
+
+impl From<&SerialConfig> for SerialBody {
+    fn from(config: &SerialConfig) -> Self {
+        let (mode, path) = match config {
+            SerialConfig::Stdio => (SerialMode::Stdio, None),
+            SerialConfig::File(path) => (SerialMode::File, Some(path.clone())),
+            SerialConfig::None => (SerialMode::None, None),
+        };
+        SerialBody { mode, path }
+    }
+}
+
 /// Invalid serial settings.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SerialError {
     /// Not one of the accepted forms.
     #[error("serial: `{0}` is not one of stdio, file:PATH, none")]
     Parse(String),
+    /// A `serial` object whose fields do not fit together.
+    #[error("serial: {0}")]
+    Body(String),
     /// The output file's directory does not exist.
     #[error("serial: the directory of {0} does not exist")]
     NoDirectory(PathBuf),
@@ -74,6 +132,21 @@ mod tests {
     fn test_serial_parse_rejects_garbage() {
         assert!("file:".parse::<SerialConfig>().is_err());
         assert!("tcp:1234".parse::<SerialConfig>().is_err());
+    }
+
+    #[test]
+    fn test_serial_body_file_needs_path() {
+        let body: SerialBody = serde_json::from_str(r#"{"mode": "file"}"#).expect("parses");
+        assert!(SerialConfig::try_from(&body).is_err());
+        let body: SerialBody =
+            serde_json::from_str(r#"{"mode": "file", "path": "/tmp/c.log"}"#).expect("parses");
+        assert_eq!(
+            SerialConfig::try_from(&body),
+            Ok(SerialConfig::File(PathBuf::from("/tmp/c.log")))
+        );
+        let body: SerialBody =
+            serde_json::from_str(r#"{"mode": "none", "path": "/x"}"#).expect("parses");
+        assert!(SerialConfig::try_from(&body).is_err());
     }
 
     #[test]

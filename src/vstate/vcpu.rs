@@ -1,12 +1,14 @@
-//! vCPUs: per-vCPU setup, the thread that runs KVM_RUN and dispatches exits, and the kick that
-//! gets a thread out of KVM_RUN.
+//! vCPUs: per-vCPU setup, the thread that runs KVM_RUN and dispatches exits, the kick that
+//! gets a thread out of KVM_RUN, and the Running / Paused / Exited state machine that pause and
+//! resume drive over a channel.
 
 use std::cell::Cell;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_run};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
@@ -72,6 +74,75 @@ pub enum VcpuExitReason {
 pub struct VcpuShared {
     stop: AtomicBool,
     sample: AtomicBool,
+}
+
+/// A request from the VMM to a vCPU thread, sent over its channel before the kick signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuRequest {
+    /// Leave KVM_RUN and park until `Resume` (answered with `VcpuAck::Paused`).
+    Pause,
+    /// Continue running (answered with `VcpuAck::Resumed`).
+    Resume,
+    /// Wake up a parked thread so that it sees the stop flag.
+    Stop,
+}
+
+/// A vCPU thread's answer to a `VcpuRequest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuAck {
+    /// The thread is out of KVM_RUN and parked.
+    Paused,
+    /// The thread is back in its run loop.
+    Resumed,
+}
+
+/// Why a pause or resume did not complete.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VcpuControlError {
+    /// The thread did not answer in time: a deadlock or a vCPU stuck in the host kernel.
+    #[error("vCPU {index} did not acknowledge {what} within {timeout_ms} ms")]
+    Timeout {
+        /// vCPU index.
+        index: u8,
+        /// "pause" or "resume".
+        what: &'static str,
+        /// How long the VMM waited.
+        timeout_ms: u128,
+    },
+    /// The thread has already ended (the guest is shutting down).
+    #[error("vCPU {0} has exited")]
+    Exited(u8),
+    /// The thread answered something else than expected.
+    #[error("vCPU {index} answered {got:?}")]
+    Unexpected {
+        /// vCPU index.
+        index: u8,
+        /// The answer.
+        got: VcpuAck,
+    },
+}
+
+/// The state a request leads to, and the answer the VMM waits for.
+fn transition(request: VcpuRequest) -> (RunState, Option<VcpuAck>) {
+    match request {
+        VcpuRequest::Pause => (RunState::Paused, Some(VcpuAck::Paused)),
+        VcpuRequest::Resume => (RunState::Running, Some(VcpuAck::Resumed)),
+        VcpuRequest::Stop => (RunState::Exited, None),
+    }
+}
+
+/// How often a parked vCPU thread re-checks its stop flag.
+const PARK_POLL: Duration = Duration::from_millis(500);
+
+/// The run state of a vCPU thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunState {
+    /// Running guest code (in or around KVM_RUN).
+    Running,
+    /// Out of KVM_RUN, parked on the request channel.
+    Paused,
+    /// Done: the thread returns its exit reason.
+    Exited,
 }
 
 thread_local! {
@@ -163,6 +234,8 @@ impl Vcpu {
         let index = self.index;
         let shared = Arc::new(VcpuShared::default());
         let thread_shared = shared.clone();
+        let (requests_tx, requests) = channel();
+        let (acks, acks_rx) = channel();
         let thread = std::thread::Builder::new()
             .name(format!("ember_vcpu{index}"))
             .spawn(move || {
@@ -171,6 +244,8 @@ impl Vcpu {
                     fd: self.fd,
                     ctx,
                     shared: thread_shared,
+                    requests,
+                    acks,
                     last_vmcall_rip: None,
                 };
                 let reason = runner.run();
@@ -184,6 +259,8 @@ impl Vcpu {
             index,
             thread: Some(thread),
             shared,
+            requests: requests_tx,
+            acks: acks_rx,
         })
     }
 }
@@ -206,6 +283,8 @@ pub struct VcpuHandle {
     index: u8,
     thread: Option<JoinHandle<()>>,
     shared: Arc<VcpuShared>,
+    requests: Sender<VcpuRequest>,
+    acks: Receiver<VcpuAck>,
 }
 
 impl VcpuHandle {
@@ -227,7 +306,55 @@ impl VcpuHandle {
     /// it when it checks.
     pub fn request_stop(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        // A parked thread sleeps on its channel, where the signal does not reach it.
+        let _ = self.requests.send(VcpuRequest::Stop);
         self.signal();
+    }
+
+    /// Asks the vCPU to leave KVM_RUN and park. The request is queued before the signal, so the
+    /// thread finds it whether the signal interrupts KVM_RUN or lands just before it (then
+    /// immediate_exit makes KVM_RUN return at once). Wait for the answer with `wait_ack`.
+    pub fn request_pause(&self) -> Result<(), VcpuControlError> {
+        self.drain_acks();
+        self.requests
+            .send(VcpuRequest::Pause)
+            .map_err(|_| VcpuControlError::Exited(self.index))?;
+        self.signal();
+        Ok(())
+    }
+
+    /// Lets a parked vCPU continue. No signal is needed: a parked thread waits on the channel.
+    pub fn request_resume(&self) -> Result<(), VcpuControlError> {
+        self.drain_acks();
+        self.requests
+            .send(VcpuRequest::Resume)
+            .map_err(|_| VcpuControlError::Exited(self.index))
+    }
+
+    /// Drops answers left over from an earlier request that timed out.
+    fn drain_acks(&self) {
+        while self.acks.try_recv().is_ok() {}
+    }
+
+    /// Waits (at most `timeout`) for the thread to answer `expected`.
+    pub fn wait_ack(&self, expected: VcpuAck, timeout: Duration) -> Result<(), VcpuControlError> {
+        let what = match expected {
+            VcpuAck::Paused => "pause",
+            VcpuAck::Resumed => "resume",
+        };
+        match self.acks.recv_timeout(timeout) {
+            Ok(got) if got == expected => Ok(()),
+            Ok(got) => Err(VcpuControlError::Unexpected {
+                index: self.index,
+                got,
+            }),
+            Err(RecvTimeoutError::Timeout) => Err(VcpuControlError::Timeout {
+                index: self.index,
+                what,
+                timeout_ms: timeout.as_millis(),
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(VcpuControlError::Exited(self.index)),
+        }
     }
 
     /// Asks the vCPU to look at where it is (the VMCALL spin guard).
@@ -251,6 +378,8 @@ struct VcpuRunner {
     fd: VcpuFd,
     ctx: VcpuContext,
     shared: Arc<VcpuShared>,
+    requests: Receiver<VcpuRequest>,
+    acks: Sender<VcpuAck>,
     last_vmcall_rip: Option<u64>,
 }
 
@@ -276,9 +405,40 @@ impl VcpuRunner {
         reason
     }
 
-    fn run_loop(&mut self) -> VcpuExitReason {
+    /// Handles queued requests; parks while paused. Returns `Exited` when the thread must end.
+    fn handle_requests(&mut self) -> RunState {
+        let mut state = RunState::Running;
         loop {
             if self.shared.stop.load(Ordering::SeqCst) {
+                return RunState::Exited;
+            }
+            let request = match state {
+                RunState::Running => match self.requests.try_recv() {
+                    Ok(request) => request,
+                    Err(_) => return RunState::Running,
+                },
+                RunState::Paused => match self.requests.recv_timeout(PARK_POLL) {
+                    Ok(request) => request,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return RunState::Exited,
+                },
+                RunState::Exited => return RunState::Exited,
+            };
+            let (next, ack) = transition(request);
+            if next != state {
+                log::debug!("vCPU {}: {state:?} -> {next:?}", self.index);
+            }
+            state = next;
+            if let Some(ack) = ack {
+                // The VMM only goes away when it is tearing down; the stop flag follows.
+                let _ = self.acks.send(ack);
+            }
+        }
+    }
+
+    fn run_loop(&mut self) -> VcpuExitReason {
+        loop {
+            if self.handle_requests() == RunState::Exited {
                 return VcpuExitReason::Stopped;
             }
             if self.shared.sample.swap(false, Ordering::SeqCst) {
@@ -441,5 +601,31 @@ impl VcpuRunner {
         } else {
             self.last_vmcall_rip = Some(regs.rip);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_transition_pause_parks_and_acks() {
+        assert_eq!(
+            transition(VcpuRequest::Pause),
+            (RunState::Paused, Some(VcpuAck::Paused))
+        );
+    }
+
+    #[test]
+    fn test_transition_resume_runs_and_acks() {
+        assert_eq!(
+            transition(VcpuRequest::Resume),
+            (RunState::Running, Some(VcpuAck::Resumed))
+        );
+    }
+
+    #[test]
+    fn test_transition_stop_exits_without_ack() {
+        assert_eq!(transition(VcpuRequest::Stop), (RunState::Exited, None));
     }
 }

@@ -20,8 +20,10 @@ pub enum BootProtocol {
     Pvh,
 }
 
-/// Which entry the user asked for; `Auto` prefers PVH when the kernel has the note.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which entry the user asked for; `Auto` prefers PVH when the kernel has the note
+/// (`"auto"`, `"pvh"`, `"linux"` in JSON).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ProtocolChoice {
     /// PVH if the ELF carries the note, else the 64-bit Linux entry.
     #[default]

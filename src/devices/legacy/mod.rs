@@ -1,4 +1,5 @@
-//! Legacy PC devices: the 16550 UART console, the i8042 reset line and the boot timer.
+//! Legacy PC devices: the 16550 UART console, the i8042 keyboard controller (reset line,
+//! keyboard) and the boot timer.
 
 pub mod boot_timer;
 pub mod i8042;

@@ -1,0 +1,212 @@
+//! Ember's HTTP API on a Unix socket (`--api-sock`), compatible with Firecracker's for the
+//! resources Ember has. The `ember_api` thread (server.rs) reads requests (http.rs) and turns
+//! them into typed `ApiRequest`s (routes.rs); the main thread answers them, before the VM
+//! starts (launch.rs) and while it runs (the `Controller` in vmm.rs).
+
+pub mod http;
+pub mod routes;
+pub mod server;
+
+use std::sync::mpsc::{Receiver, Sender};
+
+use serde::Serialize;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::boot::BootSourceBody;
+use crate::config::cli::LogLevel;
+use crate::config::drive::DriveBody;
+use crate::config::machine::MachineConfigBody;
+use crate::config::net::NetBody;
+
+pub use routes::{ActionType, VmStateChange};
+
+/// Name reported as `app_name` by `GET /`.
+pub const APP_NAME: &str = "ember";
+/// Instance id reported by `GET /` (Firecracker's default).
+pub const INSTANCE_ID: &str = "anonymous-instance";
+
+/// A request the main thread must answer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ApiRequest {
+    /// `GET /`.
+    GetInstanceInfo,
+    /// `GET /machine-config`.
+    GetMachineConfig,
+    /// `GET /vm/config`.
+    GetVmConfig,
+    /// `PUT /machine-config`.
+    PutMachineConfig(MachineConfigBody),
+    /// `PUT /boot-source`.
+    PutBootSource(BootSourceBody),
+    /// `PUT /drives/{id}`.
+    PutDrive(DriveBody),
+    /// `PUT /network-interfaces/{id}`.
+    PutNet(NetBody),
+    /// `PUT /actions`.
+    Action(ActionType),
+    /// `PATCH /vm`.
+    SetVmState(VmStateChange),
+}
+
+/// An answer: status code and optional JSON body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// JSON body, if any.
+    pub body: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Fault<'a> {
+    fault_message: &'a str,
+}
+
+impl ApiResponse {
+    /// 204 No Content.
+    pub fn no_content() -> Self {
+        ApiResponse {
+            status: 204,
+            body: None,
+        }
+    }
+
+    /// 200 with `value` as JSON.
+    pub fn json(value: &impl Serialize) -> Self {
+        match serde_json::to_string(value) {
+            Ok(body) => ApiResponse {
+                status: 200,
+                body: Some(body),
+            },
+            Err(e) => ApiResponse::error(500, &format!("Failed to encode the answer: {e}")),
+        }
+    }
+
+    /// An error with Firecracker's `{"fault_message": ...}` body.
+    pub fn error(status: u16, message: &str) -> Self {
+        let body = serde_json::to_string(&Fault {
+            fault_message: message,
+        })
+        .unwrap_or_else(|_| r#"{"fault_message": "error"}"#.to_string());
+        ApiResponse {
+            status,
+            body: Some(body),
+        }
+    }
+
+    /// 400 Bad Request with a reason.
+    pub fn bad_request(message: &str) -> Self {
+        ApiResponse::error(400, message)
+    }
+}
+
+/// The VM's state as `GET /` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum InstanceState {
+    /// Before InstanceStart.
+    #[serde(rename = "Not started")]
+    NotStarted,
+    /// vCPUs running.
+    Running,
+    /// vCPUs paused.
+    Paused,
+}
+
+/// `GET /`'s body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InstanceInfo {
+    /// Instance id.
+    pub id: &'static str,
+    /// State.
+    pub state: InstanceState,
+    /// Ember's version.
+    pub vmm_version: &'static str,
+    /// "ember".
+    pub app_name: &'static str,
+}
+
+impl InstanceInfo {
+    /// The info for a VM in `state`.
+    pub fn new(state: InstanceState) -> Self {
+        InstanceInfo {
+            id: INSTANCE_ID,
+            state,
+            vmm_version: env!("CARGO_PKG_VERSION"),
+            app_name: APP_NAME,
+        }
+    }
+}
+
+/// The current log level, as the config document names it.
+pub fn current_log_level() -> LogLevel {
+    match log::max_level() {
+        log::LevelFilter::Off | log::LevelFilter::Error => LogLevel::Error,
+        log::LevelFilter::Warn => LogLevel::Warn,
+        log::LevelFilter::Info => LogLevel::Info,
+        log::LevelFilter::Debug => LogLevel::Debug,
+        log::LevelFilter::Trace => LogLevel::Trace,
+    }
+}
+
+/// Refusal for configuration changes once the VM runs (Firecracker's wording).
+pub const MSG_AFTER_START: &str =
+    "The requested operation is not supported after starting the microVM.";
+/// Refusal for runtime actions before the VM runs.
+pub const MSG_BEFORE_START: &str =
+    "The requested operation is not supported before starting the microVM.";
+
+/// One request in flight from the API thread to the main thread.
+pub struct ApiCall {
+    /// What is asked.
+    pub request: ApiRequest,
+    /// Where the answer goes (the API thread waits on it).
+    pub reply: Sender<ApiResponse>,
+}
+
+impl ApiCall {
+    /// Sends the answer; a client that went away is not an error.
+    pub fn answer(self, response: ApiResponse) {
+        let _ = self.reply.send(response);
+    }
+}
+
+/// The main thread's end: requests arrive on `calls`, and `notify` becomes readable (an
+/// event-loop subscriber watches it) whenever one was sent.
+pub struct ApiChannel {
+    /// Incoming requests.
+    pub calls: Receiver<ApiCall>,
+    /// Written once per request by the API thread.
+    pub notify: EventFd,
+}
+
+impl ApiChannel {
+    /// Takes the next waiting request, if any (clears the eventfd first so none is missed).
+    pub fn next(&self) -> Option<ApiCall> {
+        let _ = self.notify.read();
+        self.calls.try_recv().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_instance_info_json_uses_firecracker_names() {
+        let r = ApiResponse::json(&InstanceInfo::new(InstanceState::NotStarted));
+        let body = r.body.expect("body");
+        assert!(body.contains(r#""state":"Not started""#), "{body}");
+        assert!(body.contains(r#""app_name":"ember""#), "{body}");
+        assert!(body.contains(r#""id":"anonymous-instance""#), "{body}");
+    }
+
+    #[test]
+    fn test_error_body_is_fault_message() {
+        let r = ApiResponse::bad_request("no \"quotes\" lost");
+        assert_eq!(r.status, 400);
+        assert_eq!(
+            r.body.as_deref(),
+            Some(r#"{"fault_message":"no \"quotes\" lost"}"#)
+        );
+    }
+}

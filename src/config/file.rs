@@ -1,0 +1,273 @@
+//! The JSON configuration document: `--config-file` reads it, `GET /vm/config` writes it.
+//! Firecracker's resource names and field names, plus Ember's `serial` resource and the
+//! `boot_protocol` / `pvm_compat` extension fields (see docs/usage.md).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::boot::BootSourceBody;
+use super::cli::LogLevel;
+use super::drive::DriveBody;
+use super::logger::LoggerBody;
+use super::machine::MachineConfigBody;
+use super::net::NetBody;
+use super::serial::SerialBody;
+use super::{BootConfig, ConfigError, DriveConfig, NetConfig, SerialConfig, VmConfigDraft};
+
+/// Largest config file Ember reads.
+const MAX_FILE_SIZE: u64 = 1 << 20;
+
+/// The whole document. Every resource is optional when parsing; `boot-source` is required to
+/// start a VM.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigDocument {
+    /// Kernel, initrd, command line.
+    #[serde(
+        rename = "boot-source",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub boot_source: Option<BootSourceBody>,
+    /// vCPUs and memory (default: 1 vCPU, 128 MiB).
+    #[serde(
+        rename = "machine-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub machine_config: Option<MachineConfigBody>,
+    /// Block devices.
+    #[serde(default)]
+    pub drives: Vec<DriveBody>,
+    /// Network interfaces.
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<NetBody>,
+    /// Serial console (default: stdio).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<SerialBody>,
+    /// Ember's log level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logger: Option<LoggerBody>,
+}
+
+/// Why a config file was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is larger than Ember reads.
+    #[error("config file {0}: larger than 1 MiB")]
+    TooLarge(PathBuf),
+    /// Not JSON, or not the expected shape; the message names the field path.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// serde's message, prefixed with the field path.
+        message: String,
+    },
+    /// The values are not a valid configuration.
+    #[error("config file {path}: {source}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The problem.
+        #[source]
+        source: ConfigError,
+    },
+}
+
+/// Parses JSON into `T`; the error message names the path of the offending field
+/// (`drives[0].is_read_only: invalid type: ...`).
+pub fn parse_json<'a, T: Deserialize<'a>>(text: &'a [u8]) -> Result<T, String> {
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.into_inner().to_string()
+        } else {
+            format!("{path}: {}", e.into_inner())
+        }
+    })?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(value)
+}
+
+impl ConfigDocument {
+    /// The draft this document describes (each resource checked), and the log level if set.
+    pub fn to_draft(&self) -> Result<(VmConfigDraft, Option<LogLevel>), ConfigError> {
+        let mut draft = VmConfigDraft::default();
+        if let Some(machine) = &self.machine_config {
+            let (machine, compat) = machine.to_config()?;
+            draft.machine = machine;
+            draft.pvm_compat = compat;
+        }
+        draft.boot = self.boot_source.as_ref().map(BootConfig::from);
+        if let Some(serial) = &self.serial {
+            draft.serial = SerialConfig::try_from(serial)?;
+        }
+        draft.drives = self.drives.iter().map(DriveConfig::from).collect();
+        draft.nets = self
+            .network_interfaces
+            .iter()
+            .map(NetConfig::from)
+            .collect();
+        Ok((draft, self.logger.map(|l| l.level)))
+    }
+
+    /// The document describing `draft` (what `GET /vm/config` returns).
+    pub fn from_draft(draft: &VmConfigDraft, log_level: Option<LogLevel>) -> Self {
+        ConfigDocument {
+            boot_source: draft.boot.as_ref().map(BootSourceBody::from),
+            machine_config: Some(MachineConfigBody::from_config(
+                &draft.machine,
+                draft.pvm_compat,
+            )),
+            drives: draft.drives.iter().map(DriveBody::from).collect(),
+            network_interfaces: draft.nets.iter().map(NetBody::from).collect(),
+            serial: Some(SerialBody::from(&draft.serial)),
+            logger: log_level.map(|level| LoggerBody { level }),
+        }
+    }
+}
+
+/// Reads and parses a config file into a draft and an optional log level.
+pub fn load(path: &Path) -> Result<(VmConfigDraft, Option<LogLevel>), ConfigFileError> {
+    let read_err = |source| ConfigFileError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if meta.len() > MAX_FILE_SIZE {
+        return Err(ConfigFileError::TooLarge(path.to_owned()));
+    }
+    let text = std::fs::read(path).map_err(read_err)?;
+    parse(&text).map_err(|e| match e {
+        ParseError::Syntax(message) => ConfigFileError::Parse {
+            path: path.to_owned(),
+            message,
+        },
+        ParseError::Invalid(source) => ConfigFileError::Invalid {
+            path: path.to_owned(),
+            source,
+        },
+    })
+}
+
+/// What `parse` rejects.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not JSON or not the document's shape.
+    Syntax(String),
+    /// Invalid values.
+    Invalid(ConfigError),
+}
+
+/// Parses a document; a complete VM needs its boot source.
+pub fn parse(text: &[u8]) -> Result<(VmConfigDraft, Option<LogLevel>), ParseError> {
+    let doc: ConfigDocument = parse_json(text).map_err(ParseError::Syntax)?;
+    let (draft, level) = doc.to_draft().map_err(ParseError::Invalid)?;
+    if draft.boot.is_none() {
+        return Err(ParseError::Invalid(ConfigError::NoBootSource));
+    }
+    Ok((draft, level))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::kernel::ProtocolChoice;
+    use crate::host::CompatMode;
+
+    const FULL: &str = r#"{
+        "boot-source": {"kernel_image_path": "/k", "initrd_path": "/i", "boot_args": "quiet",
+                        "boot_protocol": "pvh"},
+        "machine-config": {"vcpu_count": 2, "mem_size_mib": 256, "pvm_compat": "off"},
+        "drives": [{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true,
+                    "is_read_only": true}],
+        "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0",
+                                "guest_mac": "02:00:00:00:00:01"}],
+        "serial": {"mode": "none"},
+        "logger": {"level": "Debug"}
+    }"#;
+
+    #[test]
+    fn test_file_full_document_maps_every_field() {
+        let (draft, level) = parse(FULL.as_bytes()).expect("valid");
+        let config = draft.build().expect("complete");
+        assert_eq!(config.machine.vcpus, 2);
+        assert_eq!(config.machine.memory_mib, 256);
+        assert_eq!(config.pvm_compat, CompatMode::Off);
+        assert_eq!(config.boot.cmdline, "quiet");
+        assert_eq!(config.boot.protocol, ProtocolChoice::Pvh);
+        assert_eq!(config.boot.initrd, Some(PathBuf::from("/i")));
+        assert_eq!(config.drives[0].id, "rootfs");
+        assert!(config.drives[0].readonly && config.drives[0].root);
+        assert_eq!(config.nets[0].tap, "tap0");
+        assert_eq!(config.serial, SerialConfig::None);
+        assert_eq!(level, Some(LogLevel::Debug));
+    }
+
+    #[test]
+    fn test_file_roundtrip_through_document() {
+        let (draft, level) = parse(FULL.as_bytes()).expect("valid");
+        let text = serde_json::to_vec(&ConfigDocument::from_draft(&draft, level)).expect("json");
+        assert_eq!(parse(&text).expect("valid again"), (draft, level));
+    }
+
+    #[test]
+    fn test_file_unknown_nested_field_names_path() {
+        let text = br#"{"boot-source": {"kernel_image_path": "/k"},
+                        "drives": [{"drive_id": "a", "path_on_host": "/a", "cache": 1}]}"#;
+        let ParseError::Syntax(msg) = parse(text).expect_err("rejected") else {
+            panic!("not a syntax error")
+        };
+        assert!(msg.starts_with("drives[0]"), "{msg}");
+        assert!(msg.contains("unknown field `cache`"), "{msg}");
+    }
+
+    #[test]
+    fn test_file_wrong_type_names_path() {
+        let text = br#"{"boot-source": {"kernel_image_path": "/k"},
+                        "machine-config": {"vcpu_count": "two", "mem_size_mib": 64}}"#;
+        let ParseError::Syntax(msg) = parse(text).expect_err("rejected") else {
+            panic!("not a syntax error")
+        };
+        assert!(
+            msg.starts_with("machine-config.vcpu_count: invalid type"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn test_file_unknown_top_level_resource_rejected() {
+        let ParseError::Syntax(msg) = parse(br#"{"metrics": {}}"#).expect_err("rejected") else {
+            panic!("not a syntax error")
+        };
+        assert!(msg.contains("unknown field `metrics`"), "{msg}");
+    }
+
+    #[test]
+    fn test_file_without_boot_source_rejected() {
+        assert_eq!(
+            parse(br#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 64}}"#),
+            Err(ParseError::Invalid(ConfigError::NoBootSource))
+        );
+    }
+
+    #[test]
+    fn test_file_trailing_garbage_and_bad_json_rejected() {
+        assert!(parse(br#"{"boot-source": {"kernel_image_path": "/k"}} x"#).is_err());
+        assert!(parse(b"{").is_err());
+        assert!(parse(b"").is_err());
+        assert!(parse(b"[]").is_err());
+    }
+}

@@ -1,0 +1,319 @@
+//! From a front end's request to a finished VM: lifecycle events, the API socket, the wait for
+//! configuration and InstanceStart when the API supplies them, the build, and the run.
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::api::server::{ApiServer, ApiServerError};
+use crate::api::{
+    ActionType, ApiCall, ApiChannel, ApiRequest, ApiResponse, InstanceInfo, InstanceState,
+    MSG_BEFORE_START, current_log_level,
+};
+use crate::builder::{StartError, build_microvm};
+use crate::config::file::ConfigDocument;
+use crate::config::machine::MachineConfigBody;
+use crate::config::{ConfigError, VmConfig, VmConfigDraft};
+use crate::events::{EventSink, EventsError, LifecycleEvent};
+use crate::signals::StopSignals;
+use crate::vmm::{RunOptions, VmOutcome, Vmm, VmmError};
+
+/// What to launch.
+pub struct LaunchOptions {
+    /// The configuration so far (complete unless the API is to supply the boot source).
+    pub draft: VmConfigDraft,
+    /// Start at once (`--kernel` or `--config-file` given) rather than wait for InstanceStart.
+    pub start_now: bool,
+    /// `--api-sock`.
+    pub api_sock: Option<PathBuf>,
+    /// `--events`.
+    pub events: Option<PathBuf>,
+}
+
+/// Why Ember could not run a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The configuration is incomplete or invalid.
+    #[error("Invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The events file could not be opened.
+    #[error(transparent)]
+    Events(#[from] EventsError),
+    /// The API socket could not be served.
+    #[error(transparent)]
+    Api(#[from] ApiServerError),
+    /// The stop signals or the pre-boot event loop could not be set up.
+    #[error("Failed to set up {0}")]
+    Io(&'static str, #[source] std::io::Error),
+    /// Building the VM failed.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The event loop failed.
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+}
+
+impl LaunchError {
+    /// Whether the user's input is at fault (exit status 2) rather than the host.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            LaunchError::Config(_) | LaunchError::Events(_) => true,
+            LaunchError::Api(e) => e.is_usage(),
+            LaunchError::Start(e) => e.is_usage(),
+            LaunchError::Io(..) | LaunchError::Vmm(_) => false,
+        }
+    }
+}
+
+/// Runs one VM to its end. The API socket, if any, is removed on every return path.
+pub fn launch(options: LaunchOptions) -> Result<VmOutcome, LaunchError> {
+    // Block the stop signals before any thread starts, so that they reach only the signalfd
+    // (never kill the process behind the API socket's back).
+    let signals = StopSignals::new().map_err(|e| LaunchError::Io("the signalfd", e))?;
+    let config = if options.start_now {
+        Some(options.draft.build()?)
+    } else {
+        None
+    };
+    let mut events = match &options.events {
+        Some(path) => EventSink::open(path)?,
+        None => EventSink::default(),
+    };
+    let (_server, api) = match &options.api_sock {
+        Some(path) => {
+            let (server, channel) = ApiServer::start(path)?;
+            (Some(server), Some(channel))
+        }
+        None => (None, None),
+    };
+
+    let (vmm, config, start_call, signals) = match config {
+        Some(config) => (build_microvm(&config)?, config, None, signals),
+        None => {
+            let Some(api) = api.as_ref() else {
+                return Err(ConfigError::NoBootSource.into());
+            };
+            match wait_for_start(options.draft, api, signals)? {
+                PreBoot::Start(started) => {
+                    let Started {
+                        vmm,
+                        config,
+                        call,
+                        signals,
+                    } = *started;
+                    (vmm, config, Some(call), signals)
+                }
+                PreBoot::Stopped(outcome) => {
+                    events.emit(LifecycleEvent::from_outcome(&outcome));
+                    return Ok(outcome);
+                }
+            }
+        }
+    };
+    let outcome = vmm.run_with(RunOptions {
+        api,
+        start_call,
+        events,
+        signals: Some(signals),
+        config: Some(config),
+    })?;
+    Ok(outcome)
+}
+
+/// How the pre-boot phase ended.
+enum PreBoot {
+    /// InstanceStart built the VM.
+    Start(Box<Started>),
+    /// A stop signal came first.
+    Stopped(VmOutcome),
+}
+
+/// A VM built by InstanceStart; `call` is answered once the vCPUs run.
+struct Started {
+    vmm: Vmm,
+    config: VmConfig,
+    call: ApiCall,
+    signals: StopSignals,
+}
+
+const TOKEN_SIGNAL: u64 = 0;
+const TOKEN_API: u64 = 1;
+
+/// Serves the API with no VM yet: configuration requests change the draft, InstanceStart
+/// builds the VM. A failed build is answered 400 and Ember keeps waiting.
+fn wait_for_start(
+    mut draft: VmConfigDraft,
+    api: &ApiChannel,
+    mut signals: StopSignals,
+) -> Result<PreBoot, LaunchError> {
+    let io = |e| LaunchError::Io("the pre-boot event loop", e);
+    let epoll = Epoll::new().map_err(io)?;
+    for (fd, token) in [
+        (signals.as_raw_fd(), TOKEN_SIGNAL),
+        (api.notify.as_raw_fd(), TOKEN_API),
+    ] {
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+            .map_err(io)?;
+    }
+    log::info!("Waiting for the configuration and InstanceStart on the API socket");
+    let mut events = vec![EpollEvent::default(); 2];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(e)),
+        };
+        for event in &events[..n] {
+            if event.data() == TOKEN_SIGNAL {
+                if let Some(sig) = signals.read() {
+                    log::info!("Received signal {sig} before the VM started");
+                    return Ok(PreBoot::Stopped(VmOutcome::Signal(sig)));
+                }
+                continue;
+            }
+            while let Some(call) = api.next() {
+                if call.request != ApiRequest::Action(ActionType::InstanceStart) {
+                    let response = handle_preboot(&mut draft, &call.request);
+                    call.answer(response);
+                    continue;
+                }
+                match start(&draft) {
+                    Ok((vmm, config)) => {
+                        return Ok(PreBoot::Start(Box::new(Started {
+                            vmm,
+                            config,
+                            call,
+                            signals,
+                        })));
+                    }
+                    Err(response) => call.answer(response),
+                }
+            }
+        }
+    }
+}
+
+/// Builds the VM for InstanceStart, or says why not.
+fn start(draft: &VmConfigDraft) -> Result<(Vmm, VmConfig), ApiResponse> {
+    let config = draft
+        .build()
+        .map_err(|e| ApiResponse::bad_request(&format!("Cannot start the microVM: {e}.")))?;
+    match build_microvm(&config) {
+        Ok(vmm) => Ok((vmm, config)),
+        Err(e) => {
+            let mut message = format!("Cannot start the microVM: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            log::error!("{message}");
+            Err(ApiResponse::bad_request(&format!("{message}.")))
+        }
+    }
+}
+
+/// Answers a request before InstanceStart.
+pub fn handle_preboot(draft: &mut VmConfigDraft, request: &ApiRequest) -> ApiResponse {
+    let applied = |result: Result<(), ConfigError>| match result {
+        Ok(()) => ApiResponse::no_content(),
+        Err(e) => ApiResponse::bad_request(&format!("{e}.")),
+    };
+    match request {
+        ApiRequest::GetInstanceInfo => {
+            ApiResponse::json(&InstanceInfo::new(InstanceState::NotStarted))
+        }
+        ApiRequest::GetMachineConfig => ApiResponse::json(&MachineConfigBody::from_config(
+            &draft.machine,
+            draft.pvm_compat,
+        )),
+        ApiRequest::GetVmConfig => ApiResponse::json(&ConfigDocument::from_draft(
+            draft,
+            Some(current_log_level()),
+        )),
+        ApiRequest::PutMachineConfig(body) => applied(draft.put_machine(body)),
+        ApiRequest::PutBootSource(body) => applied(draft.put_boot(body)),
+        ApiRequest::PutDrive(body) => applied(draft.put_drive(body)),
+        ApiRequest::PutNet(body) => applied(draft.put_net(body)),
+        ApiRequest::Action(ActionType::InstanceStart) => {
+            ApiResponse::error(500, "InstanceStart is handled by the launcher.")
+        }
+        ApiRequest::Action(ActionType::SendCtrlAltDel) | ApiRequest::SetVmState(_) => {
+            ApiResponse::bad_request(MSG_BEFORE_START)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::VmStateChange;
+    use crate::config::boot::BootSourceBody;
+
+    #[test]
+    fn test_preboot_info_is_not_started() {
+        let r = handle_preboot(&mut VmConfigDraft::default(), &ApiRequest::GetInstanceInfo);
+        assert_eq!(r.status, 200);
+        assert!(r.body.expect("body").contains("Not started"));
+    }
+
+    #[test]
+    fn test_preboot_pause_and_ctrl_alt_del_refused() {
+        let mut draft = VmConfigDraft::default();
+        for request in [
+            ApiRequest::SetVmState(VmStateChange::Paused),
+            ApiRequest::SetVmState(VmStateChange::Resumed),
+            ApiRequest::Action(ActionType::SendCtrlAltDel),
+        ] {
+            assert_eq!(handle_preboot(&mut draft, &request).status, 400);
+        }
+    }
+
+    #[test]
+    fn test_preboot_put_machine_config_then_get() {
+        let mut draft = VmConfigDraft::default();
+        let body = MachineConfigBody {
+            vcpu_count: 2,
+            mem_size_mib: 64,
+            smt: false,
+            pvm_compat: Default::default(),
+        };
+        let r = handle_preboot(&mut draft, &ApiRequest::PutMachineConfig(body));
+        assert_eq!(r.status, 204);
+        let r = handle_preboot(&mut draft, &ApiRequest::GetMachineConfig);
+        let text = r.body.expect("body");
+        assert!(text.contains(r#""vcpu_count":2"#), "{text}");
+        assert!(text.contains(r#""mem_size_mib":64"#), "{text}");
+    }
+
+    #[test]
+    fn test_preboot_bad_boot_source_is_400_naming_file() {
+        let body = BootSourceBody {
+            kernel_image_path: PathBuf::from("/nonexistent/vmlinux"),
+            initrd_path: None,
+            boot_args: None,
+            boot_protocol: Default::default(),
+        };
+        let r = handle_preboot(
+            &mut VmConfigDraft::default(),
+            &ApiRequest::PutBootSource(body),
+        );
+        assert_eq!(r.status, 400);
+        assert!(r.body.expect("body").contains("/nonexistent/vmlinux"));
+    }
+
+    #[test]
+    fn test_preboot_start_without_boot_source_is_400() {
+        let Err(r) = start(&VmConfigDraft::default()) else {
+            panic!("must not start")
+        };
+        assert_eq!(r.status, 400);
+        assert!(r.body.expect("body").contains("boot-source"));
+    }
+}
