@@ -29,6 +29,8 @@ pub struct LaunchOptions {
     pub api_sock: Option<PathBuf>,
     /// `--events`.
     pub events: Option<PathBuf>,
+    /// Install the seccomp filters (off only with `--no-seccomp`).
+    pub seccomp: bool,
 }
 
 /// Why Ember could not run a VM.
@@ -52,6 +54,9 @@ pub enum LaunchError {
     /// The event loop failed.
     #[error(transparent)]
     Vmm(#[from] VmmError),
+    /// The SIGSYS handler could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 impl LaunchError {
@@ -61,7 +66,7 @@ impl LaunchError {
             LaunchError::Config(_) | LaunchError::Events(_) => true,
             LaunchError::Api(e) => e.is_usage(),
             LaunchError::Start(e) => e.is_usage(),
-            LaunchError::Io(..) | LaunchError::Vmm(_) => false,
+            LaunchError::Io(..) | LaunchError::Vmm(_) | LaunchError::Seccomp(_) => false,
         }
     }
 }
@@ -71,6 +76,11 @@ pub fn launch(options: LaunchOptions) -> Result<VmOutcome, LaunchError> {
     // Block the stop signals before any thread starts, so that they reach only the signalfd
     // (never kill the process behind the API socket's back).
     let signals = StopSignals::new().map_err(|e| LaunchError::Io("the signalfd", e))?;
+    if options.seccomp {
+        crate::seccomp::install_sigsys_handler()?;
+    } else {
+        log::warn!("seccomp filters are off (--no-seccomp): for debugging only");
+    }
     let config = if options.start_now {
         Some(options.draft.build()?)
     } else {
@@ -82,7 +92,7 @@ pub fn launch(options: LaunchOptions) -> Result<VmOutcome, LaunchError> {
     };
     let (_server, api) = match &options.api_sock {
         Some(path) => {
-            let (server, channel) = ApiServer::start(path)?;
+            let (server, channel) = ApiServer::start(path, options.seccomp)?;
             (Some(server), Some(channel))
         }
         None => (None, None),
@@ -117,6 +127,7 @@ pub fn launch(options: LaunchOptions) -> Result<VmOutcome, LaunchError> {
         events,
         signals: Some(signals),
         config: Some(config),
+        seccomp: options.seccomp,
     })?;
     Ok(outcome)
 }

@@ -21,6 +21,8 @@ pub mod host;
 pub mod launch;
 /// Ember's stderr logger.
 pub mod logger;
+/// seccomp filters per thread kind.
+pub mod seccomp;
 /// Host stop signals for the event loop.
 pub mod signals;
 /// The running microVM: event loop, lifecycle and exit status.

@@ -71,6 +71,7 @@ fn main() -> ExitCode {
         draft,
         api_sock: cli.api_sock.clone(),
         events: cli.events.clone(),
+        seccomp: !cli.no_seccomp,
     };
     match launch(options) {
         Ok(outcome) => ExitCode::from(outcome.exit_code() as u8),

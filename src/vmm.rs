@@ -27,6 +27,7 @@ use crate::devices::legacy::serial::{SerialDevice, SerialInput};
 use crate::devices::legacy::terminal::RawTerminal;
 use crate::events::{EventSink, LifecycleEvent};
 use crate::host::HostPolicy;
+use crate::seccomp::{self, StartGate, ThreadKind};
 use crate::signals::StopSignals;
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuExitReason, VcpuHandle};
 use crate::vstate::vm::Vm;
@@ -89,6 +90,9 @@ pub enum VmmError {
     /// A vCPU thread could not start.
     #[error(transparent)]
     Vcpu(#[from] vcpu::VcpuError),
+    /// A seccomp filter could not be installed.
+    #[error("seccomp: {0}")]
+    Seccomp(String),
 }
 
 /// The console's input side: the UART and the event telling that its FIFO has room.
@@ -123,6 +127,8 @@ pub struct RunOptions {
     pub signals: Option<StopSignals>,
     /// The configuration the VM was built from (for `GET /vm/config`).
     pub config: Option<VmConfig>,
+    /// Install the seccomp filters on the main and vCPU threads before the guest runs.
+    pub seccomp: bool,
 }
 
 #[repr(u32)]
@@ -363,11 +369,12 @@ impl Vmm {
         let mut start_call = options.start_call;
         let started = Instant::now();
         let mut handles = Vec::new();
+        let gate = Arc::new(StartGate::default());
         for vcpu in std::mem::take(&mut self.vcpus) {
             let evt = exit_evt
                 .try_clone()
                 .map_err(|e| VmmError::Io("an eventfd", e))?;
-            match vcpu.start(ctx.clone(), tx.clone(), evt) {
+            match vcpu.start(ctx.clone(), tx.clone(), evt, options.seccomp, gate.clone()) {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
                     controller.borrow_mut().handles = handles;
@@ -380,6 +387,31 @@ impl Vmm {
             }
         }
         drop(tx);
+        // Every thread has its filter before any guest instruction runs: the vCPU threads
+        // installed theirs and wait at the gate until the main thread has its own.
+        let filtered = gate
+            .wait_arrivals(handles.len(), VCPU_STOP_TIMEOUT)
+            .map_err(VmmError::Seccomp)
+            .and_then(|()| {
+                if options.seccomp {
+                    seccomp::install(ThreadKind::Vmm).map_err(|e| VmmError::Seccomp(e.to_string()))
+                } else {
+                    Ok(())
+                }
+            });
+        gate.open(filtered.is_ok());
+        if let Err(e) = filtered {
+            controller.borrow_mut().handles = handles;
+            Self::stop_vcpus(&mut controller.borrow_mut());
+            if let Some(call) = start_call.take() {
+                call.answer(ApiResponse::error(500, &format!("{e}")));
+            }
+            return Err(e);
+        }
+        if options.seccomp {
+            log::info!("seccomp filters installed on the VMM and vCPU threads");
+            seccomp::self_test_hook();
+        }
         let vcpu_count = handles.len();
         controller.borrow_mut().handles = handles;
         log::info!("Started {vcpu_count} vCPU thread(s)");

@@ -190,6 +190,44 @@ fn test_api_ctrl_alt_del_resets_kbd_guest() {
     assert!(!sock.exists(), "the socket is removed at exit");
 }
 
+/// The reference Linux kernel reboots on Ctrl-Alt-Del without any userspace (the kernel's
+/// default C-A-D action, through atkbd and the VT keyboard handler): kernel-only, so it runs on
+/// software-nested hosts. Skipped when the images are not built, unless EMBER_REQUIRE_LINUX.
+#[test]
+fn test_api_ctrl_alt_del_reboots_reference_linux() {
+    let images = common::repo_root().join("guest-images/out");
+    let (kernel, initrd) = (images.join("vmlinux"), images.join("initramfs-idle.cpio"));
+    if !kernel.exists() || !initrd.exists() {
+        assert!(
+            std::env::var_os("EMBER_REQUIRE_LINUX").is_none(),
+            "guest images missing: run scripts/build-guest-images"
+        );
+        eprintln!("SKIP: guest images not built (run scripts/build-guest-images)");
+        return;
+    }
+    let sock = sock_path("linux-cad");
+    let mut vm = TestVm::start(
+        VmArgs::kernel(&kernel)
+            .arg("--initrd", initrd.display())
+            .arg("--cmdline", "console=ttyS0 reboot=k panic=1 i8042.noaux")
+            .arg("--api-sock", sock.display()),
+    );
+    let linux = Duration::from_secs(600);
+    vm.wait_for_line("serio: i8042 KBD port", linux);
+    vm.wait_for_line("Run /init as init process", linux);
+    // atkbd probes the keyboard asynchronously; give it a moment after init starts.
+    std::thread::sleep(Duration::from_secs(3));
+    expect(
+        &sock,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "SendCtrlAltDel"}"#,
+        204,
+    );
+    assert_eq!(vm.exit_code(linux), 0, "{}", vm.log());
+    assert!(vm.log().contains("reset"), "{}", vm.log());
+}
+
 #[test]
 fn test_api_firecracker_getting_started_sequence() {
     let sock = sock_path("firecracker");

@@ -68,7 +68,7 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// Binds `path` and starts the `ember_api` thread; the main thread's end is returned.
-    pub fn start(path: &Path) -> Result<(ApiServer, ApiChannel), ApiServerError> {
+    pub fn start(path: &Path, seccomp: bool) -> Result<(ApiServer, ApiChannel), ApiServerError> {
         if path.symlink_metadata().is_ok() {
             return Err(ApiServerError::Exists(path.to_owned()));
         }
@@ -109,7 +109,14 @@ impl ApiServer {
         worker.register()?;
         let thread = std::thread::Builder::new()
             .name("ember_api".into())
-            .spawn(move || worker.run())
+            .spawn(move || {
+                if seccomp && let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Api)
+                {
+                    log::error!("{e}; the API thread stops");
+                    return;
+                }
+                worker.run()
+            })
             .map_err(io("the ember_api thread"))?;
         server.thread = Some(thread);
         log::info!("API listening on {}", path.display());

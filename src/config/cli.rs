@@ -128,6 +128,11 @@ pub struct Cli {
     #[arg(long, value_name = "tap=NAME[,mac=MAC][,id=NAME]")]
     pub net: Vec<NetConfig>,
 
+    /// Run without seccomp filters. For debugging only: it removes the system-call allowlists
+    /// that contain a compromised VMM thread (see docs/security.md).
+    #[arg(long)]
+    pub no_seccomp: bool,
+
     /// Log level of Ember's own messages (on stderr) [default: warn]. Overrides the config
     /// file's logger level.
     #[arg(long, value_name = "LEVEL", value_enum)]

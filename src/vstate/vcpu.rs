@@ -21,6 +21,7 @@ use crate::arch::kernel::BootProtocol;
 use crate::arch::{lapic, msr, regs};
 use crate::devices::bus::Bus;
 use crate::host::{EmulationFixup, HostPolicy, KVM_ENOSYS_RETURN, VMCALL};
+use crate::seccomp::{StartGate, ThreadKind};
 
 /// Errors while creating or configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +231,8 @@ impl Vcpu {
         ctx: VcpuContext,
         exits: Sender<(u8, VcpuExitReason)>,
         exit_evt: EventFd,
+        seccomp: bool,
+        gate: Arc<StartGate>,
     ) -> Result<VcpuHandle, VcpuError> {
         let index = self.index;
         let shared = Arc::new(VcpuShared::default());
@@ -239,6 +242,16 @@ impl Vcpu {
         let thread = std::thread::Builder::new()
             .name(format!("ember_vcpu{index}"))
             .spawn(move || {
+                let installed = if seccomp {
+                    crate::seccomp::install(ThreadKind::Vcpu).map_err(|e| e.to_string())
+                } else {
+                    Ok(())
+                };
+                if !gate.arrive_and_wait(installed) {
+                    let _ = exits.send((index, VcpuExitReason::Stopped));
+                    let _ = exit_evt.write(1);
+                    return;
+                }
                 let mut runner = VcpuRunner {
                     index,
                     fd: self.fd,

@@ -72,6 +72,12 @@ impl VmArgs {
         }
     }
 
+    /// Adds a flag without a value.
+    pub fn flag(mut self, flag: &str) -> Self {
+        self.args.push(flag.to_string());
+        self
+    }
+
     /// Adds `--flag value`.
     pub fn arg(mut self, flag: &str, value: impl ToString) -> Self {
         self.args.push(flag.to_string());
