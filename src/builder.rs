@@ -22,6 +22,7 @@ use crate::devices::legacy::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{COM1_PORT_BASE, SERIAL_PORT_LEN, SerialDevice, SerialOutput};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MMIO_WINDOW_SIZE, MmioTransport};
+use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::host::{HostKind, HostPolicy};
 use crate::vmm::{ConsoleInput, Vmm};
@@ -62,6 +63,9 @@ pub enum StartError {
     /// A disk could not be set up.
     #[error(transparent)]
     Block(#[from] BlockError),
+    /// A network interface could not be set up.
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// More virtio devices than free interrupt lines.
     #[error(
         "Too many devices: at most {} disks and network interfaces together",
@@ -348,6 +352,20 @@ fn create_virtio_devices(
         let name = format!("disk {} ({})", drive.id, disk_name(index));
         attach_virtio(vm, mem, &mut mmio, index, name, block.clone(), interrupt)?;
         devices.virtio.push(block);
+    }
+    for (i, net) in config.nets.iter().enumerate() {
+        let index = config.drives.len() + i;
+        let interrupt = virtio_interrupt(vm, index)?;
+        let device = Arc::new(Mutex::new(Net::new(
+            &net.id,
+            &net.tap,
+            net.guest_mac(),
+            interrupt.clone(),
+            devices.paused.clone(),
+        )?));
+        let name = format!("net {} (eth{i})", net.id);
+        attach_virtio(vm, mem, &mut mmio, index, name, device.clone(), interrupt)?;
+        devices.virtio.push(device);
     }
     devices.mmio = Arc::new(mmio);
     Ok(())
