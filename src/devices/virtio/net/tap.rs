@@ -30,9 +30,7 @@ pub enum TapError {
         id: String,
     },
     /// The interface exists but is not a TAP (a TUN, a bridge, a real NIC...).
-    #[error(
-        "Interface {tap} for {id} is not a TAP device (create one with `ip tuntap add dev {tap} mode tap`)"
-    )]
+    #[error("Interface {tap} for {id} exists but is not a TAP device")]
     NotTap {
         /// Interface name.
         tap: String,
