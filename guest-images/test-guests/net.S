@@ -818,11 +818,14 @@ perf:
         movl    %r14d, %eax
         andl    $15, %eax
         jnz     3b                              /* notify every 16 frames */
+        xorl    %edi, %edi
+        movl    $1, %esi
+        call    notify
+        jmp     3b
 4:      xorl    %edi, %edi                      /* window full: kick, wait */
         movl    $1, %esi
         call    notify
-        movzwl  Q_USED + 2(%r12), %esi
-        incl    %esi
+        leal    1 - PERF_WINDOW(%r14), %esi     /* until one slot is free */
         movq    %r12, %rdi
         call    wait_or_fail
         jmp     3b

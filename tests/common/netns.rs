@@ -178,6 +178,21 @@ impl PacketSocket {
         })
     }
 
+    /// Sets the receive buffer to `bytes` (SO_RCVBUFFORCE: root may exceed rmem_max).
+    pub fn set_rcvbuf(&self, bytes: i32) {
+        // SAFETY: the option value is a valid int of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&bytes as *const i32).cast(),
+                std::mem::size_of::<i32>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+    }
+
     /// Sends one Ethernet frame into the TAP (towards the guest).
     pub fn send(&self, frame: &[u8]) {
         // SAFETY: frame is a valid buffer of frame.len() bytes.
