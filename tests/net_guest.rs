@@ -74,6 +74,7 @@ fn test_net_guest_frames_both_ways_backpressure_and_malformed_chains() {
         TestVm::start(net_guest(&ns, "basic").arg("--net", "tap=tap0,mac=02:00:00:00:00:01"));
 
     vm.wait_for_line("NET dev=0 mac=02:00:00:00:00:01 link=1", GUEST_TIMEOUT);
+    ns.wait_tap_up("tap0", GUEST_TIMEOUT);
 
     // TX: one frame over three descriptors arrives whole.
     vm.wait_for_line("TX split used=1", GUEST_TIMEOUT);
@@ -158,6 +159,8 @@ fn test_net_guest_two_nics_on_two_taps() {
 
     vm.wait_for_line("NET dev=1 mac=02:00:00:00:00:02 link=1", GUEST_TIMEOUT);
     vm.wait_for_line("RX two ready", GUEST_TIMEOUT);
+    ns.wait_tap_up("tap0", GUEST_TIMEOUT);
+    ns.wait_tap_up("tap1", GUEST_TIMEOUT);
     let mut sent = Vec::new();
     for (i, (sock, mac)) in socks.iter().zip([MAC0, MAC1]).enumerate() {
         let got = sock
@@ -261,6 +264,7 @@ fn perf_net_guest_throughput() {
 
         // RX: the host sends as fast as the TAP takes it, the guest counts.
         vm.wait_for_line("PERF rx ready", GUEST_TIMEOUT);
+        ns.wait_tap_up("tap0", GUEST_TIMEOUT);
         let frame = host_frame(MAC0, "EMBER-NET-PERF", frame_len);
         let start = Instant::now();
         std::thread::scope(|s| {

@@ -81,6 +81,28 @@ impl NetNs {
         self.ip(&["link", "set", tap, "up"]);
     }
 
+    /// Waits until the host kernel reports `tap` operationally up, which it does once a reader
+    /// (Ember) has attached and the kernel's link watcher (which runs up to a second later) has
+    /// activated the TAP's queue: frames sent into the TAP before that are dropped by its qdisc.
+    pub fn wait_tap_up(&self, tap: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = Command::new("ip")
+                .args(["-n", &self.name, "-o", "link", "show", tap])
+                .output()
+                .expect("run ip link show");
+            if String::from_utf8_lossy(&out.stdout).contains(" state UP ") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{tap} not up within {timeout:?}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Runs `cmd` inside the namespace (`ip netns exec`) and returns its output.
     pub fn exec(&self, cmd: &[&str]) -> Output {
         Command::new("ip")

@@ -87,6 +87,14 @@ pub struct Net {
     stats: NetStats,
 }
 
+/// `virtio_net_config` as far as Ember fills it: the MAC, then the status with the link up.
+fn config_space(mac: MacAddr) -> [u8; CONFIG_SIZE] {
+    let mut config = [0u8; CONFIG_SIZE];
+    config[..6].copy_from_slice(&mac.0);
+    config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+    config
+}
+
 impl Net {
     /// A NIC on the existing TAP `tap` with guest MAC `mac`; `paused` stops queue processing
     /// while the VM is paused.
@@ -98,9 +106,7 @@ impl Net {
         paused: Arc<AtomicBool>,
     ) -> Result<Self, NetError> {
         let tap = Tap::open(tap, id)?;
-        let mut config = [0u8; CONFIG_SIZE];
-        config[..6].copy_from_slice(&mac.0);
-        config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        let config = config_space(mac);
         let queue_evts = (0..QUEUE_SIZES.len())
             .map(|_| EventFd::new(EFD_NONBLOCK).map_err(|e| NetError::EventFd(id.to_string(), e)))
             .collect::<Result<Vec<_>, _>>()?;
@@ -337,5 +343,26 @@ impl MutEventSubscriber for Net {
             }
         }
         // The TAP is watched once the driver activates the device.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_config_space_has_mac_then_link_up() {
+        let mac = MacAddr([0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]);
+        let config = config_space(mac);
+        let mut got = [0u8; 10];
+        read_config_bytes(&config, 0, &mut got);
+        assert_eq!(got, [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn test_queue_layout_is_rx_then_tx_of_256() {
+        assert_eq!(QUEUE_SIZES, [256, 256]);
+        assert_eq!((RX_INDEX, TX_INDEX), (0, 1));
+        assert_eq!(Token::TxQueue as usize, TX_INDEX);
     }
 }
