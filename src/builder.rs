@@ -23,6 +23,7 @@ use crate::devices::legacy::i8042::{I8042, I8042_KBD_IRQ, I8042_PORT_BASE, I8042
 use crate::devices::legacy::serial::{COM1_PORT_BASE, SERIAL_PORT_LEN, SerialDevice, SerialOutput};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MMIO_WINDOW_SIZE, MmioTransport};
+use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::host::{HostKind, HostPolicy};
 use crate::vmm::{ConsoleInput, Vmm};
@@ -63,6 +64,9 @@ pub enum StartError {
     /// A disk could not be set up.
     #[error(transparent)]
     Block(#[from] BlockError),
+    /// A network interface could not be set up.
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// More virtio devices than free interrupt lines.
     #[error(
         "Too many devices: at most {} disks and network interfaces together",
@@ -383,6 +387,20 @@ fn create_virtio_devices(
         let name = format!("disk {} ({})", drive.id, disk_name(index));
         slots.attach(index, name, block.clone(), interrupt)?;
         devices.virtio.push(block);
+    }
+    for (i, net) in config.nets.iter().enumerate() {
+        let index = config.drives.len() + i;
+        let interrupt = virtio_interrupt(vm, index)?;
+        let device = Arc::new(Mutex::new(Net::new(
+            &net.id,
+            &net.tap,
+            net.guest_mac(),
+            interrupt.clone(),
+            devices.paused.clone(),
+        )?));
+        let name = format!("net {} (eth{i})", net.id);
+        slots.attach(index, name, device.clone(), interrupt)?;
+        devices.virtio.push(device);
     }
     devices.queue_kicks = kicks;
     devices.mmio = Arc::new(mmio);

@@ -2,6 +2,9 @@
 //! its serial output and log, feeds serial input, and waits for lines and the exit status.
 #![allow(dead_code)]
 
+pub mod dhcp;
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -57,6 +60,7 @@ pub fn test_guest(name: &str) -> PathBuf {
 #[derive(Clone, Debug, Default)]
 pub struct VmArgs {
     args: Vec<String>,
+    netns: Option<String>,
 }
 
 impl VmArgs {
@@ -69,6 +73,7 @@ impl VmArgs {
     pub fn kernel(path: &Path) -> Self {
         VmArgs {
             args: vec!["--kernel".into(), path.display().to_string()],
+            netns: None,
         }
     }
 
@@ -82,6 +87,12 @@ impl VmArgs {
     pub fn arg(mut self, flag: &str, value: impl ToString) -> Self {
         self.args.push(flag.to_string());
         self.args.push(value.to_string());
+        self
+    }
+
+    /// Runs `ember` inside network namespace `name` (`ip netns exec`, same process id).
+    pub fn in_netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_string());
         self
     }
 
@@ -103,7 +114,14 @@ pub struct TestVm {
 impl TestVm {
     /// Starts `ember` with `args` and `--serial stdio`; the log level is info.
     pub fn start(args: VmArgs) -> Self {
-        let mut cmd = Command::new(ember_bin());
+        let mut cmd = match &args.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(ember_bin());
+                cmd
+            }
+            None => Command::new(ember_bin()),
+        };
         cmd.args(args.to_vec())
             .args(["--log-level", "info"])
             .stdin(Stdio::piped())
