@@ -9,29 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{TestVm, VmArgs, repo_root, scratch_dir};
+use common::{LINUX_TIMEOUT, TestVm, VmArgs, linux_image, scratch_dir};
 use ember::host::HostKind;
-
-const LINUX_TIMEOUT: Duration = Duration::from_secs(600);
-
-fn image(name: &str) -> Option<PathBuf> {
-    let path = repo_root().join("guest-images/out").join(name);
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var_os("EMBER_REQUIRE_LINUX").is_some() {
-        panic!("{} missing: run scripts/build-guest-images", path.display());
-    }
-    eprintln!(
-        "SKIP: {} not built (run scripts/build-guest-images)",
-        path.display()
-    );
-    None
-}
 
 /// A private copy of the root filesystem image for one test.
 fn rootfs_copy(name: &str) -> Option<PathBuf> {
-    let src = image("rootfs.ext4")?;
+    let src = linux_image("rootfs.ext4")?;
     let dst = scratch_dir().join(format!("{name}.ext4"));
     std::fs::copy(&src, &dst).expect("copy rootfs");
     Some(dst)
@@ -52,7 +35,7 @@ fn mount_count(image: &Path) -> u32 {
 }
 
 fn boot_root(disk: &Path, extra: &str, cmdline_tail: &str) -> TestVm {
-    let kernel = image("vmlinux").expect("vmlinux built with rootfs.ext4");
+    let kernel = linux_image("vmlinux").expect("vmlinux built with rootfs.ext4");
     let cmdline = format!("console=ttyS0 reboot=k panic=1 {cmdline_tail}");
     TestVm::start(
         VmArgs::kernel(&kernel)

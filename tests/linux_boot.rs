@@ -5,35 +5,17 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{TestVm, VmArgs, repo_root};
+use common::{LINUX_TIMEOUT, TestVm, VmArgs, linux_image};
 use ember::host::HostKind;
-
-/// Generous: ~90 s to init for one guest here, double when two boot at once.
-const LINUX_TIMEOUT: Duration = Duration::from_secs(600);
-
-fn image(name: &str) -> Option<PathBuf> {
-    let path = repo_root().join("guest-images/out").join(name);
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var_os("EMBER_REQUIRE_LINUX").is_some() {
-        panic!("{} missing: run scripts/build-guest-images", path.display());
-    }
-    eprintln!(
-        "SKIP: {} not built (run scripts/build-guest-images)",
-        path.display()
-    );
-    None
-}
 
 /// One boot, many checks: command line, memory map and size, SMP bring-up, hand-over to init;
 /// where guest userspace can run, the init's own report and a clean exit 0.
 #[test]
 fn test_linux_vmlinux_boots_two_cpus_to_init() {
-    let (Some(kernel), Some(initrd)) = (image("vmlinux"), image("initramfs.cpio")) else {
+    let (Some(kernel), Some(initrd)) = (linux_image("vmlinux"), linux_image("initramfs.cpio"))
+    else {
         return;
     };
     let cmdline = "console=ttyS0 reboot=k panic=1 ember.test=linux-boot";
@@ -75,7 +57,7 @@ fn test_linux_vmlinux_boots_two_cpus_to_init() {
 /// for the kernel to print its command line, then stopped with SIGTERM (exit 143).
 #[test]
 fn test_linux_bzimage_boots_and_stops_on_sigterm() {
-    let Some(kernel) = image("bzImage") else {
+    let Some(kernel) = linux_image("bzImage") else {
         return;
     };
     let args = VmArgs::kernel(&kernel).arg(

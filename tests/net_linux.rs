@@ -11,36 +11,19 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::dhcp::DhcpServer;
 use common::netns::{NetNs, PacketSocket};
-use common::{TestVm, VmArgs, repo_root};
+use common::{LINUX_TIMEOUT, TestVm, VmArgs, linux_image};
 
-/// Generous: ~90 s to init for one guest on a software-nested host, double when two boot at once.
-const LINUX_TIMEOUT: Duration = Duration::from_secs(600);
 const MAC0: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const MAC1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
-fn image(name: &str) -> Option<PathBuf> {
-    let path = repo_root().join("guest-images/out").join(name);
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var_os("EMBER_REQUIRE_LINUX").is_some() {
-        panic!("{} missing: run scripts/build-guest-images", path.display());
-    }
-    eprintln!(
-        "SKIP: {} not built (run scripts/build-guest-images)",
-        path.display()
-    );
-    None
-}
-
 #[test]
 fn test_linux_dhcp_then_ping_with_two_nics() {
-    let (Some(kernel), Some(initrd)) = (image("vmlinux"), image("initramfs-idle.cpio")) else {
+    let (Some(kernel), Some(initrd)) = (linux_image("vmlinux"), linux_image("initramfs-idle.cpio"))
+    else {
         return;
     };
     let Some(mut ns) = NetNs::new("linux") else {
@@ -201,7 +184,7 @@ fn test_linux_tcp_file_both_ways() {
         eprintln!("SKIP: software-nested KVM: guest userspace cannot make system calls here");
         return;
     }
-    let Some(kernel) = image("vmlinux") else {
+    let Some(kernel) = linux_image("vmlinux") else {
         return;
     };
     let Some(mut ns) = NetNs::new("tcp") else {

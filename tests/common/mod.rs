@@ -315,6 +315,27 @@ pub fn run_ember(args: &[&str], timeout: Duration) -> (i32, String) {
     (code, stderr)
 }
 
+/// Time-out for Linux boots: generous, since guest kernel code is emulated on software-nested
+/// hosts (~30-90 s to init for one guest, double when two boot at once).
+pub const LINUX_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A reference guest image from `guest-images/out`. When it is missing the test skips with a
+/// message, or fails when `EMBER_REQUIRE_LINUX` is set (scripts/test sets it).
+pub fn linux_image(name: &str) -> Option<PathBuf> {
+    let path = repo_root().join("guest-images/out").join(name);
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var_os("EMBER_REQUIRE_LINUX").is_some() {
+        panic!("{} missing: run scripts/build-guest-images", path.display());
+    }
+    eprintln!(
+        "SKIP: {} not built (run scripts/build-guest-images)",
+        path.display()
+    );
+    None
+}
+
 /// FNV-1a 64 of `bytes`, as the bootinfo guest computes it.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
