@@ -8,6 +8,7 @@
 //! | CPUID feature bits set with KVM_SET_CPUID2 do not reach the guest; XRSTOR fails | `noxsave` on the guest command line |
 //! | CLAC (SMAP), POPCNT and CMPXCHG16B fail to emulate | `clearcpuid=smap,popcnt,cx16` on the command line |
 //! | VMCALL (KVM hypercalls, PV IPIs, kvmclock) spins forever without an exit | the KVM paravirt CPUID leaves are hidden from the guest, and a watchdog skips a VMCALL found spinning (RAX = -KVM_ENOSYS) |
+//! | The kernel's IO-APIC timer check (a timing loop) fails when the emulated guest is slow | `no_timer_check` on the command line |
 //! | INT3 fails to emulate (KVM_EXIT_INTERNAL_ERROR) | RIP += 1 and #BP injected, as the hardware would |
 //! | FWAIT fails to emulate | RIP += 1 (no x87 exception can be pending) |
 //!
@@ -64,11 +65,15 @@ pub fn cpuinfo_has_hw_virt(cpuinfo: &str) -> bool {
 }
 
 /// Guest command-line switches the policy appends, each with the reason it is logged with.
-pub const PVM_CMDLINE: [(&str, &str); 2] = [
+pub const PVM_CMDLINE: [(&str, &str); 3] = [
     ("noxsave", "XRSTOR fails to emulate"),
     (
         "clearcpuid=smap,popcnt,cx16",
         "CLAC, POPCNT and CMPXCHG16B (SLUB's cmpxchg_double) fail to emulate, and CPUID masks do not reach the guest",
+    ),
+    (
+        "no_timer_check",
+        "the IO-APIC timer check is a short timing loop that emulated guest kernels can miss on a loaded host, panicking the boot",
     ),
 ];
 
@@ -190,7 +195,10 @@ mod tests {
         let policy = HostPolicy { pvm: true };
         let mut cmdline = String::from("console=ttyS0 noxsave");
         policy.extend_cmdline(&mut cmdline);
-        assert_eq!(cmdline, "console=ttyS0 noxsave clearcpuid=smap,popcnt,cx16");
+        assert_eq!(
+            cmdline,
+            "console=ttyS0 noxsave clearcpuid=smap,popcnt,cx16 no_timer_check"
+        );
         let mut off = String::from("console=ttyS0");
         HostPolicy { pvm: false }.extend_cmdline(&mut off);
         assert_eq!(off, "console=ttyS0");
