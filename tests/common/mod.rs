@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Default time-out for test-guest events: generous, the guests finish in milliseconds.
-pub const GUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const GUEST_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Root of the repository.
 pub fn repo_root() -> PathBuf {
