@@ -108,6 +108,8 @@ enum Token {
     Quit = 3,
     Signal = 4,
     Sample = 5,
+    PowerOff = 6,
+    AcpiReset = 7,
 }
 
 /// The event-loop subscriber that decides when the VM ends.
@@ -115,6 +117,8 @@ struct Controller {
     exit_evt: EventFd,
     exits: Receiver<(u8, VcpuExitReason)>,
     reset_evt: EventFd,
+    poweroff_evt: EventFd,
+    acpi_reset_evt: EventFd,
     quit_evt: EventFd,
     signals: StopSignals,
     sampler: Option<TimerFd>,
@@ -155,6 +159,16 @@ impl MutEventSubscriber for Controller {
                 log::info!("Guest requested a reset through the i8042");
                 self.finish(VmOutcome::Reset);
             }
+            d if d == Token::PowerOff as u32 => {
+                let _ = self.poweroff_evt.read();
+                log::info!("Guest powered off (ACPI S5)");
+                self.finish(VmOutcome::PowerOff);
+            }
+            d if d == Token::AcpiReset as u32 => {
+                let _ = self.acpi_reset_evt.read();
+                log::info!("Guest requested a reset through the ACPI reset register");
+                self.finish(VmOutcome::Reset);
+            }
             d if d == Token::Quit as u32 => {
                 let _ = self.quit_evt.read();
                 self.finish(VmOutcome::Quit);
@@ -189,6 +203,8 @@ impl MutEventSubscriber for Controller {
         };
         add(&self.exit_evt, Token::VcpuExit);
         add(&self.reset_evt, Token::Reset);
+        add(&self.poweroff_evt, Token::PowerOff);
+        add(&self.acpi_reset_evt, Token::AcpiReset);
         add(&self.quit_evt, Token::Quit);
         add(&self.signals, Token::Signal);
         if let Some(timer) = &self.sampler {
@@ -234,6 +250,16 @@ impl Vmm {
         let reset_evt = self
             .devices
             .reset_evt
+            .try_clone()
+            .map_err(|e| VmmError::Io("an eventfd", e))?;
+        let poweroff_evt = self
+            .devices
+            .poweroff_evt
+            .try_clone()
+            .map_err(|e| VmmError::Io("an eventfd", e))?;
+        let acpi_reset_evt = self
+            .devices
+            .acpi_reset_evt
             .try_clone()
             .map_err(|e| VmmError::Io("an eventfd", e))?;
         let sampler = if self.policy.vmcall_guard() {
@@ -289,6 +315,8 @@ impl Vmm {
                 .map_err(|e| VmmError::Io("an eventfd", e))?,
             exits: rx,
             reset_evt,
+            poweroff_evt,
+            acpi_reset_evt,
             quit_evt,
             signals,
             sampler,

@@ -3,12 +3,14 @@
 
 pub mod boot;
 pub mod cli;
+pub mod discovery;
 pub mod drive;
 pub mod machine;
 pub mod net;
 pub mod serial;
 
 pub use boot::BootConfig;
+pub use discovery::VirtioDiscovery;
 pub use drive::DriveConfig;
 pub use machine::MachineConfig;
 pub use net::NetConfig;
@@ -31,6 +33,8 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// Software-nested KVM compatibility policy.
     pub pvm_compat: CompatMode,
+    /// Where virtio-mmio devices are announced (default: command line and ACPI).
+    pub virtio_discovery: VirtioDiscovery,
 }
 
 /// Host facts validation checks against.

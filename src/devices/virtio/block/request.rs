@@ -144,7 +144,8 @@ fn execute(
                 return Err(RequestError::Unsupported(kind));
             }
             let avail = reader.available_bytes();
-            if avail == 0 || !avail.is_multiple_of(16) || avail / 16 > MAX_DISCARD_SEGMENTS as usize {
+            if avail == 0 || !avail.is_multiple_of(16) || avail / 16 > MAX_DISCARD_SEGMENTS as usize
+            {
                 return Err(RequestError::BadSegments);
             }
             for _ in 0..avail / 16 {
