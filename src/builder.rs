@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::arch::acpi::{self, AcpiError, VirtioMmioDevice};
 use crate::arch::kernel::{self, BootProtocol, LoadedInitrd, LoadedKernel};
-use crate::arch::layout::{ACPI_SLEEP_CONTROL_PORT, CMDLINE_START, SERIAL_IRQ};
+use crate::arch::layout::{ACPI_PM1A_EVT_PORT, CMDLINE_START, SERIAL_IRQ};
 use crate::arch::{self, boot_params, mptable};
 use crate::config::{ConfigError, HostLimits, SerialConfig, VmConfig, boot};
 use crate::devices::acpi::{ACPI_PM_PORT_LEN, AcpiPm};
@@ -324,7 +324,7 @@ fn create_devices(vm: &Vm, config: &VmConfig) -> Result<Devices, StartError> {
     );
     pio.insert(
         Arc::new(acpi_pm),
-        u64::from(ACPI_SLEEP_CONTROL_PORT),
+        u64::from(ACPI_PM1A_EVT_PORT),
         ACPI_PM_PORT_LEN,
     )?;
 

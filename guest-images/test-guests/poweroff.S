@@ -1,30 +1,29 @@
 /*
  * poweroff: follows the ACPI tables the way a kernel does (RSDP from the
  * boot info -> XSDT -> FADT), prints what it found, then writes the S5 sleep
- * value to the FADT's sleep control register (hardware-reduced ACPI). On
- * Ember that powers the VM off: `ember` exits 0 with the power-off outcome.
- * If the guest is still running ~10^8 TSC ticks later, it fails and resets.
+ * value with SLP_EN to the FADT's PM1a control block. On Ember that powers
+ * the VM off: `ember` exits 0 with the power-off outcome. If the guest is
+ * still running ~10^8 TSC ticks later, it fails and resets.
  */
 #include "common/defs.h"
 
-/* SLP_TYP 5 (the DSDT's _S5_) in bits 2-4, SLP_EN (bit 5). */
-#define SLEEP_S5_VALUE  ((5 << 2) | (1 << 5))
-/* FADT: SLEEP_CONTROL_REG generic address structure (ACPI 6.x), its address at +4. */
-#define FADT_SLEEP_CONTROL 244
-#define GAS_SYSTEM_IO   1
+/* PM1_CNT: SLP_TYP 5 (the DSDT's _S5_) in bits 10-12, SLP_EN (bit 13), SCI_EN (bit 0). */
+#define PM1_CNT_S5      ((5 << 10) | (1 << 13) | 1)
+/* FADT: PM1a_CNT_BLK, a 32-bit I/O port number. */
+#define FADT_PM1A_CNT   64
 
         .section .rodata
         .globl  guest_name
 guest_name:     .asciz  "poweroff"
 s_rsdp:         .asciz  "RSDP "
 s_fadt:         .asciz  "FADT "
-s_sleep:        .asciz  "SLEEP_CONTROL "
+s_pm1:          .asciz  "PM1A_CONTROL "
 s_done:         .asciz  "done"
 s_no_rsdp:      .asciz  "no-rsdp"
 s_bad_rsdp:     .asciz  "bad-rsdp"
 s_bad_xsdt:     .asciz  "bad-xsdt"
 s_no_fadt:      .asciz  "no-fadt"
-s_no_sleep:     .asciz  "no-sleep-control-port"
+s_no_pm1:       .asciz  "no-pm1a-control-block"
 s_ignored:      .asciz  "poweroff-ignored"
 
         .text
@@ -72,15 +71,11 @@ guest_main:
         movq    %rbx, %rdi
         call    put_hex
         call    put_nl
-        leaq    s_no_sleep(%rip), %rdi
-        cmpl    $FADT_SLEEP_CONTROL + 12, 4(%rbx)
-        jb      fail
-        cmpb    $GAS_SYSTEM_IO, FADT_SLEEP_CONTROL(%rbx)
-        jne     fail
-        movq    FADT_SLEEP_CONTROL + 4(%rbx), %r12
-        testq   %r12, %r12
+        leaq    s_no_pm1(%rip), %rdi
+        movl    FADT_PM1A_CNT(%rbx), %r12d
+        testl   %r12d, %r12d
         jz      fail
-        leaq    s_sleep(%rip), %rdi
+        leaq    s_pm1(%rip), %rdi
         call    puts
         movq    %r12, %rdi
         call    put_hex
@@ -90,8 +85,8 @@ guest_main:
         leaq    s_done(%rip), %rdi
         call    put_line
         movl    %r12d, %edx
-        movb    $SLEEP_S5_VALUE, %al
-        outb    %al, %dx
+        movw    $PM1_CNT_S5, %ax
+        outw    %ax, %dx
         movq    $100000000, %rdi
         call    delay_ticks
         leaq    s_ignored(%rip), %rdi

@@ -1,7 +1,14 @@
-//! ACPI tables for a hardware-reduced x86_64 microVM, generated with the `acpi_tables` crate:
-//! RSDP, XSDT, FADT (sleep control/status and reset registers on I/O ports), MADT (local APICs,
+//! ACPI tables for an x86_64 microVM, generated with the `acpi_tables` crate: RSDP, XSDT, FADT
+//! (PM1a event and control blocks and a reset register on I/O ports), FACS, MADT (local APICs,
 //! the I/O APIC, LINT1 as NMI) and a DSDT with one `LNRO0005` device per virtio-mmio transport and
 //! the `_S5_` sleep state.
+//!
+//! Not hardware-reduced ACPI: on x86 a hardware-reduced FADT makes Linux drop the legacy PIC and
+//! the PIT (`acpi_reduced_hw_init`), and then it needs the TSC frequency from CPUID leaf 0x15
+//! (Intel only) or kvmclock to calibrate its timers. Software-nested (PVM) hosts give neither
+//! (Ember hides the KVM leaves there), and such a guest hangs in `calibrate_delay` waiting for a
+//! timer tick that never comes. So the FADT describes the fixed PM1 registers instead, with SCI
+//! on IRQ 9 and no SMI command port (always in ACPI mode), and the guest keeps the in-kernel PIT.
 //!
 //! The tables sit in the legacy BIOS area at `ACPI_TABLES_START` (reserved in the e820 map); the
 //! kernel learns the RSDP address from the zero page or the PVH start info, and can also find it
@@ -9,6 +16,7 @@
 
 use acpi_tables::Aml;
 use acpi_tables::aml::{self, Device, Interrupt, Memory32Fixed, Name, Package, ResourceTemplate};
+use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::rsdp::Rsdp;
@@ -17,11 +25,11 @@ use acpi_tables::xsdt::XSDT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{
-    ACPI_RESET_PORT, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, ACPI_TABLES_SIZE,
+    ACPI_PM1A_CNT_PORT, ACPI_PM1A_EVT_PORT, ACPI_RESET_PORT, ACPI_SCI_IRQ, ACPI_TABLES_SIZE,
     ACPI_TABLES_START, APIC_START, IOAPIC_START, MMIO_DEVICE_WINDOW,
 };
 use super::mptable::MAX_CPUS;
-use crate::devices::acpi::{RESET_VALUE, SLEEP_TYPE_S5};
+use crate::devices::acpi::{PM1_CNT_LEN, PM1_EVT_LEN, RESET_VALUE, SLEEP_TYPE_S5};
 
 /// Errors while building or writing the ACPI tables.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -50,8 +58,8 @@ const OEM_REVISION: u32 = 1;
 /// Table revisions: DSDT 2 gives 64-bit AML integers; MADT revision 5 (ACPI 6.x).
 const DSDT_REVISION: u8 = 2;
 const MADT_REVISION: u8 = 5;
-/// Alignment of each table in the area.
-const TABLE_ALIGN: u64 = 16;
+/// Alignment of each table in the area (the FACS needs 64).
+const TABLE_ALIGN: u64 = 64;
 
 /// MADT flags: PCAT_COMPAT, the in-kernel irqchip has the dual 8259.
 const MADT_PCAT_COMPAT: u32 = 1;
@@ -143,29 +151,29 @@ fn build_dsdt(devices: &[VirtioMmioDevice]) -> Result<Vec<u8>, AcpiError> {
     Ok(dsdt.as_slice().to_vec())
 }
 
-/// The FADT: hardware-reduced, 64-bit X_DSDT, sleep and reset registers on I/O ports.
-fn build_fadt(dsdt_addr: u64) -> Vec<u8> {
-    let io_byte = |port: u16| {
-        GAS::new(
-            AddressSpace::SystemIo,
-            8,
-            0,
-            AccessSize::ByteAccess,
-            port.into(),
-        )
-    };
+/// The FADT: PM1a event and control blocks (S5), reset register, FACS, 64-bit X_DSDT.
+fn build_fadt(dsdt_addr: u64, facs_addr: u64) -> Vec<u8> {
     let mut fadt = FADTBuilder::new(OEM_ID, *b"EMBRFACP", OEM_REVISION)
         .dsdt_64(dsdt_addr)
-        .flag(Flags::HwReducedAcpi)
+        .firmware_ctrl_64(facs_addr)
         // Power and sleep buttons, if any, are control-method devices (there are none).
         .flag(Flags::PwrButton)
         .flag(Flags::SlpButton)
         .flag(Flags::ResetRegSup);
+    fadt.sci_int = ACPI_SCI_IRQ.into();
+    fadt.pm1a_evt_blk = u32::from(ACPI_PM1A_EVT_PORT).into();
+    fadt.pm1_evt_len = PM1_EVT_LEN;
+    fadt.pm1a_cnt_blk = u32::from(ACPI_PM1A_CNT_PORT).into();
+    fadt.pm1_cnt_len = PM1_CNT_LEN;
     fadt.iapc_boot_arch = IAPC_BOOT_ARCH.into();
-    fadt.reset_reg = io_byte(ACPI_RESET_PORT);
+    fadt.reset_reg = GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        ACPI_RESET_PORT.into(),
+    );
     fadt.reset_value = RESET_VALUE;
-    fadt.sleep_control_reg = io_byte(ACPI_SLEEP_CONTROL_PORT);
-    fadt.sleep_status_reg = io_byte(ACPI_SLEEP_STATUS_PORT);
     bytes_of(&fadt.finalize())
 }
 
@@ -225,9 +233,11 @@ pub fn build_tables(num_cpus: u8, devices: &[VirtioMmioDevice]) -> Result<AcpiTa
         next = align(addr + bytes.len() as u64);
         addr
     };
+    let facs = bytes_of(&FACS::new());
+    let facs_addr = place(&facs);
     let dsdt = build_dsdt(devices)?;
     let dsdt_addr = place(&dsdt);
-    let fadt = build_fadt(dsdt_addr);
+    let fadt = build_fadt(dsdt_addr, facs_addr);
     let fadt_addr = place(&fadt);
     let madt = build_madt(num_cpus);
     let madt_addr = place(&madt);
@@ -247,6 +257,7 @@ pub fn build_tables(num_cpus: u8, devices: &[VirtioMmioDevice]) -> Result<AcpiTa
         rsdp_addr,
         tables: vec![
             (rsdp_addr, rsdp),
+            (facs_addr, facs),
             (dsdt_addr, dsdt),
             (fadt_addr, fadt),
             (madt_addr, madt),
@@ -372,7 +383,9 @@ mod tests {
                 bytes.len(),
                 "length at {addr:#x}"
             );
-            assert_eq!(sum(bytes), 0, "checksum at {addr:#x}");
+            if &bytes[..4] != b"FACS" {
+                assert_eq!(sum(bytes), 0, "checksum at {addr:#x}");
+            }
         }
     }
 
@@ -388,7 +401,7 @@ mod tests {
         for pair in spans.windows(2) {
             assert!(pair[0].1 <= pair[1].0, "{spans:x?}");
         }
-        assert_eq!(spans[0].0 % 16, 0);
+        assert!(spans.iter().all(|s| s.0 % 64 == 0));
         assert!(spans[spans.len() - 1].1 <= ACPI_TABLES_START + ACPI_TABLES_SIZE);
     }
 
@@ -401,28 +414,34 @@ mod tests {
     }
 
     #[test]
-    fn test_acpi_fadt_is_hardware_reduced_with_sleep_and_reset_ports() {
+    fn test_acpi_fadt_has_pm1_blocks_reset_port_and_facs() {
         let tables = build_tables(1, &[]).expect("tables");
         let fadt = find(&tables, b"FACP");
         assert_eq!(u32_at(fadt, 40), 0, "32-bit DSDT pointer unused");
-        let dsdt_addr = u64_at(fadt, 140);
-        assert_eq!(&at(&tables, dsdt_addr)[..4], b"DSDT");
+        assert_eq!(&at(&tables, u64_at(fadt, 140))[..4], b"DSDT");
+        let facs = at(&tables, u64_at(fadt, 132));
+        assert_eq!((&facs[..4], facs.len()), (&b"FACS"[..], 64));
+        assert_eq!(u64_at(fadt, 132) % 64, 0, "FACS 64-byte aligned");
         let flags = u32_at(fadt, 112);
-        assert_ne!(flags & Flags::HwReducedAcpi as u32, 0);
+        assert_eq!(
+            flags & Flags::HwReducedAcpi as u32,
+            0,
+            "keeps the legacy PIC and PIT"
+        );
         assert_ne!(flags & Flags::ResetRegSup as u32, 0);
-        // Generic address structures: space 1 = system I/O, 8 bits, byte access.
-        let gas = |off: usize| {
-            (
-                fadt[off],
-                fadt[off + 1],
-                fadt[off + 3],
-                u64_at(fadt, off + 4),
-            )
-        };
-        assert_eq!(gas(116), (1, 8, 1, u64::from(ACPI_RESET_PORT)));
+        assert_eq!(u16::from_le_bytes([fadt[46], fadt[47]]), ACPI_SCI_IRQ);
+        assert_eq!(
+            u32_at(fadt, 48),
+            0,
+            "no SMI command port: always in ACPI mode"
+        );
+        assert_eq!(u32_at(fadt, 56), u32::from(ACPI_PM1A_EVT_PORT));
+        assert_eq!(u32_at(fadt, 64), u32::from(ACPI_PM1A_CNT_PORT));
+        assert_eq!((fadt[88], fadt[89]), (PM1_EVT_LEN, PM1_CNT_LEN));
+        // Reset register: space 1 = system I/O, 8 bits, byte access.
+        let gas = (fadt[116], fadt[117], fadt[119], u64_at(fadt, 120));
+        assert_eq!(gas, (1, 8, 1, u64::from(ACPI_RESET_PORT)));
         assert_eq!(fadt[128], RESET_VALUE);
-        assert_eq!(gas(244), (1, 8, 1, u64::from(ACPI_SLEEP_CONTROL_PORT)));
-        assert_eq!(gas(256), (1, 8, 1, u64::from(ACPI_SLEEP_STATUS_PORT)));
     }
 
     #[test]
