@@ -12,10 +12,12 @@ use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use crate::arch::acpi::{self, AcpiError, VirtioMmioDevice};
 use crate::arch::kernel::{self, BootProtocol, LoadedInitrd, LoadedKernel};
-use crate::arch::layout::{BOOT_TIMER_START, CMDLINE_START, SERIAL_IRQ};
+use crate::arch::layout::{ACPI_PM1A_EVT_PORT, BOOT_TIMER_START, CMDLINE_START, SERIAL_IRQ};
 use crate::arch::{self, boot_params, mptable};
 use crate::config::{ConfigError, HostLimits, SerialConfig, VmConfig, boot};
+use crate::devices::acpi::{ACPI_PM_PORT_LEN, AcpiPm};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::legacy::boot_timer::{BOOT_TIMER_LEN, BootTimer};
@@ -52,6 +54,9 @@ pub enum StartError {
     /// The MP table could not be written.
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
+    /// The ACPI tables could not be built or written.
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
     /// The command line could not be written.
     #[error("Failed to write the kernel command line into guest memory")]
     Cmdline,
@@ -107,7 +112,8 @@ fn open_host(config: &VmConfig) -> Result<KvmHost, StartError> {
 }
 
 /// The command-line additions for the devices: the root disk and, for kernels that find
-/// virtio-mmio devices on the command line, one `virtio_mmio.device=` per device.
+/// virtio-mmio devices on the command line, one `virtio_mmio.device=` per device (unless
+/// `--virtio-discovery acpi`).
 fn device_cmdline(config: &VmConfig, cmdline: &mut String) -> Result<(), StartError> {
     let count = config.drives.len() + config.nets.len();
     if count > arch::MAX_VIRTIO_DEVICES {
@@ -125,11 +131,25 @@ fn device_cmdline(config: &VmConfig, cmdline: &mut String) -> Result<(), StartEr
             cmdline.push_str(&format!(" root=/dev/{name} {mode}"));
         }
     }
-    for index in 0..count {
-        let (base, irq) = arch::virtio_mmio_slot(index).ok_or(StartError::TooManyDevices)?;
+    if !config.virtio_discovery.cmdline() {
+        if count > 0 && cmdline.split_whitespace().any(|w| w == "acpi=off") {
+            log::warn!(
+                "Virtio devices are announced only in ACPI, but the command line has acpi=off"
+            );
+        }
+        return Ok(());
+    }
+    for (base, irq) in virtio_slots(config)? {
         cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
     }
     Ok(())
+}
+
+/// The (window base, IRQ) of every virtio-mmio device, in slot order (disks, then NICs).
+fn virtio_slots(config: &VmConfig) -> Result<Vec<(u64, u32)>, StartError> {
+    (0..config.drives.len() + config.nets.len())
+        .map(|index| arch::virtio_mmio_slot(index).ok_or(StartError::TooManyDevices))
+        .collect()
 }
 
 /// The guest's name for disk number `index`: vda, vdb, ..., vdz, vdaa, ...
@@ -192,7 +212,7 @@ fn load_boot_payload(
     Ok((kernel, initrd))
 }
 
-/// Step 4: the boot information the entry protocol expects, and the MP table.
+/// Step 4: the boot information the entry protocol expects, the MP table and the ACPI tables.
 fn write_boot_info(
     mem: &GuestMemoryMmap,
     config: &VmConfig,
@@ -201,11 +221,20 @@ fn write_boot_info(
     cmdline_len: usize,
 ) -> Result<(), StartError> {
     let e820 = arch::e820_map(config.machine.memory_bytes());
+    let announced: Vec<VirtioMmioDevice> = if config.virtio_discovery.acpi() {
+        virtio_slots(config)?
+            .into_iter()
+            .map(|(base, irq)| VirtioMmioDevice { base, irq })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let rsdp = Some(acpi::setup_acpi(mem, config.machine.vcpus, &announced)?);
     match kernel.protocol {
-        BootProtocol::Pvh => boot_params::write_pvh_info(mem, initrd, &e820)?,
+        BootProtocol::Pvh => boot_params::write_pvh_info(mem, initrd, &e820, rsdp)?,
         BootProtocol::Linux64 => {
-            let params =
-                boot_params::build_zero_page(kernel.setup_header, cmdline_len, initrd, &e820)?;
+            let header = kernel.setup_header;
+            let params = boot_params::build_zero_page(header, cmdline_len, initrd, &e820, rsdp)?;
             boot_params::write_zero_page(mem, &params)?;
         }
     }
@@ -243,6 +272,10 @@ pub struct Devices {
     pub reset_evt: EventFd,
     /// The i8042, for host-injected keys (Ctrl-Alt-Del).
     pub i8042: Arc<I8042>,
+    /// Fired by the ACPI PM registers when the guest enters S5 (power off).
+    pub poweroff_evt: EventFd,
+    /// Fired by the ACPI reset register.
+    pub acpi_reset_evt: EventFd,
     /// The console and where its input comes from, if it takes input.
     pub console: Option<ConsoleInput>,
     /// Virtio devices, served by the event loop.
@@ -257,7 +290,8 @@ pub struct Devices {
 /// reads return all-ones and the accesses are logged only at debug level.
 const QUIET_PORTS: [(u64, u64); 5] = [(0x70, 2), (0x80, 1), (0x2f8, 8), (0x3e8, 8), (0x2e8, 8)];
 
-/// Step 5: legacy devices on the port bus, their interrupts wired through irqfds.
+/// Step 5: legacy devices on the port bus (UART, i8042, ACPI PM registers), their interrupts
+/// wired through irqfds.
 fn create_devices(vm: &Vm, config: &VmConfig) -> Result<Devices, StartError> {
     let mut pio = Bus::new("port");
     for (base, len) in QUIET_PORTS {
@@ -286,6 +320,26 @@ fn create_devices(vm: &Vm, config: &VmConfig) -> Result<Devices, StartError> {
     ));
     pio.insert(i8042.clone(), I8042_PORT_BASE, I8042_PORT_LEN)?;
 
+    let poweroff_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("the power-off eventfd"))?;
+    let acpi_reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("the ACPI reset eventfd"))?;
+    let acpi_pm = AcpiPm::new(
+        EventFdTrigger(
+            poweroff_evt
+                .try_clone()
+                .map_err(io_err("the power-off eventfd"))?,
+        ),
+        EventFdTrigger(
+            acpi_reset_evt
+                .try_clone()
+                .map_err(io_err("the ACPI reset eventfd"))?,
+        ),
+    );
+    pio.insert(
+        Arc::new(acpi_pm),
+        u64::from(ACPI_PM1A_EVT_PORT),
+        ACPI_PM_PORT_LEN,
+    )?;
+
     let console = match config.serial {
         SerialConfig::Stdio => Some(ConsoleInput {
             serial,
@@ -298,6 +352,8 @@ fn create_devices(vm: &Vm, config: &VmConfig) -> Result<Devices, StartError> {
         mmio: Arc::new(Bus::new("MMIO")),
         reset_evt,
         i8042,
+        poweroff_evt,
+        acpi_reset_evt,
         console,
         virtio: Vec::new(),
         paused: Arc::new(AtomicBool::new(false)),

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         eprintln!("ember: {message}");
         ExitCode::from(EXIT_USAGE as u8)
     };
-    let (draft, file_level) = match &cli.config_file {
+    let (mut draft, file_level) = match &cli.config_file {
         Some(path) => match ember::config::file::load(path) {
             Ok(loaded) => loaded,
             Err(e) => return usage(e.to_string()),
@@ -64,6 +64,8 @@ fn main() -> ExitCode {
             Err(e) => return usage(format!("Invalid configuration: {e}")),
         },
     };
+    // The config file has no field for it: the flag applies to every front end.
+    draft.virtio_discovery = cli.virtio_discovery;
     let level = cli.log_level.or(file_level).unwrap_or(LogLevel::Warn);
     ember::logger::init(level.into());
     let options = LaunchOptions {

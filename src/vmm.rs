@@ -139,6 +139,8 @@ enum Token {
     Signal = 4,
     Sample = 5,
     Api = 6,
+    PowerOff = 7,
+    AcpiReset = 8,
 }
 
 /// The event-loop subscriber that decides when the VM ends and answers API requests.
@@ -146,6 +148,8 @@ struct Controller {
     exit_evt: EventFd,
     exits: Receiver<(u8, VcpuExitReason)>,
     reset_evt: EventFd,
+    poweroff_evt: EventFd,
+    acpi_reset_evt: EventFd,
     quit_evt: EventFd,
     signals: StopSignals,
     sampler: Option<TimerFd>,
@@ -192,6 +196,16 @@ impl MutEventSubscriber for Controller {
                 log::info!("Guest requested a reset through the i8042");
                 self.finish(VmOutcome::Reset);
             }
+            d if d == Token::PowerOff as u32 => {
+                let _ = self.poweroff_evt.read();
+                log::info!("Guest powered off (ACPI S5)");
+                self.finish(VmOutcome::PowerOff);
+            }
+            d if d == Token::AcpiReset as u32 => {
+                let _ = self.acpi_reset_evt.read();
+                log::info!("Guest requested a reset through the ACPI reset register");
+                self.finish(VmOutcome::Reset);
+            }
             d if d == Token::Quit as u32 => {
                 let _ = self.quit_evt.read();
                 self.finish(VmOutcome::Quit);
@@ -230,6 +244,8 @@ impl MutEventSubscriber for Controller {
         };
         add(&self.exit_evt, Token::VcpuExit);
         add(&self.reset_evt, Token::Reset);
+        add(&self.poweroff_evt, Token::PowerOff);
+        add(&self.acpi_reset_evt, Token::AcpiReset);
         add(&self.quit_evt, Token::Quit);
         add(&self.signals, Token::Signal);
         if let Some(timer) = &self.sampler {
@@ -298,6 +314,16 @@ impl Vmm {
             .reset_evt
             .try_clone()
             .map_err(|e| VmmError::Io("an eventfd", e))?;
+        let poweroff_evt = self
+            .devices
+            .poweroff_evt
+            .try_clone()
+            .map_err(|e| VmmError::Io("an eventfd", e))?;
+        let acpi_reset_evt = self
+            .devices
+            .acpi_reset_evt
+            .try_clone()
+            .map_err(|e| VmmError::Io("an eventfd", e))?;
         let sampler = if self.policy.vmcall_guard() {
             let mut timer = TimerFd::new().map_err(|e| VmmError::Io("a timerfd", e.into()))?;
             timer
@@ -351,6 +377,8 @@ impl Vmm {
                 .map_err(|e| VmmError::Io("an eventfd", e))?,
             exits: rx,
             reset_evt,
+            poweroff_evt,
+            acpi_reset_evt,
             quit_evt,
             signals,
             sampler,

@@ -8,7 +8,8 @@ use super::ConfigError;
 use super::boot::DEFAULT_CMDLINE;
 use super::machine::{DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
 use super::{
-    BootConfig, DriveConfig, MachineConfig, NetConfig, SerialConfig, VmConfig, VmConfigDraft,
+    BootConfig, DriveConfig, MachineConfig, NetConfig, SerialConfig, VirtioDiscovery, VmConfig,
+    VmConfigDraft,
 };
 use crate::arch::kernel::ProtocolChoice;
 use crate::host::CompatMode;
@@ -25,7 +26,7 @@ Console: with --serial stdio on a terminal, the terminal is in raw mode while th
 press Ctrl-A x to stop the VM, Ctrl-A Ctrl-A to send Ctrl-A.
 
 Exit status:
-  0    the guest shut down: reboot/reset (i8042, reboot=k) or power-off
+  0    the guest shut down: reboot/reset (i8042 reboot=k, ACPI reset) or power-off (ACPI S5)
   1    VMM error (KVM unavailable, kernel could not be loaded, I/O failure)
   2    bad usage: invalid flag or configuration value
   3    the guest crashed: triple fault, KVM internal (emulation) error, failed VM entry
@@ -162,6 +163,11 @@ pub struct Cli {
     /// crashed, stopped) to this file or FIFO.
     #[arg(long, value_name = "PATH")]
     pub events: Option<PathBuf>,
+
+    /// Where the guest learns about its virtio devices: the kernel command line
+    /// (virtio_mmio.device=), the ACPI DSDT (stock distribution kernels), or both (auto).
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = VirtioDiscovery::Auto)]
+    pub virtio_discovery: VirtioDiscovery,
 }
 
 /// Flags that describe the VM, and so conflict with --config-file.
@@ -214,6 +220,7 @@ impl Cli {
                 CompatArg::On => CompatMode::On,
                 CompatArg::Off => CompatMode::Off,
             },
+            virtio_discovery: self.virtio_discovery,
         })
     }
 }
@@ -230,6 +237,7 @@ mod tests {
         assert_eq!(cfg.boot.cmdline, DEFAULT_CMDLINE);
         assert_eq!(cfg.serial, SerialConfig::Stdio);
         assert_eq!(cfg.pvm_compat, CompatMode::Auto);
+        assert_eq!(cfg.virtio_discovery, VirtioDiscovery::Auto);
     }
 
     #[test]
@@ -252,6 +260,8 @@ mod tests {
             "linux",
             "--pvm-compat",
             "off",
+            "--virtio-discovery",
+            "acpi",
         ])
         .expect("parses");
         let cfg = cli.to_config().expect("valid");
@@ -260,6 +270,7 @@ mod tests {
         assert_eq!(cfg.boot.initrd, Some(PathBuf::from("i")));
         assert_eq!(cfg.boot.protocol, ProtocolChoice::Linux);
         assert_eq!(cfg.pvm_compat, CompatMode::Off);
+        assert_eq!(cfg.virtio_discovery, VirtioDiscovery::Acpi);
     }
 
     #[test]

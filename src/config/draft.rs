@@ -7,7 +7,7 @@ use super::machine::MachineConfigBody;
 use super::net::{self, NetBody};
 use super::{
     BootConfig, ConfigError, DriveConfig, HostLimits, MachineConfig, NetConfig, SerialConfig,
-    VmConfig,
+    VirtioDiscovery, VmConfig,
 };
 use crate::host::CompatMode;
 
@@ -26,6 +26,8 @@ pub struct VmConfigDraft {
     pub nets: Vec<NetConfig>,
     /// Software-nested KVM compatibility policy.
     pub pvm_compat: CompatMode,
+    /// Where the guest learns about its virtio devices.
+    pub virtio_discovery: VirtioDiscovery,
 }
 
 impl From<&VmConfig> for VmConfigDraft {
@@ -37,6 +39,7 @@ impl From<&VmConfig> for VmConfigDraft {
             drives: config.drives.clone(),
             nets: config.nets.clone(),
             pvm_compat: config.pvm_compat,
+            virtio_discovery: config.virtio_discovery,
         }
     }
 }
@@ -57,6 +60,7 @@ impl VmConfigDraft {
             drives,
             nets,
             pvm_compat: self.pvm_compat,
+            virtio_discovery: self.virtio_discovery,
         })
     }
 

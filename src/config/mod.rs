@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod cli;
+pub mod discovery;
 pub mod draft;
 pub mod drive;
 pub mod file;
@@ -12,6 +13,7 @@ pub mod net;
 pub mod serial;
 
 pub use boot::BootConfig;
+pub use discovery::VirtioDiscovery;
 pub use draft::VmConfigDraft;
 pub use drive::DriveConfig;
 pub use machine::MachineConfig;
@@ -35,6 +37,8 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// Software-nested KVM compatibility policy.
     pub pvm_compat: CompatMode,
+    /// Where virtio-mmio devices are announced (default: command line and ACPI).
+    pub virtio_discovery: VirtioDiscovery,
 }
 
 /// Host facts validation checks against.

@@ -1,5 +1,6 @@
 //! Emulated devices and the buses that route guest accesses to them.
 
+pub mod acpi;
 pub mod bus;
 pub mod legacy;
 pub mod virtio;

@@ -594,6 +594,9 @@ impl VcpuRunner {
             self.last_vmcall_rip = None;
             return;
         };
+        // Where each vCPU is, twice a second: `--log-level trace` shows where a slow or stuck
+        // emulated boot spends its time (map the RIP through the kernel's System.map).
+        log::trace!("vCPU {} at RIP {:#x}", self.index, regs.rip);
         if !bytes.starts_with(&VMCALL) {
             self.last_vmcall_rip = None;
             return;

@@ -1,5 +1,5 @@
 //! The boot information a kernel finds at entry: the Linux zero page (64-bit boot protocol) or
-//! the PVH start info, each with the e820 memory map, command line and initrd.
+//! the PVH start info, each with the e820 memory map, command line, initrd and ACPI RSDP address.
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::elf::start_info::{
@@ -65,14 +65,19 @@ const CAN_USE_HEAP: u8 = 0x80;
 /// Default kernel alignment (2 MiB) when the image does not give one.
 const KERNEL_ALIGNMENT: u32 = 0x20_0000;
 
-/// Builds the zero page for the 64-bit Linux boot protocol.
+/// Builds the zero page for the 64-bit Linux boot protocol; `rsdp` is the ACPI RSDP address
+/// (`acpi_rsdp_addr`), if there are ACPI tables.
 pub fn build_zero_page(
     header: Option<setup_header>,
     cmdline_len: usize,
     initrd: Option<LoadedInitrd>,
     e820: &[E820Entry],
+    rsdp: Option<u64>,
 ) -> Result<BootParams, BootParamsError> {
-    let mut params = boot_params::default();
+    let mut params = boot_params {
+        acpi_rsdp_addr: rsdp.unwrap_or(0),
+        ..Default::default()
+    };
     if let Some(header) = header {
         params.hdr = header;
     } else {
@@ -112,16 +117,19 @@ pub fn write_zero_page(mem: &GuestMemoryMmap, params: &BootParams) -> Result<(),
         .map_err(|_| BootParamsError::Write("zero page"))
 }
 
-/// Writes the PVH start info, module list (the initrd) and memory map.
+/// Writes the PVH start info, module list (the initrd) and memory map; `rsdp` is the ACPI RSDP
+/// address (`rsdp_paddr`), if there are ACPI tables.
 pub fn write_pvh_info(
     mem: &GuestMemoryMmap,
     initrd: Option<LoadedInitrd>,
     e820: &[E820Entry],
+    rsdp: Option<u64>,
 ) -> Result<(), BootParamsError> {
     let mut info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC_VALUE,
         version: 1,
         cmdline_paddr: CMDLINE_START,
+        rsdp_paddr: rsdp.unwrap_or(0),
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: e820.len() as u32,
         ..Default::default()
@@ -166,7 +174,8 @@ mod tests {
 
     #[test]
     fn test_zero_page_without_header_has_magics_and_cmdline() {
-        let params = build_zero_page(None, 42, None, &e820_map(128 << 20)).expect("zero page");
+        let params =
+            build_zero_page(None, 42, None, &e820_map(128 << 20), None).expect("zero page");
         let hdr = params.0.hdr;
         assert_eq!({ hdr.boot_flag }, BOOT_FLAG_MAGIC);
         assert_eq!({ hdr.header }, HDRS_MAGIC);
@@ -174,12 +183,19 @@ mod tests {
         assert_eq!({ hdr.cmdline_size }, 42);
         assert_eq!({ hdr.type_of_loader }, LOADER_TYPE_UNDEFINED);
         assert_eq!({ hdr.ramdisk_image }, 0);
+        assert_eq!({ params.0.acpi_rsdp_addr }, 0);
+    }
+
+    #[test]
+    fn test_zero_page_rsdp_address_set() {
+        let params = build_zero_page(None, 1, None, &[], Some(0xe0000)).expect("zero page");
+        assert_eq!({ params.0.acpi_rsdp_addr }, 0xe0000);
     }
 
     #[test]
     fn test_zero_page_e820_matches_memory_map() {
         let map = e820_map(5 << 30);
-        let params = build_zero_page(None, 1, None, &map).expect("zero page");
+        let params = build_zero_page(None, 1, None, &map, None).expect("zero page");
         assert_eq!(params.0.e820_entries as usize, map.len());
         for (raw, entry) in params.0.e820_table.iter().zip(&map) {
             assert_eq!({ raw.addr }, entry.addr);
@@ -194,7 +210,7 @@ mod tests {
             addr: 0x7f0_0000,
             size: 0x1234,
         };
-        let params = build_zero_page(None, 1, Some(initrd), &[]).expect("zero page");
+        let params = build_zero_page(None, 1, Some(initrd), &[], None).expect("zero page");
         assert_eq!({ params.0.hdr.ramdisk_image }, 0x7f0_0000);
         assert_eq!({ params.0.hdr.ramdisk_size }, 0x1234);
     }
@@ -209,7 +225,7 @@ mod tests {
             };
             200
         ];
-        assert!(build_zero_page(None, 1, None, &map).is_err());
+        assert!(build_zero_page(None, 1, None, &map, None).is_err());
     }
 
     #[test]
@@ -220,11 +236,12 @@ mod tests {
             addr: 0x5000_0000,
             size: 77,
         };
-        write_pvh_info(&mem, Some(initrd), &map).expect("pvh info");
+        write_pvh_info(&mem, Some(initrd), &map, Some(0xe0000)).expect("pvh info");
         let info: StartInfo = mem.read_obj(GuestAddress(PVH_INFO_START)).expect("read");
         assert_eq!(info.0.magic, XEN_HVM_START_MAGIC_VALUE);
         assert_eq!(info.0.memmap_entries as usize, map.len());
         assert_eq!(info.0.nr_modules, 1);
+        assert_eq!(info.0.rsdp_paddr, 0xe0000);
         let module: ModlistEntry = mem.read_obj(GuestAddress(PVH_MODLIST_START)).expect("read");
         assert_eq!(module.0.paddr, 0x5000_0000);
         assert_eq!(module.0.size, 77);

@@ -28,6 +28,19 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const EBDA_START: u64 = 0x9fc00;
 /// End of conventional low memory (start of the legacy VGA/BIOS hole).
 pub const LOW_RAM_END: u64 = 0xa0000;
+/// ACPI tables: the RSDP first (inside the 0xe0000-0xfffff range Linux scans), then FACS, DSDT,
+/// FADT, MADT and XSDT, 64-byte aligned. The e820 map reserves the area up to 1 MiB.
+pub const ACPI_TABLES_START: u64 = 0xe_0000;
+/// Size of the ACPI table area (to the 1 MiB line).
+pub const ACPI_TABLES_SIZE: u64 = 0x2_0000;
+/// First I/O port of the ACPI PM registers: the PM1a event block (status, enable; 4 bytes).
+pub const ACPI_PM1A_EVT_PORT: u16 = 0x600;
+/// I/O port of the ACPI PM1a control block (2 bytes): SLP_TYP and SLP_EN, i.e. S5 power-off.
+pub const ACPI_PM1A_CNT_PORT: u16 = 0x604;
+/// I/O port of the ACPI reset register (1 byte).
+pub const ACPI_RESET_PORT: u16 = 0x606;
+/// Interrupt line of the ACPI SCI (FADT `SCI_INT`); no event ever raises it.
+pub const ACPI_SCI_IRQ: u16 = 9;
 /// Where the kernel is loaded (1 MiB, the traditional "high memory" start).
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO gap: guest RAM never overlaps [MMIO_GAP_START, MMIO_GAP_END).

@@ -1,5 +1,6 @@
 //! x86_64 boot: the guest memory map and the structures a kernel expects to find at entry.
 
+pub mod acpi;
 pub mod boot_params;
 pub mod cpuid;
 pub mod gdt;
@@ -10,7 +11,9 @@ pub mod mptable;
 pub mod msr;
 pub mod regs;
 
-use layout::{EBDA_START, HIMEM_START, MMIO_GAP_END, MMIO_GAP_START};
+use layout::{
+    ACPI_TABLES_SIZE, ACPI_TABLES_START, EBDA_START, HIMEM_START, MMIO_GAP_END, MMIO_GAP_START,
+};
 
 /// e820 type of usable RAM.
 pub const E820_RAM: u32 = 1;
@@ -62,8 +65,9 @@ pub fn virtio_mmio_slot(index: usize) -> Option<(u64, u32)> {
 pub const MAX_VIRTIO_DEVICES: usize =
     (layout::VIRTIO_IRQ_LAST - layout::VIRTIO_IRQ_FIRST + 1) as usize;
 
-/// The memory map the guest sees: low RAM up to the EBDA, the MP table area reserved, RAM from
-/// 1 MiB to the MMIO gap (or the end of memory) and RAM above 4 GiB when there is any.
+/// The memory map the guest sees: low RAM up to the EBDA, the MP table area and the ACPI table
+/// area reserved, RAM from 1 MiB to the MMIO gap (or the end of memory) and RAM above 4 GiB when
+/// there is any.
 pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
     let mut map = vec![
         E820Entry {
@@ -74,6 +78,11 @@ pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
         E820Entry {
             addr: EBDA_START,
             size: layout::LOW_RAM_END - EBDA_START,
+            kind: E820_RESERVED,
+        },
+        E820Entry {
+            addr: ACPI_TABLES_START,
+            size: ACPI_TABLES_SIZE,
             kind: E820_RESERVED,
         },
     ];
@@ -121,9 +130,9 @@ mod tests {
     #[test]
     fn test_e820_map_small_memory_covers_all_ram() {
         let map = e820_map(128 * MIB);
-        assert_eq!(map.len(), 3);
-        assert_eq!(map[2].addr, HIMEM_START);
-        assert_eq!(map[2].addr + map[2].size, 128 * MIB);
+        assert_eq!(map.len(), 4);
+        assert_eq!(map[3].addr, HIMEM_START);
+        assert_eq!(map[3].addr + map[3].size, 128 * MIB);
         let ram: u64 = map
             .iter()
             .filter(|e| e.kind == E820_RAM)
@@ -138,7 +147,18 @@ mod tests {
         let last = map.last().expect("map is never empty");
         assert_eq!(last.addr, 4 * GIB);
         assert_eq!(last.size, 3 * GIB);
-        assert_eq!(map[2].addr + map[2].size, MMIO_GAP_START);
+        assert_eq!(map[3].addr + map[3].size, MMIO_GAP_START);
+    }
+
+    #[test]
+    fn test_e820_map_reserves_acpi_area() {
+        let map = e820_map(128 * MIB);
+        assert!(map.contains(&E820Entry {
+            addr: ACPI_TABLES_START,
+            size: ACPI_TABLES_SIZE,
+            kind: E820_RESERVED,
+        }));
+        assert_eq!(ACPI_TABLES_START + ACPI_TABLES_SIZE, HIMEM_START);
     }
 
     #[test]
