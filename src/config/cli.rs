@@ -103,6 +103,7 @@ pub struct Cli {
     pub initrd: Option<PathBuf>,
 
     /// Kernel command line. On software-nested hosts Ember appends its compatibility switches.
+    /// Example: --cmdline 'console=ttyS0 reboot=k panic=1 quiet'
     #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE, requires = "kernel")]
     pub cmdline: String,
 
@@ -130,42 +131,45 @@ pub struct Cli {
     pub net: Vec<NetConfig>,
 
     /// Run without seccomp filters. For debugging only: it removes the system-call allowlists
-    /// that contain a compromised VMM thread (see docs/security.md).
+    /// that contain a compromised VMM thread (see docs/security.md). Example: --no-seccomp
     #[arg(long)]
     pub no_seccomp: bool,
 
     /// Log level of Ember's own messages (on stderr) [default: warn]. Overrides the config
-    /// file's logger level.
+    /// file's logger level. Example: --log-level info
     #[arg(long, value_name = "LEVEL", value_enum)]
     pub log_level: Option<LogLevel>,
 
-    /// Kernel entry protocol.
+    /// Kernel entry protocol. Example: --boot-protocol linux
     #[arg(long, value_name = "PROTOCOL", value_enum, default_value_t = BootProtocolArg::Auto,
           requires = "kernel")]
     pub boot_protocol: BootProtocolArg,
 
     /// Workarounds for software-nested KVM (see docs/usage.md): auto-detected by default.
+    /// Example: --pvm-compat off
     #[arg(long, value_name = "MODE", value_enum, default_value_t = CompatArg::Auto)]
     pub pvm_compat: CompatArg,
 
     /// Read the whole VM configuration from a JSON file (Firecracker's resource names; see
     /// docs/usage.md). Cannot be combined with the flags that describe the VM.
+    /// Example: --config-file vm.json
     #[arg(long, value_name = "FILE", conflicts_with_all = VM_FLAGS)]
     pub config_file: Option<PathBuf>,
 
     /// Serve Ember's HTTP API (Firecracker-compatible, docs/api.yaml) on this Unix socket. It
     /// must not exist yet; it is removed when Ember exits. Without --kernel or --config-file,
-    /// Ember waits for the configuration and InstanceStart there.
+    /// Ember waits for the configuration and InstanceStart there. Example: --api-sock /tmp/ember.sock
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
 
     /// Append one JSON line per lifecycle change (started, paused, resumed, reset, powered_off,
-    /// crashed, stopped) to this file or FIFO.
+    /// crashed, stopped) to this file or FIFO. Example: --events /tmp/ember-events.jsonl
     #[arg(long, value_name = "PATH")]
     pub events: Option<PathBuf>,
 
     /// Where the guest learns about its virtio devices: the kernel command line
     /// (virtio_mmio.device=), the ACPI DSDT (stock distribution kernels), or both (auto).
+    /// Example: --virtio-discovery acpi
     #[arg(long, value_name = "MODE", value_enum, default_value_t = VirtioDiscovery::Auto)]
     pub virtio_discovery: VirtioDiscovery,
 }
