@@ -15,7 +15,9 @@
 //! by scanning 0xe0000-0xfffff. The MP table stays, for kernels without ACPI and for `acpi=off`.
 
 use acpi_tables::Aml;
-use acpi_tables::aml::{self, Device, Interrupt, Memory32Fixed, Name, Package, ResourceTemplate};
+use acpi_tables::aml::{
+    self, Device, EISAName, IO, Interrupt, Memory32Fixed, Name, Package, ResourceTemplate,
+};
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -76,6 +78,14 @@ const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5);
 
 /// The `_HID` of a virtio-mmio transport, as Linux's virtio_mmio driver matches it.
 pub const VIRTIO_MMIO_HID: &str = "LNRO0005";
+/// PNP id of a PS/2 keyboard controller (the i8042).
+pub const PS2_KEYBOARD_HID: &str = "PNP0303";
+/// i8042 data port.
+const I8042_DATA_PORT: u16 = 0x60;
+/// i8042 command/status port.
+const I8042_COMMAND_PORT: u16 = 0x64;
+/// ISA interrupt of the i8042 keyboard.
+const I8042_KEYBOARD_IRQ: u32 = 1;
 
 /// One virtio-mmio transport to announce in the DSDT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,11 +140,25 @@ fn build_dsdt(devices: &[VirtioMmioDevice]) -> Result<Vec<u8>, AcpiError> {
             Device::new(format!("VR{index:02X}").as_str().into(), children)
         })
         .collect();
+    // The i8042 keyboard controller: ACPI kernels find it through PNP0303 (without it Linux's
+    // i8042 driver reports "PNP: No PS/2 controller found" and Ctrl-Alt-Del has no keyboard).
+    let kbd_hid = EISAName::new(PS2_KEYBOARD_HID);
+    let kbd_data = IO::new(I8042_DATA_PORT, I8042_DATA_PORT, 1, 1);
+    let kbd_cmd = IO::new(I8042_COMMAND_PORT, I8042_COMMAND_PORT, 1, 1);
+    let kbd_irq = Interrupt::new(true, true, false, false, I8042_KEYBOARD_IRQ);
+    let kbd_crs = ResourceTemplate::new(vec![&kbd_data, &kbd_cmd, &kbd_irq]);
+    let kbd_names = [
+        Name::new("_HID".into(), &kbd_hid),
+        Name::new("_CRS".into(), &kbd_crs),
+    ];
+    let kbd = Device::new(
+        "PS2K".into(),
+        kbd_names.iter().map(|n| n as &dyn Aml).collect(),
+    );
     let mut body = Vec::new();
-    if !aml_devices.is_empty() {
-        let children = aml_devices.iter().map(|d| d as &dyn Aml).collect();
-        aml::Scope::new("\\_SB_".into(), children).to_aml_bytes(&mut body);
-    }
+    let mut children: Vec<&dyn Aml> = vec![&kbd];
+    children.extend(aml_devices.iter().map(|d| d as &dyn Aml));
+    aml::Scope::new("\\_SB_".into(), children).to_aml_bytes(&mut body);
     // _S5_: SLP_TYPa, SLP_TYPb, reserved, reserved.
     let s5 = SLEEP_TYPE_S5;
     Name::new("_S5_".into(), &Package::new(vec![&s5, &s5, &0u8, &0u8])).to_aml_bytes(&mut body);
@@ -370,6 +394,18 @@ mod tests {
     }
 
     #[test]
+    fn test_dsdt_has_ps2_keyboard_device() {
+        let tables = build_tables(1, &[]).expect("tables");
+        let body = dsdt(&tables);
+        assert!(contains(body, b"PS2K"), "keyboard device");
+        // EISAName("PNP0303") encodes as a DWORD constant: 0x0c 41 d0 03 03.
+        assert!(
+            contains(body, &[0x0c, 0x41, 0xd0, 0x03, 0x03]),
+            "PNP0303 _HID"
+        );
+    }
+
+    #[test]
     fn test_acpi_tables_all_checksums_are_zero_and_lengths_match() {
         let tables = build_tables(2, &devices(3)).expect("tables");
         let rsdp = at(&tables, tables.rsdp_addr);
@@ -475,7 +511,10 @@ mod tests {
         let devs = devices(3);
         let tables = build_tables(1, &devs).expect("tables");
         let dsdt = dsdt(&tables);
-        let found = aml_devices(&dsdt[36..]);
+        let found: Vec<_> = aml_devices(&dsdt[36..])
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("VR"))
+            .collect();
         assert_eq!(found.len(), 3);
         for (i, ((name, body), dev)) in found.iter().zip(&devs).enumerate() {
             assert_eq!(name, &format!("VR{i:02X}"));
@@ -501,7 +540,11 @@ mod tests {
             0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0a, 0x05, 0x0a, 0x05, 0x00, 0x00,
         ];
         assert!(contains(dsdt, &s5));
-        assert!(aml_devices(&dsdt[36..]).is_empty());
+        let names: Vec<String> = aml_devices(&dsdt[36..])
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(names, ["PS2K"], "no virtio device without transports");
     }
 
     #[test]
