@@ -30,7 +30,7 @@ use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::host::{HostKind, HostPolicy};
 use crate::vmm::{ConsoleInput, Vmm};
 use crate::vstate::memory::{self, MemoryError};
-use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vcpu::{Vcpu, VcpuError, supported_cpuid};
 use crate::vstate::vm::{KvmHost, Vm, VmError};
 
 /// Why a microVM could not be built.
@@ -473,11 +473,12 @@ fn create_vcpus(
     kernel: &LoadedKernel,
 ) -> Result<Vec<Vcpu>, StartError> {
     let num = config.machine.vcpus;
+    let supported = supported_cpuid(&host.kvm)?;
     (0..num)
         .map(|i| {
             let vcpu = Vcpu::new(vm.fd(), i)?;
             let boot = (i == 0).then_some((kernel.entry, kernel.protocol));
-            vcpu.configure(&host.kvm, mem, num, policy, boot)?;
+            vcpu.configure(&supported, mem, num, policy, boot)?;
             Ok(vcpu)
         })
         .collect()

@@ -121,6 +121,23 @@ check fault-triple "$tmp/expect" fault -append 'fault=triple' </dev/null
 expect "EMBER-TEST fault start protocol=pvh" "MMIO read 0x0" "PIO read 0xff" "TRIPLE"
 check fault-all "$tmp/expect" fault </dev/null
 
+# exits: no device attached, so the MMIO loop reads the unmapped 0xd0000000.
+expect "EMBER-TEST exits start protocol=pvh" "EMBER-TEST exits done"
+check exits "$tmp/expect" exits -append 'mmio=100 pio=32' </dev/null
+if grep -qE '^EXITS mmio addr=0xd0000000 unmapped n=100 tsc=[0-9]+$' "$tmp/exits.log.lf"; then
+    echo "PASS exits-unmapped"
+else
+    echo "FAIL exits-unmapped (want EXITS mmio addr=0xd0000000 unmapped n=100 tsc=<n>)"
+    failures=$((failures + 1))
+fi
+
+# blk: a 1 MiB zero disk; QEMU microvm's virtio-mmio must be told to use version 2.
+truncate -s 1M "$tmp/disk"
+expect "EMBER-TEST blk start protocol=pvh" "BLK sectors=2048" "BLK readback ok" \
+    "BLK oob status=0x1" "EMBER-TEST blk done"
+check blk "$tmp/expect" blk -global virtio-mmio.force-legacy=false \
+    -drive "if=none,file=$tmp/disk,format=raw,id=d0" -device virtio-blk-device,drive=d0 </dev/null
+
 if [[ $failures -ne 0 ]]; then
     echo "run-qemu.sh: $failures check(s) failed (accel=$ACCEL)"
     exit 1

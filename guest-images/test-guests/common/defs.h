@@ -23,6 +23,8 @@
 #define SVC_HALT     1               /* cli; hlt forever */
 #define SVC_NOP      2               /* return at once (used to time a round trip) */
 #define SVC_WRITE    3               /* write RSI bytes at RDI to COM1 from ring 0 */
+#define SVC_PIO_READS 4              /* RDI (multiple of 16) `inb` from port DX in ring 0 */
+#define SVC_R0_SPIN  5               /* the same loop without port access (baseline) */
 
 /* Boot protocols, as passed from the entry code to ring 3. */
 #define PROTO_PVH     0

@@ -282,6 +282,10 @@ isr_common:
         je      svc_write
         cmpl    $SVC_NOP, %eax
         je      svc_return
+        cmpl    $SVC_PIO_READS, %eax
+        je      svc_pio_reads
+        cmpl    $SVC_R0_SPIN, %eax
+        je      svc_r0_spin
         cmpl    $SVC_HALT, %eax
         je      halt_forever
         cmpl    $SVC_TRIPLE, %eax
@@ -311,6 +315,30 @@ svc_write:
         outb    %al, %dx
         decq    %rdi
         jnz     1b
+
+/* SVC_PIO_READS(RDI = count, a multiple of 16; DX = port): `inb` count
+ * times in ring 0, 16 per loop turn, for the exit-cost benchmark (ring-3 port
+ * I/O traps to #GP on PVM; on PVM ring-0 code is emulated, so the loop keeps
+ * its own overhead to 1/8 instruction per read). SVC_R0_SPIN: the same loop
+ * with a register move instead of the read (the cost of the loop alone). */
+svc_pio_reads:
+        shrq    $4, %rdi
+        jz      svc_return
+1:      .rept   16
+        inb     %dx, %al
+        .endr
+        decq    %rdi
+        jnz     1b
+        jmp     svc_return
+svc_r0_spin:
+        shrq    $4, %rdi
+        jz      svc_return
+1:      .rept   16
+        movl    %edx, %eax
+        .endr
+        decq    %rdi
+        jnz     1b
+        /* fall through */
 
 svc_return:
         addq    $2, 16(%rsp)            /* skip the ud2 */

@@ -477,6 +477,61 @@ fnv1a64:
         jmp     1b
 2:      ret
 
+/* parse_hex(RDI = string) -> RAX = value of the leading hex digits */
+        .globl  parse_hex
+parse_hex:
+        xorl    %eax, %eax
+1:      movzbl  (%rdi), %ecx
+        leal    -'0'(%rcx), %edx
+        cmpl    $9, %edx
+        jbe     2f
+        orl     $0x20, %ecx
+        leal    -'a'(%rcx), %edx
+        cmpl    $5, %edx
+        ja      3f
+        addl    $10, %edx
+2:      shlq    $4, %rax
+        addq    %rdx, %rax
+        incq    %rdi
+        jmp     1b
+3:      ret
+
+/* virtio_mmio_base(EDI = index) -> RAX = base address of the index-th
+ * "@0x<hex>" on the command line (virtio_mmio.device=<size>@0x<base>:<irq>,
+ * as Ember announces its devices and QEMU microvm's auto-kernel-cmdline
+ * does), or 0. */
+        .globl  virtio_mmio_base
+virtio_mmio_base:
+        pushq   %rbx
+        pushq   %r12
+        pushq   %rax
+        movl    %edi, %r12d
+        movq    cmdline_ptr(%rip), %rbx
+        testq   %rbx, %rbx
+        jz      8f
+1:      movzbl  (%rbx), %eax
+        testl   %eax, %eax
+        jz      8f
+        cmpb    $'@', %al
+        jne     2f
+        cmpb    $'0', 1(%rbx)
+        jne     2f
+        cmpb    $'x', 2(%rbx)
+        jne     2f
+        testl   %r12d, %r12d
+        jz      3f
+        decl    %r12d
+2:      incq    %rbx
+        jmp     1b
+3:      leaq    3(%rbx), %rdi
+        call    parse_hex
+        jmp     9f
+8:      xorl    %eax, %eax
+9:      popq    %rcx
+        popq    %r12
+        popq    %rbx
+        ret
+
 /* ------------------------------------------------------------ boot info */
 /* parse_bootinfo(): normalise the PVH start info or Linux zero page into
  * mm_ptr/mm_count/mm_stride, cmdline_ptr, initrd_addr/initrd_size/have_initrd.

@@ -1,7 +1,8 @@
-//! One virtio-blk request: parsing the descriptor chain (any framing: the header and data are
-//! read through a `Reader`, the data and the status byte written through a `Writer`) and
-//! executing it against the disk. Everything the guest controls is checked; a bad request gets
-//! an error status, never a panic.
+//! One virtio-blk request: parsing the descriptor chain (any framing: the header is read through
+//! a `Reader`, the status byte written through a `Writer`) and executing it against the disk.
+//! Read and write data go straight between the file and the guest's buffers (preadv/pwritev on
+//! the chain's guest-memory slices), with no bounce buffer. Everything the guest controls is
+//! checked; a bad request gets an error status, never a panic.
 
 use std::io::{Read, Write};
 
@@ -11,7 +12,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use virtio_queue::{DescriptorChain, Reader, Writer};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use super::disk::{DiskFile, SECTOR_SIZE};
 
@@ -92,12 +93,67 @@ fn data_len(len: usize) -> Result<usize, RequestError> {
     Ok(len)
 }
 
+/// The guest-memory slices of `chain`'s readable (or writable) descriptors, `len` bytes from
+/// byte `skip` of that part on: the data of a request, for I/O straight into or out of guest
+/// memory. The descriptors are walked as `Reader` (readable ones, up to the first writable) and
+/// `Writer` (writable ones) walk them, so the slices are the bytes those would have copied.
+fn data_slices<'m>(
+    mem: &'m GuestMemoryMmap,
+    chain: DescriptorChain<&'m GuestMemoryMmap>,
+    writable: bool,
+    mut skip: usize,
+    mut len: usize,
+) -> Result<Vec<VolatileSlice<'m>>, RequestError> {
+    let memory_error = |e: vm_memory::GuestMemoryError| {
+        RequestError::Memory(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let mut slices = Vec::new();
+    let descriptors: Box<dyn Iterator<Item = _>> = if writable {
+        Box::new(chain.writable())
+    } else {
+        Box::new(chain.readable())
+    };
+    for desc in descriptors {
+        if len == 0 {
+            break;
+        }
+        for slice in mem.get_slices(desc.addr(), desc.len() as usize) {
+            let mut slice = slice.map_err(memory_error)?;
+            if skip >= slice.len() {
+                skip -= slice.len();
+                continue;
+            }
+            slice = slice.offset(skip).map_err(|e| memory_error(e.into()))?;
+            skip = 0;
+            let take = slice.len().min(len);
+            slices.push(
+                slice
+                    .subslice(0, take)
+                    .map_err(|e| memory_error(e.into()))?,
+            );
+            len -= take;
+            if len == 0 {
+                break;
+            }
+        }
+    }
+    if len != 0 {
+        return Err(RequestError::Memory(
+            std::io::ErrorKind::UnexpectedEof.into(),
+        ));
+    }
+    Ok(slices)
+}
+
+/// Executes the request; returns the data bytes it wrote into guest memory past `data`.
 fn execute(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
     disk: &DiskFile,
     id: &[u8],
     reader: &mut Reader<'_>,
     data: &mut Writer<'_>,
-) -> Result<(), RequestError> {
+) -> Result<usize, RequestError> {
     let mut header = [0u8; 16];
     reader
         .read_exact(&mut header)
@@ -108,9 +164,10 @@ fn execute(
         VIRTIO_BLK_T_IN => {
             let len = data_len(data.available_bytes())?;
             let offset = check_range(disk, sector, len as u64)?;
-            let mut buf = vec![0u8; len];
-            disk.read_at(offset, &mut buf).map_err(RequestError::Io)?;
-            data.write_all(&buf).map_err(RequestError::Memory)
+            let bufs = data_slices(mem, chain, true, 0, len)?;
+            disk.read_volatile_at(offset, &bufs)
+                .map_err(RequestError::Io)?;
+            Ok(len)
         }
         VIRTIO_BLK_T_OUT => {
             if disk.readonly() {
@@ -118,15 +175,16 @@ fn execute(
             }
             let len = data_len(reader.available_bytes())?;
             let offset = check_range(disk, sector, len as u64)?;
-            let mut buf = vec![0u8; len];
-            reader.read_exact(&mut buf).map_err(RequestError::Memory)?;
-            disk.write_at(offset, &buf).map_err(RequestError::Io)
+            let bufs = data_slices(mem, chain, false, reader.bytes_read(), len)?;
+            disk.write_volatile_at(offset, &bufs)
+                .map_err(RequestError::Io)?;
+            Ok(0)
         }
         VIRTIO_BLK_T_FLUSH => {
             if disk.readonly() {
-                return Ok(());
+                return Ok(0);
             }
-            disk.flush().map_err(RequestError::Io)
+            disk.flush().map_err(RequestError::Io).map(|()| 0)
         }
         VIRTIO_BLK_T_GET_ID => {
             let mut serial = [0u8; VIRTIO_BLK_ID_BYTES as usize];
@@ -135,6 +193,7 @@ fn execute(
             let room = data.available_bytes().min(serial.len());
             data.write_all(&serial[..room])
                 .map_err(RequestError::Memory)
+                .map(|()| 0)
         }
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
             if disk.readonly() {
@@ -175,7 +234,7 @@ fn execute(
                 };
                 done.map_err(RequestError::Io)?;
             }
-            Ok(())
+            Ok(0)
         }
         other => Err(RequestError::Unsupported(other)),
     }
@@ -189,6 +248,7 @@ pub fn process(
     id: &[u8],
     stats: &mut RequestStats,
 ) -> Completion {
+    let data_chain = chain.clone();
     let readers = Reader::new(mem, chain.clone()).and_then(|r| Ok((r, Writer::new(mem, chain)?)));
     let (mut reader, mut writer) = match readers {
         Ok(pair) => pair,
@@ -219,8 +279,12 @@ pub fn process(
             };
         }
     };
-    let status = match execute(disk, id, &mut reader, &mut writer) {
-        Ok(()) => VIRTIO_BLK_S_OK as u8,
+    let mut direct = 0;
+    let status = match execute(mem, data_chain, disk, id, &mut reader, &mut writer) {
+        Ok(written) => {
+            direct = written;
+            VIRTIO_BLK_S_OK as u8
+        }
         Err(RequestError::Unsupported(kind)) => {
             log::debug!("virtio-blk: unsupported request type {kind}");
             stats.unsupported += 1;
@@ -232,15 +296,16 @@ pub fn process(
             VIRTIO_BLK_S_IOERR as u8
         }
     };
+    let data_written = (writer.bytes_written() + direct) as u32;
     if status_writer.write_all(&[status]).is_err() {
         stats.malformed += 1;
         return Completion {
-            used_len: writer.bytes_written() as u32,
+            used_len: data_written,
             status: None,
         };
     }
     Completion {
-        used_len: writer.bytes_written() as u32 + 1,
+        used_len: data_written + 1,
         status: Some(status),
     }
 }
