@@ -9,16 +9,19 @@
 use arbitrary::Arbitrary;
 use ember::devices::virtio::block::disk::DiskFile;
 use ember::devices::virtio::block::request::{RequestStats, process};
-use ember_fuzz::{MEM_SIZE, Scratch, disk_image, memory, patch, queue};
+use ember_fuzz::{
+    MEM_SIZE, Scratch, TEMPLATE_AVAIL, TEMPLATE_DESC, TEMPLATE_SIZE, TEMPLATE_USED, block_template,
+    disk_image, memory, patch, queue,
+};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::QueueT;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress};
 
-const DESC: u64 = 0x0;
-const AVAIL: u64 = 0x100;
-const USED: u64 = 0x200;
-const QSIZE: u16 = 16;
+const DESC: u64 = TEMPLATE_DESC;
+const AVAIL: u64 = TEMPLATE_AVAIL;
+const USED: u64 = TEMPLATE_USED;
+const QSIZE: u16 = TEMPLATE_SIZE;
 
 #[derive(Arbitrary, Debug)]
 struct Desc {
@@ -33,15 +36,26 @@ struct Input {
     readonly: bool,
     /// Small addresses (`addr % MEM_SIZE`) unless set: then the raw 64-bit address.
     raw_addresses: bool,
+    /// Start from `block_template` and its request number `t % 7` (the descriptors below then
+    /// replace the template's first ones).
+    template: Option<u8>,
     head: u16,
     descs: Vec<Desc>,
-    /// Buffer contents from 0x1000 (request headers, data, discard segments, indirect tables).
+    /// Buffer contents (request headers, data, discard segments, indirect tables).
+    buffers_at: u16,
     buffers: Vec<u8>,
 }
 
 fuzz_target!(|input: Input| {
     let mem = memory(MEM_SIZE);
-    patch(&mem, 0x1000, &input.buffers);
+    let mut head = input.head;
+    if let Some(t) = input.template {
+        block_template(&mem);
+        head = mem
+            .read_obj(GuestAddress(AVAIL + 4 + 2 * u64::from(t % 7)))
+            .expect("template avail ring");
+    }
+    patch(&mem, u64::from(input.buffers_at), &input.buffers);
     for (i, d) in input.descs.iter().take(usize::from(QSIZE)).enumerate() {
         let addr = if input.raw_addresses {
             d.addr
@@ -52,7 +66,7 @@ fuzz_target!(|input: Input| {
         mem.write_obj(raw, GuestAddress(DESC + 16 * i as u64))
             .expect("descriptor table in memory");
     }
-    mem.write_obj(input.head, GuestAddress(AVAIL + 4))
+    mem.write_obj(head, GuestAddress(AVAIL + 4))
         .expect("avail ring");
     mem.write_obj(1u16, GuestAddress(AVAIL + 2))
         .expect("avail idx");

@@ -12,7 +12,10 @@ use ember::devices::bus::BusDevice;
 use ember::devices::virtio::block::{Block, QUEUE_SIZE};
 use ember::devices::virtio::mmio::{MMIO_WINDOW_SIZE, MmioTransport};
 use ember::devices::virtio::{VIRTIO_F_VERSION_1, VirtioInterrupt};
-use ember_fuzz::{MEM_SIZE, Scratch, disk_image, memory, patch, queue_size};
+use ember_fuzz::{
+    MEM_SIZE, Scratch, TEMPLATE_AVAIL, TEMPLATE_DESC, TEMPLATE_SIZE, TEMPLATE_USED, block_template,
+    disk_image, memory, patch, queue_size,
+};
 use event_manager::{EventManager, SubscriberOps};
 use libfuzzer_sys::fuzz_target;
 use virtio_bindings::virtio_mmio::*;
@@ -28,9 +31,13 @@ enum Op {
     Register { which: u8, value: u32 },
     /// The guest changes its memory (rings, descriptors, buffers).
     Memory { addr: u16, bytes: Vec<u8> },
+    /// `block_template`: one request of each type queued on a 16-entry queue.
+    Template,
     /// The standard driver initialisation: reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK,
     /// queue 0 setup, DRIVER_OK.
     DriverInit {
+        /// Use the template's queue layout instead of the fields below.
+        template: bool,
         features: u64,
         size: u8,
         desc: u16,
@@ -116,7 +123,9 @@ fuzz_target!(|input: Input| {
                 );
             }
             Op::Memory { addr, bytes } => patch(&mem, u64::from(addr), &bytes),
+            Op::Template => block_template(&mem),
             Op::DriverInit {
+                template,
                 features,
                 size,
                 desc,
@@ -127,7 +136,16 @@ fuzz_target!(|input: Input| {
                 // and processes requests unless the memory says otherwise (raw `Register` and
                 // `Write` ops cover the refusals).
                 let features = features | VIRTIO_F_VERSION_1;
-                let size = queue_size(size, QUEUE_SIZE);
+                let (size, desc, avail, used) = if template {
+                    (
+                        TEMPLATE_SIZE,
+                        TEMPLATE_DESC as u16,
+                        TEMPLATE_AVAIL as u16,
+                        TEMPLATE_USED as u16,
+                    )
+                } else {
+                    (queue_size(size, QUEUE_SIZE), desc, avail, used)
+                };
                 wr(&transport, VIRTIO_MMIO_STATUS, 0);
                 wr(&transport, VIRTIO_MMIO_STATUS, 1);
                 wr(&transport, VIRTIO_MMIO_STATUS, 3);

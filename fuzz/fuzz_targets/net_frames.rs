@@ -14,7 +14,10 @@ use arbitrary::Arbitrary;
 use ember::devices::virtio::net::QUEUE_SIZE;
 use ember::devices::virtio::net::frame::{MAX_BUFFER_LEN, NetStats};
 use ember::devices::virtio::net::rxtx::{Backend, Rx, Tx};
-use ember_fuzz::{MEM_SIZE, memory, patch, queue, queue_size};
+use ember_fuzz::{
+    MEM_SIZE, TEMPLATE_AVAIL, TEMPLATE_DESC, TEMPLATE_SIZE, TEMPLATE_USED, memory, net_template,
+    net_template_base, patch, queue, queue_size,
+};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -98,9 +101,13 @@ enum Step {
 #[derive(Arbitrary, Debug)]
 struct Input {
     event_idx: bool,
+    /// Start from `net_template` (16-entry queues with frames and buffers posted) instead of the
+    /// layout below.
+    template: bool,
     size: u8,
     /// RX queue rings, then TX queue rings (aligned down as the transport requires).
     rings: [u16; 6],
+    image_at: u16,
     image: Vec<u8>,
     incoming: Vec<Incoming>,
     write_answers: Vec<Answer>,
@@ -109,8 +116,6 @@ struct Input {
 
 fuzz_target!(|input: Input| {
     let mem = memory(MEM_SIZE);
-    patch(&mem, 0, &input.image);
-    let size = queue_size(input.size, QUEUE_SIZE);
     let r = input.rings;
     let layout = |i: usize| {
         (
@@ -119,8 +124,22 @@ fuzz_target!(|input: Input| {
             u64::from(r[i + 2] & !3),
         )
     };
-    let (rd, ra, ru) = layout(0);
-    let (td, ta, tu) = layout(3);
+    let (size, (rd, ra, ru), (td, ta, tu)) = if input.template {
+        net_template(&mem, false);
+        net_template(&mem, true);
+        let at = |tx| {
+            let base = net_template_base(tx);
+            (
+                base + TEMPLATE_DESC,
+                base + TEMPLATE_AVAIL,
+                base + TEMPLATE_USED,
+            )
+        };
+        (TEMPLATE_SIZE, at(false), at(true))
+    } else {
+        (queue_size(input.size, QUEUE_SIZE), layout(0), layout(3))
+    };
+    patch(&mem, u64::from(input.image_at), &input.image);
     let (Some(mut rxq), Some(mut txq)) = (
         queue(&mem, QUEUE_SIZE, size, rd, ra, ru, input.event_idx),
         queue(&mem, QUEUE_SIZE, size, td, ta, tu, input.event_idx),

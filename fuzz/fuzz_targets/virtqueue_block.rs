@@ -12,7 +12,10 @@ use ember::devices::virtio::block::{Block, QUEUE_SIZE};
 use ember::devices::virtio::{
     ActivateContext, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice, VirtioInterrupt,
 };
-use ember_fuzz::{MEM_SIZE, Scratch, disk_image, memory, patch, queue, queue_size};
+use ember_fuzz::{
+    MEM_SIZE, Scratch, TEMPLATE_AVAIL, TEMPLATE_DESC, TEMPLATE_SIZE, TEMPLATE_USED, block_template,
+    disk_image, memory, patch, queue, queue_size,
+};
 use event_manager::{EventManager, SubscriberOps};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress};
@@ -30,29 +33,34 @@ struct Round {
 struct Input {
     readonly: bool,
     event_idx: bool,
+    /// Start from `block_template` (a 16-entry queue with one request of each type) instead of
+    /// the layout below.
+    template: bool,
     size: u8,
     desc: u16,
     avail: u16,
     used: u16,
-    /// Guest memory from address 0.
+    /// Guest memory written at `image_at` (after the template).
+    image_at: u16,
     image: Vec<u8>,
     rounds: Vec<Round>,
 }
 
 fuzz_target!(|input: Input| {
     let mem = memory(MEM_SIZE);
-    patch(&mem, 0, &input.image);
-    let size = queue_size(input.size, QUEUE_SIZE);
-    let avail = u64::from(input.avail & !1);
-    let Some(q) = queue(
-        &mem,
-        QUEUE_SIZE,
-        size,
-        u64::from(input.desc & !0xf),
-        avail,
-        u64::from(input.used & !3),
-        input.event_idx,
-    ) else {
+    let (size, desc, avail, used) = if input.template {
+        block_template(&mem);
+        (TEMPLATE_SIZE, TEMPLATE_DESC, TEMPLATE_AVAIL, TEMPLATE_USED)
+    } else {
+        (
+            queue_size(input.size, QUEUE_SIZE),
+            u64::from(input.desc & !0xf),
+            u64::from(input.avail & !1),
+            u64::from(input.used & !3),
+        )
+    };
+    patch(&mem, u64::from(input.image_at), &input.image);
+    let Some(q) = queue(&mem, QUEUE_SIZE, size, desc, avail, used, input.event_idx) else {
         return;
     };
     let disk = Scratch::new("vq", &disk_image());
