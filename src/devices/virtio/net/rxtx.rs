@@ -57,6 +57,18 @@ pub enum RxTxError {
 
 type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
 
+/// The next chain the guest made available, `None` when there is none, or an error when the
+/// guest corrupted the avail ring (an index more than the queue size ahead of the device's).
+/// `pop_descriptor_chain` reports that corruption as "no chain" while `enable_notification`
+/// keeps saying a chain is waiting: a caller looping on the two would spin forever (found by
+/// the `net_frames` fuzz target).
+fn pop_chain<'a>(
+    queue: &mut Queue,
+    mem: &'a GuestMemoryMmap,
+) -> Result<Option<Chain<'a>>, virtio_queue::Error> {
+    Ok(queue.iter(mem)?.next())
+}
+
 /// Copies the readable TX chain into `buf` (which has `MAX_BUFFER_LEN` bytes); returns the
 /// frame length, header included.
 pub fn gather_tx(
@@ -239,7 +251,15 @@ impl Tx {
                 pass.broken = true;
                 return pass;
             }
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            loop {
+                let chain = match pop_chain(queue, mem) {
+                    Ok(Some(chain)) => chain,
+                    Ok(None) => break,
+                    Err(_) => {
+                        pass.broken = true;
+                        return pass;
+                    }
+                };
                 let head = chain.head_index();
                 match gather_tx(mem, chain, &mut self.buf) {
                     Ok(len) => {
@@ -328,7 +348,10 @@ impl Rx {
         name: &str,
     ) -> Delivery {
         loop {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            let Ok(next) = pop_chain(queue, mem) else {
+                return Delivery::Broken;
+            };
+            let Some(chain) = next else {
                 // With EVENT_IDX the driver kicks only when asked to: ask, then look again in
                 // case buffers arrived in between.
                 if queue.event_idx_enabled() {
@@ -776,6 +799,43 @@ mod tests {
         assert!(pass.wants_backend);
         assert_eq!(st.rx_dropped, RX_BUDGET as u64);
         assert_eq!(be.incoming.len(), 5);
+    }
+
+    /// A queue with EVENT_IDX whose avail index the guest moved more than the queue size ahead.
+    fn corrupted_event_idx_queue(mq: &MockSplitQueue<'_, GuestMemoryMmap>) -> Queue {
+        let mut q: Queue = mq.create_queue().expect("queue");
+        q.set_event_idx(true);
+        mq.avail().idx().store(17);
+        q
+    }
+
+    #[test]
+    fn test_tx_avail_index_beyond_queue_size_breaks_queue_without_spinning() {
+        // Regression (net_frames fuzz target): this spun forever in the EVENT_IDX loop.
+        let mem = memory();
+        let mq = MockSplitQueue::new(&mem, 16);
+        let mut q = corrupted_event_idx_queue(&mq);
+        let (mut tx, mut be, mut st) = (Tx::default(), Fake::default(), NetStats::default());
+
+        let pass = tx.process(&mem, &mut q, &mut be, &mut st, "t");
+
+        assert!(pass.broken && !pass.used);
+        assert!(be.written.is_empty());
+    }
+
+    #[test]
+    fn test_rx_avail_index_beyond_queue_size_breaks_queue_without_spinning() {
+        // Regression (net_frames fuzz target): this spun forever in the EVENT_IDX loop.
+        let mem = memory();
+        let mq = MockSplitQueue::new(&mem, 16);
+        let mut q = corrupted_event_idx_queue(&mq);
+        let mut be = Fake::default();
+        be.incoming.push_back(frame(40, 1));
+        let (mut rx, mut st) = (Rx::default(), NetStats::default());
+
+        let pass = rx.process(&mem, &mut q, &mut be, &mut st, "t");
+
+        assert!(pass.broken && !pass.used);
     }
 
     #[test]
