@@ -12,6 +12,8 @@
  *                    sector 128 (data over two descriptors); read it back
  *                    (two descriptors) and compare; read one sector past the
  *                    end of the disk (expects an I/O error status).
+ *   flush            check, then a FLUSH request; prints "BLK flushed" and
+ *                    waits forever (the host kills Ember and checks the file).
  *   perf             seq write, seq read (bs=<bytes>, default and at most
  *                    65536, mib=<n> MiB each, default 64, from sector 0),
  *                    then random 4 KiB reads and writes (ops=<n> each,
@@ -37,6 +39,7 @@
 #define DESC_W       2               /* VIRTQ_DESC_F_WRITE */
 #define T_IN         0
 #define T_OUT        1
+#define T_FLUSH      4
 #define TIMEOUT      30000000000     /* TSC ticks to wait for a completion */
 
 /* virtio-mmio registers */
@@ -70,6 +73,8 @@ k_mib:          .asciz  "mib="
 k_ops:          .asciz  "ops="
 k_qd:           .asciz  "qd="
 w_perf:         .asciz  "perf"
+w_flush:        .asciz  "flush"
+s_flushed:      .asciz  "BLK flushed"
 s_sectors:      .asciz  "BLK sectors="
 s_read:         .asciz  "BLK read fnv="
 s_write:        .asciz  "BLK write fnv="
@@ -103,6 +108,7 @@ last_used:      .quad   0
 nfree:          .quad   0
 rng:            .quad   0x2545f4914f6cdd1d
 /* phase parameters */
+flush_mode:     .quad   0               /* blk=flush: flush after check, then wait */
 ph_type:        .quad   0
 ph_rand:        .quad   0
 ph_bs:          .quad   0
@@ -503,10 +509,16 @@ guest_main:
         testq   %rax, %rax
         jz      check
         movq    %rax, %rdi
+        movq    %rax, %r12
         leaq    w_perf(%rip), %rsi
         call    token_eq
         testl   %eax, %eax
         jnz     perf
+        movq    %r12, %rdi
+        leaq    w_flush(%rip), %rsi
+        call    token_eq
+        movl    %eax, %eax
+        movq    %rax, flush_mode(%rip)
 
 check:
         cmpq    $2 * CHK_SECTOR, sectors(%rip)
@@ -588,7 +600,21 @@ check:
         movl    %ebx, %edi
         call    put_hex
         call    put_nl
-        jmp     out
+        cmpq    $0, flush_mode(%rip)
+        je      out
+        /* blk=flush: FLUSH (no data), report, then wait to be killed by the host */
+        movl    $T_FLUSH, %esi
+        xorl    %edx, %edx
+        leaq    chk_a(%rip), %rcx
+        xorl    %r8d, %r8d
+        xorl    %r9d, %r9d
+        call    io_sync
+        testl   %eax, %eax
+        jnz     f_status
+        leaq    s_flushed(%rip), %rdi
+        call    put_line
+9:      pause
+        jmp     9b
 
 perf:
         leaq    k_bs(%rip), %rdi
