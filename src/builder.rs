@@ -30,6 +30,7 @@ use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::host::{HostKind, HostPolicy};
 use crate::vmm::{ConsoleInput, Vmm};
 use crate::vstate::memory::{self, MemoryError};
+use crate::vstate::syscall_repair::{self, RepairCounters};
 use crate::vstate::vcpu::{Vcpu, VcpuError, supported_cpuid};
 use crate::vstate::vm::{KvmHost, Vm, VmError};
 
@@ -484,6 +485,24 @@ fn create_vcpus(
         .collect()
 }
 
+/// Step 8: on software-nested hosts, trap the guest's system-call MSR writes so that the
+/// vCPUs arm the SYSCALL repair (`vstate::syscall_repair`). Without the trap guest userspace
+/// cannot make system calls there, but the kernel still boots: a failure is a warning.
+fn arm_syscall_repair(vm: &Vm, policy: HostPolicy) -> Option<Arc<RepairCounters>> {
+    if !policy.syscall_repair() {
+        return None;
+    }
+    match syscall_repair::trap_syscall_msr_writes(vm.fd()) {
+        Ok(()) => Some(Arc::default()),
+        Err(e) => {
+            log::warn!(
+                "Software-nested KVM: cannot trap the system-call MSRs ({e}); guest userspace will not be able to make system calls"
+            );
+            None
+        }
+    }
+}
+
 /// Builds a ready-to-run microVM: every resource is created and the guest is loaded, but no
 /// vCPU runs yet.
 pub fn build_microvm(config: &VmConfig) -> Result<Vmm, StartError> {
@@ -498,7 +517,8 @@ pub fn build_microvm(config: &VmConfig) -> Result<Vmm, StartError> {
     let mut devices = create_devices(&vm, config)?;
     create_virtio_devices(&vm, &mem, config, &mut devices)?;
     let vcpus = create_vcpus(&host, &vm, &mem, config, policy, &kernel)?;
-    Ok(Vmm::new(vm, mem, vcpus, devices, policy))
+    let repair = arm_syscall_repair(&vm, policy);
+    Ok(Vmm::new(vm, mem, vcpus, devices, policy, repair))
 }
 
 #[cfg(test)]

@@ -6,7 +6,10 @@
 //! | problem | workaround applied by this module |
 //! |---|---|
 //! | CPUID feature bits set with KVM_SET_CPUID2 do not reach the guest; XRSTOR fails | `noxsave` on the guest command line |
-//! | CLAC (SMAP), POPCNT and CMPXCHG16B fail to emulate | `clearcpuid=smap,popcnt,cx16` on the command line |
+//! | CLAC (SMAP), POPCNT and CMPXCHG16B fail to emulate | `clearcpuid=smap,popcnt,cx16` on the command line (merged with the user's `clearcpuid=`) |
+//! | Kernel SIMD code fails to emulate: LDMXCSR in `kernel_fpu_begin`, then MOVD/PSHUFB on XMM registers (Debian's stock kernel: blake2s at ~130 s of boot; emulating LDMXCSR alone only moved the crash to the next SSE instruction) | `clearcpuid=ssse3,sse4_1,sse4_2,aes,pclmulqdq,sha_ni,avx,avx2,avx512f`: crypto and checksum code takes the generic C paths |
+//! | The crypto self-tests (RSA) keep both vCPUs busy for 10+ minutes; certificate loading times out | `cryptomgr.notests=1` |
+//! | A user-mode SYSCALL reaches LSTAR still in ring 3 and faults there (#PF), so init dies on its first system call | `vstate::syscall_repair`: hardware breakpoints on the guest's #PF/#GP handlers finish the SYSCALL by hand (~280 us per call) |
 //! | VMCALL (KVM hypercalls, PV IPIs, kvmclock) spins forever without an exit | the KVM paravirt CPUID leaves are hidden from the guest, and a watchdog skips a VMCALL found spinning (RAX = -KVM_ENOSYS) |
 //! | The kernel's IO-APIC timer check (a timing loop) fails when the emulated guest is slow | `no_timer_check` on the command line |
 //! | INT3 fails to emulate (KVM_EXIT_INTERNAL_ERROR) | RIP += 1 and #BP injected, as the hardware would |
@@ -28,6 +31,10 @@ pub enum CompatMode {
     On,
     /// Never apply it.
     Off,
+    /// Apply it without the SYSCALL repair (diagnosis: guest userspace then dies on its first
+    /// system call, as before the repair existed).
+    #[serde(rename = "no-syscall-repair")]
+    NoSyscallRepair,
 }
 
 /// What the detection found.
@@ -68,12 +75,29 @@ pub fn cpuinfo_has_hw_virt(cpuinfo: &str) -> bool {
 pub const PVM_CMDLINE: [(&str, &str); 3] = [
     ("noxsave", "XRSTOR fails to emulate"),
     (
-        "clearcpuid=smap,popcnt,cx16",
-        "CLAC, POPCNT and CMPXCHG16B (SLUB's cmpxchg_double) fail to emulate, and CPUID masks do not reach the guest",
-    ),
-    (
         "no_timer_check",
         "the IO-APIC timer check is a short timing loop that emulated guest kernels can miss on a loaded host, panicking the boot",
+    ),
+    (
+        "cryptomgr.notests=1",
+        "the crypto self-tests (RSA big-number arithmetic) keep an emulated kernel busy for minutes",
+    ),
+];
+
+/// CPU features the policy turns off with `clearcpuid=` (merged with the user's own list:
+/// Linux honours only the last `clearcpuid=`), each group with the reason it is logged with.
+/// CPUID masks set with KVM_SET_CPUID2 do not reach the guest here, so the command line is
+/// the only way.
+pub const PVM_CLEARCPUID: [(&str, &str); 4] = [
+    ("smap", "CLAC fails to emulate"),
+    ("popcnt", "POPCNT fails to emulate"),
+    (
+        "cx16",
+        "CMPXCHG16B (SLUB's cmpxchg_double) fails to emulate",
+    ),
+    (
+        "ssse3,sse4_1,sse4_2,aes,pclmulqdq,sha_ni,avx,avx2,avx512f",
+        "KVM's emulator cannot run kernel SIMD code (LDMXCSR in kernel_fpu_begin, MOVD to XMM in blake2s; crypto and checksum drivers): the kernel takes its generic C paths",
     ),
 ];
 
@@ -98,20 +122,27 @@ pub const KVM_ENOSYS_RETURN: u64 = (-1000i64) as u64;
 pub struct HostPolicy {
     /// Whether the PVM workarounds apply.
     pub pvm: bool,
+    /// Whether the SYSCALL repair is part of them.
+    pub repair: bool,
 }
 
 impl HostPolicy {
     /// Decides from the user's `mode` and the detected host.
     pub fn decide(mode: CompatMode, host: HostKind) -> Self {
         let pvm = match mode {
-            CompatMode::On => true,
+            CompatMode::On | CompatMode::NoSyscallRepair => true,
             CompatMode::Off => false,
             CompatMode::Auto => host.is_software_nested(),
         };
-        HostPolicy { pvm }
+        HostPolicy {
+            pvm,
+            repair: pvm && mode != CompatMode::NoSyscallRepair,
+        }
     }
 
-    /// Appends the policy's switches to the guest command line, logging each.
+    /// Appends the policy's switches to the guest command line, logging each, and merges its
+    /// `clearcpuid=` features with the user's into one `clearcpuid=` (Linux honours only the
+    /// last one).
     pub fn extend_cmdline(&self, cmdline: &mut String) {
         if !self.pvm {
             return;
@@ -125,11 +156,42 @@ impl HostPolicy {
                 cmdline.push_str(switch);
             }
         }
+        let mut words: Vec<&str> = Vec::new();
+        let mut features: Vec<String> = Vec::new();
+        for word in cmdline.split_whitespace() {
+            match word.strip_prefix("clearcpuid=") {
+                Some(list) => {
+                    features.extend(list.split(',').filter(|f| !f.is_empty()).map(str::to_owned))
+                }
+                None => words.push(word),
+            }
+        }
+        for (group, why) in PVM_CLEARCPUID {
+            let added: Vec<&str> = group
+                .split(',')
+                .filter(|f| !features.iter().any(|have| have == f))
+                .collect();
+            if !added.is_empty() {
+                log::info!(
+                    "Software-nested KVM: clearing CPU features `{}` on the guest command line ({why})",
+                    added.join(",")
+                );
+                features.extend(added.into_iter().map(str::to_owned));
+            }
+        }
+        let merged = format!("clearcpuid={}", features.join(","));
+        words.push(&merged);
+        *cmdline = words.join(" ");
     }
 
     /// Whether to hide the KVM paravirtual CPUID leaves (0x40000000..).
     pub fn hide_kvm_leaves(&self) -> bool {
         self.pvm
+    }
+
+    /// Whether to repair misdelivered guest SYSCALLs (`vstate::syscall_repair`).
+    pub fn syscall_repair(&self) -> bool {
+        self.repair
     }
 
     /// Whether a watchdog should look for spinning VMCALLs.
@@ -190,23 +252,63 @@ mod tests {
         assert!(!HostPolicy::decide(CompatMode::Off, PVM_HOST).pvm);
     }
 
+    const POLICY_FEATURES: &str =
+        "smap,popcnt,cx16,ssse3,sse4_1,sse4_2,aes,pclmulqdq,sha_ni,avx,avx2,avx512f";
+
     #[test]
     fn test_extend_cmdline_appends_once() {
-        let policy = HostPolicy { pvm: true };
+        let policy = HostPolicy::decide(CompatMode::On, HW_HOST);
         let mut cmdline = String::from("console=ttyS0 noxsave");
         policy.extend_cmdline(&mut cmdline);
         assert_eq!(
             cmdline,
-            "console=ttyS0 noxsave clearcpuid=smap,popcnt,cx16 no_timer_check"
+            format!(
+                "console=ttyS0 noxsave no_timer_check cryptomgr.notests=1 clearcpuid={POLICY_FEATURES}"
+            )
         );
-        let mut off = String::from("console=ttyS0");
-        HostPolicy { pvm: false }.extend_cmdline(&mut off);
-        assert_eq!(off, "console=ttyS0");
+        let again = cmdline.clone();
+        policy.extend_cmdline(&mut cmdline);
+        assert_eq!(cmdline, again);
+        let mut off = String::from("console=ttyS0 clearcpuid=pku");
+        HostPolicy::decide(CompatMode::Off, PVM_HOST).extend_cmdline(&mut off);
+        assert_eq!(off, "console=ttyS0 clearcpuid=pku");
+    }
+
+    #[test]
+    fn test_extend_cmdline_merges_the_users_clearcpuid_lists() {
+        let policy = HostPolicy::decide(CompatMode::On, HW_HOST);
+        let mut cmdline =
+            String::from("clearcpuid=pku,smap console=ttyS0 clearcpuid=la57 root=/dev/vda");
+        policy.extend_cmdline(&mut cmdline);
+        let clears: Vec<&str> = cmdline
+            .split_whitespace()
+            .filter(|w| w.starts_with("clearcpuid="))
+            .collect();
+        assert_eq!(clears.len(), 1, "{cmdline}");
+        let features: Vec<&str> = clears[0]["clearcpuid=".len()..].split(',').collect();
+        assert_eq!(&features[..3], ["pku", "smap", "la57"]);
+        assert_eq!(features.iter().filter(|f| **f == "smap").count(), 1);
+        for f in POLICY_FEATURES.split(',') {
+            assert!(features.contains(&f), "{f} missing from {cmdline}");
+        }
+        assert!(
+            cmdline.starts_with("console=ttyS0 root=/dev/vda "),
+            "{cmdline}"
+        );
+    }
+
+    #[test]
+    fn test_syscall_repair_only_under_the_policy() {
+        assert!(HostPolicy::decide(CompatMode::Auto, PVM_HOST).syscall_repair());
+        assert!(!HostPolicy::decide(CompatMode::Auto, HW_HOST).syscall_repair());
+        assert!(!HostPolicy::decide(CompatMode::Off, PVM_HOST).syscall_repair());
+        let without = HostPolicy::decide(CompatMode::NoSyscallRepair, PVM_HOST);
+        assert!(without.pvm && !without.syscall_repair());
     }
 
     #[test]
     fn test_emulation_fixup_int3_and_fwait_only_under_pvm() {
-        let pvm = HostPolicy { pvm: true };
+        let pvm = HostPolicy::decide(CompatMode::On, HW_HOST);
         assert_eq!(
             pvm.emulation_fixup(&[0xcc]),
             Some(EmulationFixup::Breakpoint)
@@ -217,6 +319,9 @@ mod tests {
         );
         assert_eq!(pvm.emulation_fixup(&[0x0f, 0x0b]), None);
         assert_eq!(pvm.emulation_fixup(&[]), None);
-        assert_eq!(HostPolicy { pvm: false }.emulation_fixup(&[0xcc]), None);
+        assert_eq!(
+            HostPolicy::decide(CompatMode::Off, PVM_HOST).emulation_fixup(&[0xcc]),
+            None
+        );
     }
 }

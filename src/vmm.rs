@@ -9,7 +9,7 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use crate::events::{EventSink, LifecycleEvent};
 use crate::host::HostPolicy;
 use crate::seccomp::{self, StartGate, ThreadKind};
 use crate::signals::StopSignals;
+use crate::vstate::syscall_repair::RepairCounters;
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuExitReason, VcpuHandle};
 use crate::vstate::vm::Vm;
 
@@ -111,6 +112,7 @@ pub struct Vmm {
     vm: Vm,
     mem: GuestMemoryMmap,
     policy: HostPolicy,
+    syscall_repair: Option<Arc<RepairCounters>>,
     paused: Arc<AtomicBool>,
 }
 
@@ -267,6 +269,7 @@ impl Vmm {
         vcpus: Vec<Vcpu>,
         devices: Devices,
         policy: HostPolicy,
+        syscall_repair: Option<Arc<RepairCounters>>,
     ) -> Self {
         let devices_paused = devices.paused.clone();
         Vmm {
@@ -275,6 +278,7 @@ impl Vmm {
             vm,
             mem,
             policy,
+            syscall_repair,
             paused: devices_paused,
         }
     }
@@ -370,6 +374,7 @@ impl Vmm {
             mmio: self.devices.mmio.clone(),
             mem: self.mem.clone(),
             policy: self.policy,
+            syscall_repair: self.syscall_repair.clone(),
         };
         let controller = Rc::new(RefCell::new(Controller {
             exit_evt: exit_evt
@@ -463,6 +468,15 @@ impl Vmm {
         };
         Self::stop_vcpus(&mut controller.borrow_mut());
         log::debug!("VM ran for {:?}", started.elapsed());
+        if let Some(counters) = &self.syscall_repair {
+            log::debug!(
+                "Software-nested KVM: SYSCALL repair: {} system calls repaired, {} faults passed ({} single-stepped), armed {} times",
+                counters.repaired.load(Ordering::Relaxed),
+                counters.passed.load(Ordering::Relaxed),
+                counters.stepped.load(Ordering::Relaxed),
+                counters.armed.load(Ordering::Relaxed)
+            );
+        }
         match &outcome {
             VmOutcome::Reset => log::info!("Guest reset: the VM is done"),
             VmOutcome::PowerOff => log::info!("Guest powered off"),

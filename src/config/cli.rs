@@ -85,6 +85,8 @@ pub enum CompatArg {
     On,
     /// Never apply them.
     Off,
+    /// Apply them without the SYSCALL repair (diagnosis).
+    NoSyscallRepair,
 }
 
 /// Ember: a KVM microVM monitor. Boots a Linux kernel (ELF vmlinux or bzImage) with its console
@@ -223,6 +225,7 @@ impl Cli {
                 CompatArg::Auto => CompatMode::Auto,
                 CompatArg::On => CompatMode::On,
                 CompatArg::Off => CompatMode::Off,
+                CompatArg::NoSyscallRepair => CompatMode::NoSyscallRepair,
             },
             virtio_discovery: self.virtio_discovery,
         })

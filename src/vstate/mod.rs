@@ -1,5 +1,6 @@
 //! KVM state: the VM file descriptor and memory slots, guest memory, and the vCPU threads.
 
 pub mod memory;
+pub mod syscall_repair;
 pub mod vcpu;
 pub mod vm;

@@ -22,6 +22,7 @@ use crate::arch::{lapic, msr, regs};
 use crate::devices::bus::Bus;
 use crate::host::{EmulationFixup, HostPolicy, KVM_ENOSYS_RETURN, VMCALL};
 use crate::seccomp::{StartGate, ThreadKind};
+use crate::vstate::syscall_repair::{self, DebugOutcome, RepairCounters, SyscallRepair};
 
 /// Errors while creating or configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +246,10 @@ impl Vcpu {
         let thread_shared = shared.clone();
         let (requests_tx, requests) = channel();
         let (acks, acks_rx) = channel();
+        let repair = ctx
+            .syscall_repair
+            .clone()
+            .map(|counters| SyscallRepair::new(index, counters));
         let thread = std::thread::Builder::new()
             .name(format!("ember_vcpu{index}"))
             .spawn(move || {
@@ -266,6 +271,7 @@ impl Vcpu {
                     requests,
                     acks,
                     last_vmcall_rip: None,
+                    repair,
                 };
                 let reason = runner.run();
                 log::debug!("vCPU {index} exited: {reason:?}");
@@ -295,6 +301,9 @@ pub struct VcpuContext {
     pub mem: GuestMemoryMmap,
     /// The host compatibility policy.
     pub policy: HostPolicy,
+    /// The SYSCALL repair's counters, when the VM traps the system-call MSRs for it
+    /// (software-nested hosts only; see `syscall_repair`).
+    pub syscall_repair: Option<Arc<RepairCounters>>,
 }
 
 /// The VMM's handle on a running vCPU thread.
@@ -400,6 +409,7 @@ struct VcpuRunner {
     requests: Receiver<VcpuRequest>,
     acks: Sender<VcpuAck>,
     last_vmcall_rip: Option<u64>,
+    repair: Option<SyscallRepair>,
 }
 
 enum Step {
@@ -407,6 +417,8 @@ enum Step {
     Exit(VcpuExitReason),
     InternalError,
     Interrupted,
+    Debug(kvm_bindings::kvm_debug_exit_arch),
+    WriteMsr(u32, u64),
 }
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -462,6 +474,9 @@ impl VcpuRunner {
             }
             if self.shared.sample.swap(false, Ordering::SeqCst) {
                 self.check_vmcall_spin();
+                if let Some(repair) = self.repair.as_mut() {
+                    repair.refresh(&mut self.fd, &self.ctx.mem);
+                }
             }
             let step = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
@@ -499,6 +514,8 @@ impl VcpuRunner {
                 Ok(VcpuExit::IoapicEoi(_) | VcpuExit::Intr | VcpuExit::IrqWindowOpen) => {
                     Step::Continue
                 }
+                Ok(VcpuExit::Debug(arch)) => Step::Debug(arch),
+                Ok(VcpuExit::X86Wrmsr(exit)) => Step::WriteMsr(exit.index, exit.data),
                 Ok(other) => Step::Exit(VcpuExitReason::Crash(format!(
                     "unexpected KVM exit {other:?}"
                 ))),
@@ -516,7 +533,40 @@ impl VcpuRunner {
                     }
                 }
                 Step::Exit(reason) => return reason,
+                Step::Debug(arch) => {
+                    let outcome = match self.repair.as_mut() {
+                        Some(repair) => repair.on_debug(&mut self.fd, &self.ctx.mem, &arch),
+                        None => DebugOutcome::Foreign,
+                    };
+                    if outcome == DebugOutcome::Foreign {
+                        return VcpuExitReason::Crash(format!(
+                            "unexpected debug exit at {:#x} (DR6 {:#x})",
+                            arch.pc, arch.dr6
+                        ));
+                    }
+                }
+                Step::WriteMsr(index, data) => self.write_trapped_msr(index, data),
             }
+        }
+    }
+
+    /// A guest WRMSR that the SYSCALL repair's MSR filter sent here: applied by the repair, or
+    /// refused with #GP as the CPU would refuse it.
+    fn write_trapped_msr(&mut self, index: u32, data: u64) {
+        let applied = match self.repair.as_mut() {
+            Some(repair) if syscall_repair::is_trapped_msr(index) => {
+                repair.on_msr_write(&mut self.fd, &self.ctx.mem, index, data)
+            }
+            _ => false,
+        };
+        if !applied {
+            log::debug!(
+                "vCPU {}: guest WRMSR {index:#x} <- {data:#x} refused (#GP)",
+                self.index
+            );
+            // The last exit was KVM_EXIT_X86_WRMSR, so `msr` is the member of the union KVM
+            // filled in; `error` tells it to inject #GP on the next KVM_RUN.
+            self.fd.get_kvm_run().__bindgen_anon_1.msr.error = 1;
         }
     }
 

@@ -1,0 +1,761 @@
+//! The SYSCALL repair of the software-nested (PVM) policy: lets guest userspace make system
+//! calls on hosts where a `syscall` from ring 3 is misdelivered.
+//!
+//! What the host does (measured, see docs/usage.md): a 64-bit `syscall` from CPL 3 sets RCX,
+//! R11, RFLAGS &= ~SFMASK and RIP = LSTAR as the architecture says, but leaves CS/SS at the user
+//! selectors. The fetch at LSTAR, a supervisor page in any real kernel, then raises #PF "from
+//! user mode" with RIP = CR2 = LSTAR and IF clear in the frame (#GP at LSTAR if the page were
+//! user-executable). Native ring 3 is invisible to the VMM, but hardware breakpoints set with
+//! KVM_SET_GUEST_DEBUG fire in the guest's (emulated) ring 0. So:
+//!
+//! - **Arming.** Guest writes to STAR, LSTAR and SFMASK are trapped (KVM MSR filter, one exit
+//!   per write, a handful per vCPU at boot): the VMM applies the write, reads the guest's IDT and
+//!   puts DR0/DR1 on its #PF and #GP handler entries. The event loop's 500 ms sample tick
+//!   re-reads the IDT as a backstop (a kernel that moves its IDT later).
+//! - **At a breakpoint.** The exception frame on the guest kernel stack tells a misdelivered
+//!   SYSCALL from a genuine fault: user CS and SS, RIP == LSTAR (and CR2 == LSTAR, user-mode
+//!   error code for #PF), the SFMASK bits clear in RFLAGS and RFLAGS == R11 & ~SFMASK. Such a
+//!   SYSCALL is finished by hand: RIP = LSTAR, RSP = the user RSP from the frame, RFLAGS from the
+//!   frame, CS/SS the kernel selectors from STAR. RCX and R11 are already right.
+//! - **A genuine fault** continues past the breakpoint: RIP moves past the handler's first
+//!   instruction when that is a NOP (Linux's ASM_CLAC without SMAP, ENDBR64), else one
+//!   instruction is single-stepped with the breakpoints off.
+//!
+//! Why a guest cannot use it to gain privilege: user mode cannot clear IF (Linux never grants
+//! IOPL 3), and the repair is armed only when SFMASK clears IF, so a frame with IF clear and a
+//! user CS comes only from a real SYSCALL. A user program that jumps to LSTAR itself faults with
+//! IF set and gets the #PF (SIGSEGV) the architecture gives it. Even a forged match would enter
+//! the kernel exactly as the `syscall` instruction does.
+//!
+//! Registers travel through kvm_run's sync area (each vCPU ioctl costs ~9 us on these hosts).
+//! The guest's own hardware breakpoints (ptrace, perf) do not work while the repair is armed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kvm_bindings::{
+    KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+    KVM_MSR_EXIT_REASON_FILTER, Msrs, kvm_debug_exit_arch, kvm_enable_cap, kvm_guest_debug,
+    kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs,
+};
+use kvm_ioctls::{
+    Cap, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, SyncReg, VcpuFd, VmFd,
+};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// IA32_STAR: SYSCALL/SYSRET selectors.
+pub const MSR_STAR: u32 = 0xc000_0081;
+/// IA32_LSTAR: the 64-bit SYSCALL entry point.
+pub const MSR_LSTAR: u32 = 0xc000_0082;
+/// IA32_FMASK: the RFLAGS bits SYSCALL clears.
+pub const MSR_SFMASK: u32 = 0xc000_0084;
+
+const EFER_LMA: u64 = 1 << 10;
+const CR0_PG: u64 = 1 << 31;
+const CR4_LA57: u64 = 1 << 12;
+const RFLAGS_IF: u64 = 1 << 9;
+const RFLAGS_RF: u64 = 1 << 16;
+const RFLAGS_FIXED: u64 = 1 << 1;
+const GP_VECTOR: u64 = 13;
+const PF_VECTOR: u64 = 14;
+/// #PF error code bit: the access came from user mode.
+const PF_USER: u64 = 1 << 2;
+const PTE_PRESENT: u64 = 1;
+const PTE_HUGE: u64 = 1 << 7;
+const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
+const PAGE_SIZE: u64 = 0x1000;
+/// An IDT gate's present bit (in its type byte).
+const GATE_PRESENT: u8 = 0x80;
+/// DR7 bit 10 is reserved as 1.
+const DR7_FIXED: u64 = 1 << 10;
+
+/// Which handler a breakpoint slot watches.
+const SLOTS: [u64; 2] = [PF_VECTOR, GP_VECTOR];
+
+/// Counters of one VM's repair, shared by its vCPUs (and read by the VMM for its log).
+#[derive(Debug, Default)]
+pub struct RepairCounters {
+    /// Misdelivered system calls finished by hand.
+    pub repaired: AtomicU64,
+    /// Genuine #PF/#GP that passed the breakpoint.
+    pub passed: AtomicU64,
+    /// Of those, the ones that needed a single step.
+    pub stepped: AtomicU64,
+    /// Times a vCPU (re)armed its breakpoints.
+    pub armed: AtomicU64,
+}
+
+/// Turns on the trap of guest writes to STAR, LSTAR and SFMASK (a `KVM_EXIT_X86_WRMSR` each).
+/// Called once per VM, before its vCPUs run, only where the repair applies.
+pub fn trap_syscall_msr_writes(vm: &VmFd) -> Result<(), kvm_ioctls::Error> {
+    let cap = kvm_enable_cap {
+        cap: Cap::X86UserSpaceMsr as u32,
+        args: [u64::from(KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
+        ..Default::default()
+    };
+    vm.enable_cap(&cap)?;
+    // One bit per MSR from STAR: 0 = writes denied (they exit to us), 1 = allowed (CSTAR).
+    let bitmap = [0b0100u8];
+    let range = MsrFilterRange {
+        flags: MsrFilterRangeFlags::WRITE,
+        base: MSR_STAR,
+        msr_count: MSR_SFMASK - MSR_STAR + 1,
+        bitmap: &bitmap,
+    };
+    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &[range])
+}
+
+/// Whether a trapped MSR write is one the repair handles.
+pub fn is_trapped_msr(index: u32) -> bool {
+    matches!(index, MSR_STAR | MSR_LSTAR | MSR_SFMASK)
+}
+
+/// What a debug exit turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DebugOutcome {
+    /// The repair handled it: run on.
+    Handled,
+    /// Not one of the repair's breakpoints.
+    Foreign,
+}
+
+/// The guest's system-call MSRs as the repair last saw them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallMsrs {
+    /// IA32_STAR.
+    pub star: u64,
+    /// IA32_LSTAR.
+    pub lstar: u64,
+    /// IA32_FMASK.
+    pub sfmask: u64,
+}
+
+impl SyscallMsrs {
+    /// The kernel CS selector SYSCALL loads (STAR[47:32]); SS is the next descriptor.
+    fn kernel_cs(&self) -> u16 {
+        // Bits 47:32 fit 16 bits; the RPL bits are forced to 0 as SYSCALL does.
+        ((self.star >> 32) as u16) & 0xfffc
+    }
+
+    /// Whether a kernel that set these can be repaired safely: an entry point, and IF among
+    /// the flags SYSCALL clears (what tells a real SYSCALL from a user jump to LSTAR).
+    fn repairable(&self) -> bool {
+        self.lstar != 0 && self.kernel_cs() != 0 && self.sfmask & RFLAGS_IF != 0
+    }
+}
+
+/// The hardware exception frame at a #PF/#GP handler entry: error code, RIP, CS, RFLAGS, RSP, SS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExceptionFrame {
+    /// Error code pushed by the CPU.
+    pub error: u64,
+    /// Faulting RIP.
+    pub rip: u64,
+    /// CS at the fault.
+    pub cs: u64,
+    /// RFLAGS at the fault.
+    pub rflags: u64,
+    /// RSP at the fault.
+    pub rsp: u64,
+    /// SS at the fault.
+    pub ss: u64,
+}
+
+impl ExceptionFrame {
+    fn from_bytes(raw: &[u8; 48]) -> Self {
+        let q = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&raw[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(b)
+        };
+        ExceptionFrame {
+            error: q(0),
+            rip: q(1),
+            cs: q(2),
+            rflags: q(3),
+            rsp: q(4),
+            ss: q(5),
+        }
+    }
+}
+
+/// Whether the frame at the entry of handler `vector` is a SYSCALL the host misdelivered.
+/// `cr2` and `r11` are the vCPU's at the breakpoint.
+pub fn is_misdelivered_syscall(
+    msrs: &SyscallMsrs,
+    vector: u64,
+    frame: &ExceptionFrame,
+    cr2: u64,
+    r11: u64,
+) -> bool {
+    if !msrs.repairable() || frame.cs & 3 != 3 || frame.ss & 3 != 3 || frame.rip != msrs.lstar {
+        return false;
+    }
+    let fault_matches = match vector {
+        PF_VECTOR => frame.error & PF_USER != 0 && cr2 == msrs.lstar,
+        GP_VECTOR => true,
+        _ => false,
+    };
+    // SYSCALL cleared the SFMASK bits (IF among them, which user mode cannot clear) and saved
+    // the flags it found in R11. RF is set in a fault frame and cleared by SYSCALL in R11.
+    let flags = frame.rflags & !RFLAGS_RF;
+    fault_matches && flags & msrs.sfmask == 0 && flags == r11 & !msrs.sfmask & !RFLAGS_RF
+}
+
+/// Length of the instruction at the start of `bytes` when it is one that can be skipped without
+/// effect (a NOP, or ENDBR64 with no CET in the guest); 0 otherwise.
+pub fn skippable_len(bytes: &[u8]) -> u8 {
+    match bytes {
+        [0x90, ..] => 1,
+        [0x66, 0x90, ..] => 2,
+        [0x0f, 0x1f, 0x00, ..] => 3,
+        [0x0f, 0x1f, 0x40, _, ..] => 4,
+        [0xf3, 0x0f, 0x1e, 0xfa, ..] => 4,
+        [0x0f, 0x1f, 0x44, 0x00, _, ..] => 5,
+        [0x66, 0x0f, 0x1f, 0x44, 0x00, _, ..] => 6,
+        [0x0f, 0x1f, 0x80, _, _, _, _, ..] => 7,
+        [0x0f, 0x1f, 0x84, 0x00, _, _, _, _, ..] => 8,
+        _ => 0,
+    }
+}
+
+/// The handler address in a 64-bit IDT gate, if the gate is present.
+pub fn gate_handler(gate: &[u8; 16]) -> Option<u64> {
+    if gate[5] & GATE_PRESENT == 0 {
+        return None;
+    }
+    let low = u64::from(u16::from_le_bytes([gate[0], gate[1]]));
+    let mid = u64::from(u16::from_le_bytes([gate[6], gate[7]]));
+    let high = u64::from(u32::from_le_bytes([gate[8], gate[9], gate[10], gate[11]]));
+    Some(low | mid << 16 | high << 32)
+}
+
+/// Guest-virtual to guest-physical through 4-level page tables rooted at `cr3`; `None` when
+/// unmapped or when the tables point outside guest memory.
+pub fn translate(mem: &GuestMemoryMmap, cr3: u64, gva: u64) -> Option<u64> {
+    let mut table = cr3 & PTE_ADDR;
+    for (level, shift) in [39u32, 30, 21, 12].into_iter().enumerate() {
+        let index = (gva >> shift) & 0x1ff;
+        let entry: u64 = mem.read_obj(GuestAddress(table + index * 8)).ok()?;
+        if entry & PTE_PRESENT == 0 {
+            return None;
+        }
+        // A 1 GiB (PDPTE) or 2 MiB (PDE) page ends the walk.
+        if (level == 1 || level == 2) && entry & PTE_HUGE != 0 {
+            let size = 1u64 << shift;
+            return Some((entry & PTE_ADDR & !(size - 1)) | (gva & (size - 1)));
+        }
+        table = entry & PTE_ADDR;
+    }
+    Some(table | (gva & (PAGE_SIZE - 1)))
+}
+
+/// Reads guest-virtual memory, page by page (5-level paging goes through KVM_TRANSLATE).
+fn read_virt(
+    mem: &GuestMemoryMmap,
+    fd: &VcpuFd,
+    sregs: &kvm_sregs,
+    gva: u64,
+    buf: &mut [u8],
+) -> bool {
+    let mut done = 0;
+    while done < buf.len() {
+        let addr = gva.wrapping_add(done as u64);
+        let gpa = if sregs.cr4 & CR4_LA57 != 0 {
+            match fd.translate_gva(addr) {
+                Ok(t) if t.valid != 0 => Some(t.physical_address),
+                _ => None,
+            }
+        } else {
+            translate(mem, sregs.cr3, addr)
+        };
+        let Some(gpa) = gpa else { return false };
+        let n = ((PAGE_SIZE - (addr & (PAGE_SIZE - 1))) as usize).min(buf.len() - done);
+        if mem
+            .read_slice(&mut buf[done..done + n], GuestAddress(gpa))
+            .is_err()
+        {
+            return false;
+        }
+        done += n;
+    }
+    true
+}
+
+/// The flat 64-bit kernel code and data segments SYSCALL loads from STAR.
+fn kernel_segments(sregs: &mut kvm_sregs, cs: u16) {
+    let flat = kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        present: 1,
+        dpl: 0,
+        s: 1,
+        g: 1,
+        ..Default::default()
+    };
+    sregs.cs = kvm_segment {
+        selector: cs,
+        type_: 0xb,
+        l: 1,
+        ..flat
+    };
+    sregs.ss = kvm_segment {
+        selector: cs + 8,
+        type_: 0x3,
+        db: 1,
+        ..flat
+    };
+}
+
+/// One vCPU's repair: where its breakpoints are and what it knows of the guest.
+#[derive(Debug)]
+pub struct SyscallRepair {
+    index: u8,
+    msrs: SyscallMsrs,
+    /// #PF and #GP handler entries the breakpoints are on (0: none).
+    handlers: [u64; 2],
+    armed: bool,
+    stepping: bool,
+    counters: Arc<RepairCounters>,
+}
+
+impl SyscallRepair {
+    /// The repair of vCPU `index`, counting into `counters`.
+    pub fn new(index: u8, counters: Arc<RepairCounters>) -> Self {
+        SyscallRepair {
+            index,
+            msrs: SyscallMsrs::default(),
+            handlers: [0; 2],
+            armed: false,
+            stepping: false,
+            counters,
+        }
+    }
+
+    fn debug_control(&self, single_step: bool) -> kvm_guest_debug {
+        let mut dbg = kvm_guest_debug::default();
+        if single_step {
+            dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
+            return dbg;
+        }
+        dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
+        let mut dr7 = DR7_FIXED;
+        for (i, &handler) in self.handlers.iter().enumerate() {
+            if handler != 0 {
+                dbg.arch.debugreg[i] = handler;
+                // Li: local enable; R/W and LEN 0: instruction breakpoint.
+                dr7 |= 1 << (2 * i);
+            }
+        }
+        dbg.arch.debugreg[7] = dr7;
+        dbg
+    }
+
+    /// A guest write of a system-call MSR trapped by the filter: applies it (as the CPU would)
+    /// and re-arms. Returns false when KVM refused the value (the guest then gets #GP).
+    pub fn on_msr_write(
+        &mut self,
+        fd: &mut VcpuFd,
+        mem: &GuestMemoryMmap,
+        index: u32,
+        data: u64,
+    ) -> bool {
+        let Ok(msrs) = Msrs::from_entries(&[kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        }]) else {
+            return false;
+        };
+        if fd.set_msrs(&msrs).ok() != Some(1) {
+            return false;
+        }
+        match index {
+            MSR_STAR => self.msrs.star = data,
+            MSR_LSTAR => self.msrs.lstar = data,
+            MSR_SFMASK => self.msrs.sfmask = data,
+            _ => {}
+        }
+        self.refresh(fd, mem);
+        true
+    }
+
+    /// Reads the guest's system-call MSRs and IDT, and (re)arms the breakpoints when the
+    /// handlers moved. Cheap enough for the 500 ms sample tick.
+    pub fn refresh(&mut self, fd: &mut VcpuFd, mem: &GuestMemoryMmap) {
+        if self.stepping {
+            return;
+        }
+        let Ok(sregs) = fd.get_sregs() else { return };
+        if sregs.efer & EFER_LMA == 0
+            || sregs.cr0 & CR0_PG == 0
+            || u64::from(sregs.idt.limit) < 16 * (PF_VECTOR + 1) - 1
+        {
+            return;
+        }
+        let Ok(mut entries) = Msrs::from_entries(&[
+            kvm_msr_entry {
+                index: MSR_STAR,
+                ..Default::default()
+            },
+            kvm_msr_entry {
+                index: MSR_LSTAR,
+                ..Default::default()
+            },
+            kvm_msr_entry {
+                index: MSR_SFMASK,
+                ..Default::default()
+            },
+        ]) else {
+            return;
+        };
+        if fd.get_msrs(&mut entries).ok() != Some(3) {
+            return;
+        }
+        let m = entries.as_slice();
+        self.msrs = SyscallMsrs {
+            star: m[0].data,
+            lstar: m[1].data,
+            sfmask: m[2].data,
+        };
+        if !self.msrs.repairable() {
+            return;
+        }
+        let mut handlers = [0u64; 2];
+        for (slot, vector) in SLOTS.into_iter().enumerate() {
+            let mut gate = [0u8; 16];
+            if !read_virt(mem, fd, &sregs, sregs.idt.base + 16 * vector, &mut gate) {
+                return;
+            }
+            let Some(handler) = gate_handler(&gate) else {
+                return;
+            };
+            handlers[slot] = handler;
+        }
+        if self.armed && handlers == self.handlers {
+            return;
+        }
+        self.handlers = handlers;
+        if let Err(e) = fd.set_guest_debug(&self.debug_control(false)) {
+            log::warn!(
+                "Software-nested KVM: vCPU {}: cannot set the SYSCALL repair breakpoints: {e}",
+                self.index
+            );
+            return;
+        }
+        if !self.armed {
+            fd.set_sync_valid_reg(SyncReg::Register);
+            fd.set_sync_valid_reg(SyncReg::SystemRegister);
+        }
+        self.armed = true;
+        let times = self.counters.armed.fetch_add(1, Ordering::Relaxed);
+        let line = format!(
+            "Software-nested KVM: vCPU {}: SYSCALL repair armed (LSTAR {:#x}, #PF handler {:#x}, #GP handler {:#x})",
+            self.index, self.msrs.lstar, handlers[0], handlers[1]
+        );
+        // One info line per VM; the other vCPUs and later re-arms at debug level.
+        if times == 0 {
+            log::info!("{line}");
+        } else {
+            log::debug!("{line}");
+        }
+    }
+
+    /// Handles a KVM_EXIT_DEBUG.
+    pub fn on_debug(
+        &mut self,
+        fd: &mut VcpuFd,
+        mem: &GuestMemoryMmap,
+        arch: &kvm_debug_exit_arch,
+    ) -> DebugOutcome {
+        if !self.armed {
+            return DebugOutcome::Foreign;
+        }
+        if self.stepping {
+            self.stepping = false;
+            if let Err(e) = fd.set_guest_debug(&self.debug_control(false)) {
+                log::warn!("vCPU {}: cannot re-arm the SYSCALL repair: {e}", self.index);
+                self.armed = false;
+            }
+            return DebugOutcome::Handled;
+        }
+        let Some(slot) = self.handlers.iter().position(|&h| h != 0 && h == arch.pc) else {
+            return DebugOutcome::Foreign;
+        };
+        let sync = fd.sync_regs();
+        let (regs, sregs) = (sync.regs, sync.sregs);
+        let mut raw = [0u8; 48];
+        if read_virt(mem, fd, &sregs, regs.rsp, &mut raw) {
+            let frame = ExceptionFrame::from_bytes(&raw);
+            if is_misdelivered_syscall(&self.msrs, SLOTS[slot], &frame, sregs.cr2, regs.r11) {
+                self.finish_syscall(fd, regs, sregs, &frame);
+                return DebugOutcome::Handled;
+            }
+        }
+        self.pass_fault(fd, mem, &sregs, arch.pc);
+        DebugOutcome::Handled
+    }
+
+    /// Completes a misdelivered SYSCALL: the state the instruction should have produced.
+    fn finish_syscall(
+        &mut self,
+        fd: &mut VcpuFd,
+        mut regs: kvm_regs,
+        mut sregs: kvm_sregs,
+        frame: &ExceptionFrame,
+    ) {
+        kernel_segments(&mut sregs, self.msrs.kernel_cs());
+        regs.rip = self.msrs.lstar;
+        regs.rsp = frame.rsp;
+        regs.rflags = (frame.rflags & !RFLAGS_RF) | RFLAGS_FIXED;
+        let sync = fd.sync_regs_mut();
+        sync.regs = regs;
+        sync.sregs = sregs;
+        fd.set_sync_dirty_reg(SyncReg::Register);
+        fd.set_sync_dirty_reg(SyncReg::SystemRegister);
+        let n = self.counters.repaired.fetch_add(1, Ordering::Relaxed);
+        if n == 0 {
+            log::info!(
+                "Software-nested KVM: first guest system call repaired (vCPU {}, nr {}, returns to {:#x})",
+                self.index,
+                regs.rax,
+                regs.rcx
+            );
+        }
+    }
+
+    /// Lets a genuine fault continue past the breakpoint at `pc`.
+    fn pass_fault(&mut self, fd: &mut VcpuFd, mem: &GuestMemoryMmap, sregs: &kvm_sregs, pc: u64) {
+        self.counters.passed.fetch_add(1, Ordering::Relaxed);
+        // Read the bytes now: alternatives patching may rewrite them after arming.
+        let mut insn = [0u8; 8];
+        let skip = if read_virt(mem, fd, sregs, pc, &mut insn) {
+            skippable_len(&insn)
+        } else {
+            0
+        };
+        if skip != 0 {
+            fd.sync_regs_mut().regs.rip = pc + u64::from(skip);
+            fd.set_sync_dirty_reg(SyncReg::Register);
+            return;
+        }
+        self.counters.stepped.fetch_add(1, Ordering::Relaxed);
+        match fd.set_guest_debug(&self.debug_control(true)) {
+            Ok(()) => self.stepping = true,
+            Err(e) => {
+                // Without the step the breakpoint would fire again forever: disarm.
+                log::warn!(
+                    "vCPU {}: cannot single-step past the SYSCALL repair breakpoint ({e}); repair off",
+                    self.index
+                );
+                let _ = fd.set_guest_debug(&kvm_guest_debug::default());
+                self.armed = false;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINUX: SyscallMsrs = SyscallMsrs {
+        star: 0x0023_0010_0000_0000,
+        lstar: 0xffff_ffff_8140_0040,
+        // TF DF IF IOPL AC NT
+        sfmask: 0x47700,
+    };
+    const USER_FLAGS: u64 = 0x246;
+
+    fn misdelivered_frame() -> ExceptionFrame {
+        ExceptionFrame {
+            error: 0x15,
+            rip: LINUX.lstar,
+            cs: 0x33,
+            rflags: (USER_FLAGS & !LINUX.sfmask) | RFLAGS_RF,
+            rsp: 0x7ffc_0000_1000,
+            ss: 0x2b,
+        }
+    }
+
+    #[test]
+    fn test_misdelivered_pf_is_recognised() {
+        let frame = misdelivered_frame();
+        assert!(is_misdelivered_syscall(
+            &LINUX,
+            PF_VECTOR,
+            &frame,
+            LINUX.lstar,
+            USER_FLAGS
+        ));
+        let gp = ExceptionFrame { error: 0, ..frame };
+        assert!(is_misdelivered_syscall(
+            &LINUX, GP_VECTOR, &gp, 0, USER_FLAGS
+        ));
+    }
+
+    #[test]
+    fn test_user_jump_to_lstar_with_if_set_is_genuine() {
+        // What a user program that jumps to LSTAR itself produces: IF cannot be cleared in
+        // ring 3, whatever it put in R11.
+        let frame = ExceptionFrame {
+            rflags: USER_FLAGS | RFLAGS_RF,
+            ..misdelivered_frame()
+        };
+        for r11 in [USER_FLAGS, USER_FLAGS & !LINUX.sfmask, 0, u64::MAX] {
+            assert!(!is_misdelivered_syscall(
+                &LINUX,
+                PF_VECTOR,
+                &frame,
+                LINUX.lstar,
+                r11
+            ));
+        }
+    }
+
+    #[test]
+    fn test_kernel_mode_or_other_address_faults_are_genuine() {
+        let frame = misdelivered_frame();
+        let kernel = ExceptionFrame {
+            cs: 0x10,
+            ss: 0x18,
+            ..frame
+        };
+        assert!(!is_misdelivered_syscall(
+            &LINUX,
+            PF_VECTOR,
+            &kernel,
+            LINUX.lstar,
+            USER_FLAGS
+        ));
+        let elsewhere = ExceptionFrame {
+            rip: 0x40_1000,
+            ..frame
+        };
+        assert!(!is_misdelivered_syscall(
+            &LINUX,
+            PF_VECTOR,
+            &elsewhere,
+            LINUX.lstar,
+            USER_FLAGS
+        ));
+        // CR2 elsewhere: a data fault at LSTAR's RIP is not a fetch of LSTAR.
+        assert!(!is_misdelivered_syscall(
+            &LINUX, PF_VECTOR, &frame, 0x1000, USER_FLAGS
+        ));
+        // Supervisor-mode error code.
+        let sup = ExceptionFrame {
+            error: 0x11,
+            ..frame
+        };
+        assert!(!is_misdelivered_syscall(
+            &LINUX,
+            PF_VECTOR,
+            &sup,
+            LINUX.lstar,
+            USER_FLAGS
+        ));
+        // R11 that does not match the frame's flags.
+        assert!(!is_misdelivered_syscall(
+            &LINUX,
+            PF_VECTOR,
+            &frame,
+            LINUX.lstar,
+            0x202
+        ));
+        // Other vectors never match.
+        assert!(!is_misdelivered_syscall(
+            &LINUX,
+            6,
+            &frame,
+            LINUX.lstar,
+            USER_FLAGS
+        ));
+    }
+
+    #[test]
+    fn test_kernel_without_if_in_sfmask_is_not_repaired() {
+        let msrs = SyscallMsrs {
+            sfmask: LINUX.sfmask & !RFLAGS_IF,
+            ..LINUX
+        };
+        let frame = ExceptionFrame {
+            rflags: USER_FLAGS & !msrs.sfmask,
+            ..misdelivered_frame()
+        };
+        assert!(!is_misdelivered_syscall(
+            &msrs,
+            PF_VECTOR,
+            &frame,
+            LINUX.lstar,
+            USER_FLAGS
+        ));
+        assert!(!SyscallMsrs::default().repairable());
+    }
+
+    #[test]
+    fn test_kernel_cs_comes_from_star() {
+        assert_eq!(LINUX.kernel_cs(), 0x10);
+        let rpl = SyscallMsrs {
+            star: 0x0023_0013_0000_0000,
+            ..LINUX
+        };
+        assert_eq!(rpl.kernel_cs(), 0x10);
+    }
+
+    #[test]
+    fn test_skippable_len_knows_nops_only() {
+        assert_eq!(skippable_len(&[0x0f, 0x1f, 0x00, 0xfc]), 3);
+        assert_eq!(skippable_len(&[0xf3, 0x0f, 0x1e, 0xfa]), 4);
+        assert_eq!(skippable_len(&[0x90]), 1);
+        assert_eq!(skippable_len(&[0x0f, 0x1f, 0x44, 0x00, 0x00]), 5);
+        assert_eq!(skippable_len(&[0x0f, 0x01, 0xca]), 0); // CLAC
+        assert_eq!(skippable_len(&[0xfc]), 0); // CLD
+        assert_eq!(skippable_len(&[0x0f, 0x1f]), 0); // truncated
+        assert_eq!(skippable_len(&[]), 0);
+    }
+
+    #[test]
+    fn test_gate_handler_decodes_present_gates() {
+        let handler = 0xffff_ffff_8100_1234u64;
+        let mut gate = [0u8; 16];
+        gate[0..2].copy_from_slice(&(handler as u16).to_le_bytes());
+        gate[2..4].copy_from_slice(&0x10u16.to_le_bytes());
+        gate[5] = 0x8e;
+        gate[6..8].copy_from_slice(&((handler >> 16) as u16).to_le_bytes());
+        gate[8..12].copy_from_slice(&((handler >> 32) as u32).to_le_bytes());
+        assert_eq!(gate_handler(&gate), Some(handler));
+        gate[5] = 0x0e;
+        assert_eq!(gate_handler(&gate), None);
+    }
+
+    #[test]
+    fn test_translate_walks_4k_and_2m_pages_and_rejects_bad_tables() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)])
+            .expect("1 MiB of test memory");
+        let (pml4, pdpt, pd, pt) = (0x1000u64, 0x2000u64, 0x3000u64, 0x4000u64);
+        let gva = 0xffff_8000_0040_5123u64;
+        let idx = |shift: u32| (gva >> shift) & 0x1ff;
+        mem.write_obj(pdpt | 3, GuestAddress(pml4 + idx(39) * 8))
+            .expect("in memory");
+        mem.write_obj(pd | 3, GuestAddress(pdpt + idx(30) * 8))
+            .expect("in memory");
+        mem.write_obj(pt | 3, GuestAddress(pd + idx(21) * 8))
+            .expect("in memory");
+        mem.write_obj(0x7_0003u64, GuestAddress(pt + idx(12) * 8))
+            .expect("in memory");
+        assert_eq!(translate(&mem, pml4, gva), Some(0x7_0123));
+        // Turn the PDE into a 2 MiB page at 0x200000.
+        mem.write_obj(0x20_0083u64, GuestAddress(pd + idx(21) * 8))
+            .expect("in memory");
+        assert_eq!(translate(&mem, pml4, gva), Some(0x20_5123));
+        // Not present.
+        mem.write_obj(0u64, GuestAddress(pd + idx(21) * 8))
+            .expect("in memory");
+        assert_eq!(translate(&mem, pml4, gva), None);
+        // A table pointer outside guest memory.
+        mem.write_obj(0xdead_0000_0003u64, GuestAddress(pd + idx(21) * 8))
+            .expect("in memory");
+        assert_eq!(translate(&mem, pml4, gva), None);
+    }
+}
