@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{GUEST_TIMEOUT, LINUX_TIMEOUT, TestVm, VmArgs, linux_image, repo_root, scratch_dir};
+use common::{GUEST_TIMEOUT, LINUX_TIMEOUT, TestVm, VmArgs, linux_image, scratch_dir};
 
 fn poweroff(args: VmArgs) -> TestVm {
     let mut vm = TestVm::start(args);
@@ -90,39 +90,3 @@ fn test_linux_finds_disk_through_dsdt_and_cpus_through_madt() {
     vm.signal(15);
     assert_eq!(vm.exit_code(Duration::from_secs(30)), 143, "{}", vm.log());
 }
-
-/// Debian's stock cloud kernel (a bzImage built elsewhere, fetched by scripts/fetch-distro-kernel)
-/// with 2 vCPUs and no initrd: it finds Ember's ACPI tables and brings up the CPUs the MADT lists.
-/// Without an initrd it then panics at the root mount, which is expected; the test stops it.
-///
-/// Opt-in (`EMBER_STOCK_KERNEL=1`, after `scripts/fetch-distro-kernel`): on software-nested
-/// hosts this kernel's emulated boot takes well over ten minutes (its TSC calibration against
-/// the PIT fails there and it runs on a very slow delay loop), too long for the regular suite.
-#[test]
-fn test_stock_debian_kernel_finds_acpi_tables_and_two_cpus() {
-    if std::env::var_os("EMBER_STOCK_KERNEL").is_none() {
-        eprintln!(
-            "SKIP: set EMBER_STOCK_KERNEL=1 (after scripts/fetch-distro-kernel) to boot Debian's \
-             stock cloud kernel; it takes more than ten minutes on software-nested hosts"
-        );
-        return;
-    }
-    let kernel = repo_root().join("guest-images/out/debian-cloud/vmlinuz");
-    assert!(kernel.exists(), "run scripts/fetch-distro-kernel first");
-    let mut vm = TestVm::start(
-        VmArgs::kernel(&kernel)
-            .arg("--vcpus", 2)
-            .arg("--cmdline", "console=ttyS0 reboot=k panic=1"),
-    );
-    vm.wait_for_line("ACPI: RSDP 0x00000000000E0000", STOCK_TIMEOUT);
-    vm.wait_for_line(
-        "ACPI: Using ACPI (MADT) for SMP configuration",
-        STOCK_TIMEOUT,
-    );
-    vm.wait_for_line("smp: Brought up 1 node, 2 CPUs", STOCK_TIMEOUT);
-    vm.signal(15);
-    assert_eq!(vm.exit_code(Duration::from_secs(30)), 143, "{}", vm.log());
-}
-
-/// The stock kernel is several times larger than the reference one and slower to boot here.
-const STOCK_TIMEOUT: Duration = Duration::from_secs(1200);
