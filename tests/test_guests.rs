@@ -245,3 +245,24 @@ fn test_vcpu_threads_are_named() {
     vm.send(b"quit\n");
     assert_eq!(vm.exit_code(GUEST_TIMEOUT), 0);
 }
+
+/// Where a 64-bit SYSCALL from ring 3 arrives: ring 0 on hardware KVM; ring 3 on software-nested
+/// hosts (the misdelivery the SYSCALL repair exists for; if this starts failing there, the host
+/// was fixed and the repair can become conditional on this probe). The guest's writes of STAR,
+/// LSTAR and SFMASK go through Ember's MSR trap there, and its SFMASK of 0 leaves the repair
+/// unarmed, so the guest sees the host's raw behaviour.
+#[test]
+fn test_syscall_probe_sees_the_hosts_delivery() {
+    let vm = boot_to_done(VmArgs::guest("syscall"), "syscall");
+    let expected = if ember::host::HostKind::detect().is_software_nested() {
+        "EMBER-TEST syscall ring=3 rcx=ok"
+    } else {
+        "EMBER-TEST syscall ring=0 rcx=ok"
+    };
+    assert!(
+        vm.console().iter().any(|l| l == expected),
+        "{:?}",
+        vm.console()
+    );
+    assert!(!vm.log().contains("SYSCALL repair armed"), "{}", vm.log());
+}

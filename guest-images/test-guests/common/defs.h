@@ -25,6 +25,7 @@
 #define SVC_WRITE    3               /* write RSI bytes at RDI to COM1 from ring 0 */
 #define SVC_PIO_READS 4              /* RDI (multiple of 16) `inb` from port DX in ring 0 */
 #define SVC_R0_SPIN  5               /* the same loop without port access (baseline) */
+#define SVC_SYSCALL_SETUP 6          /* EFER.SCE, STAR (user 0x2b/0x23, kernel 0x10), LSTAR = RDI, SFMASK 0 */
 
 /* Boot protocols, as passed from the entry code to ring 3. */
 #define PROTO_PVH     0

@@ -286,6 +286,8 @@ isr_common:
         je      svc_pio_reads
         cmpl    $SVC_R0_SPIN, %eax
         je      svc_r0_spin
+        cmpl    $SVC_SYSCALL_SETUP, %eax
+        je      svc_syscall_setup
         cmpl    $SVC_HALT, %eax
         je      halt_forever
         cmpl    $SVC_TRIPLE, %eax
@@ -338,6 +340,28 @@ svc_r0_spin:
         .endr
         decq    %rdi
         jnz     1b
+        /* fall through */
+
+/* SVC_SYSCALL_SETUP(RDI = LSTAR): SYSCALL on, with SYSRET to SEL_UCODE/SEL_UDATA
+ * (STAR[63:48] + 16 and + 8) and kernel CS SEL_CODE64; no flags masked. */
+svc_syscall_setup:
+        movl    $0xc0000080, %ecx       /* EFER */
+        rdmsr
+        orl     $1, %eax                /* SCE */
+        wrmsr
+        movl    $0xc0000081, %ecx       /* STAR */
+        xorl    %eax, %eax
+        movl    $((SEL_UDATA - 8) << 16) | SEL_CODE64, %edx
+        wrmsr
+        movl    $0xc0000082, %ecx       /* LSTAR */
+        movl    %edi, %eax
+        movq    %rdi, %rdx
+        shrq    $32, %rdx
+        wrmsr
+        movl    $0xc0000084, %ecx       /* SFMASK */
+        xorl    %eax, %eax
+        xorl    %edx, %edx
+        wrmsr
         /* fall through */
 
 svc_return:
