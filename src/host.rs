@@ -7,6 +7,7 @@
 //! |---|---|
 //! | CPUID feature bits set with KVM_SET_CPUID2 do not reach the guest; XRSTOR fails | `noxsave` on the guest command line |
 //! | CLAC (SMAP), POPCNT and CMPXCHG16B fail to emulate | `clearcpuid=smap,popcnt,cx16` on the command line (merged with the user's `clearcpuid=`) |
+//! | LSL fails to emulate: with FSGSBASE, `paranoid_entry` (#DB, NMI, #DF from kernel mode) looks up the per-CPU GS base with it (seen on a 2-vCPU boot, vCPU 1) | `fsgsbase` in `clearcpuid=`: the kernel reads MSR_GS_BASE instead |
 //! | Kernel SIMD code fails to emulate: LDMXCSR in `kernel_fpu_begin`, then MOVD/PSHUFB on XMM registers (Debian's stock kernel: blake2s at ~130 s of boot; emulating LDMXCSR alone only moved the crash to the next SSE instruction) | `clearcpuid=ssse3,sse4_1,sse4_2,aes,pclmulqdq,sha_ni,avx,avx2,avx512f`: crypto and checksum code takes the generic C paths |
 //! | The crypto self-tests (RSA) keep both vCPUs busy for 10+ minutes; certificate loading times out | `cryptomgr.notests=1` |
 //! | A user-mode SYSCALL reaches LSTAR still in ring 3 and faults there (#PF), so init dies on its first system call | `vstate::syscall_repair`: hardware breakpoints on the guest's #PF/#GP handlers finish the SYSCALL by hand (~280 us per call) |
@@ -88,8 +89,12 @@ pub const PVM_CMDLINE: [(&str, &str); 3] = [
 /// Linux honours only the last `clearcpuid=`), each group with the reason it is logged with.
 /// CPUID masks set with KVM_SET_CPUID2 do not reach the guest here, so the command line is
 /// the only way.
-pub const PVM_CLEARCPUID: [(&str, &str); 4] = [
+pub const PVM_CLEARCPUID: [(&str, &str); 5] = [
     ("smap", "CLAC fails to emulate"),
+    (
+        "fsgsbase",
+        "LSL fails to emulate (paranoid_entry's per-CPU GS base lookup with FSGSBASE: #DB, NMI and #DF entries)",
+    ),
     ("popcnt", "POPCNT fails to emulate"),
     (
         "cx16",
@@ -253,7 +258,7 @@ mod tests {
     }
 
     const POLICY_FEATURES: &str =
-        "smap,popcnt,cx16,ssse3,sse4_1,sse4_2,aes,pclmulqdq,sha_ni,avx,avx2,avx512f";
+        "smap,fsgsbase,popcnt,cx16,ssse3,sse4_1,sse4_2,aes,pclmulqdq,sha_ni,avx,avx2,avx512f";
 
     #[test]
     fn test_extend_cmdline_appends_once() {

@@ -42,8 +42,7 @@ fn test_linux_two_cpus_runs_init_and_userspace_checks() {
         .arg("--initrd", initrd.display())
         .arg("--vcpus", 2)
         .arg("--memory", 256)
-        .arg("--cmdline", &cmdline)
-        .arg("--log-level", "info");
+        .arg("--cmdline", &cmdline);
     let mut vm = TestVm::start(args);
 
     let line = vm.wait_for_line("Command line:", LINUX_TIMEOUT);

@@ -42,8 +42,7 @@ fn test_stock_debian_kernel_boots_to_userspace_and_powers_off() {
             .arg(
                 "--cmdline",
                 "console=ttyS0 reboot=k panic=1 ember.test=stock",
-            )
-            .arg("--log-level", "info"),
+            ),
     );
     vm.wait_for_line("ACPI: RSDP 0x00000000000E0000", STOCK_TIMEOUT);
     vm.wait_for_line(

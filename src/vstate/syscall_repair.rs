@@ -251,7 +251,7 @@ pub fn translate(mem: &GuestMemoryMmap, cr3: u64, gva: u64) -> Option<u64> {
 }
 
 /// Reads guest-virtual memory, page by page (5-level paging goes through KVM_TRANSLATE).
-fn read_virt(
+pub(crate) fn read_virt(
     mem: &GuestMemoryMmap,
     fd: &VcpuFd,
     sregs: &kvm_sregs,
@@ -419,6 +419,10 @@ impl SyscallRepair {
             sfmask: m[2].data,
         };
         if !self.msrs.repairable() {
+            if self.armed {
+                // The guest turned SYSCALL off or stopped masking IF: nothing to repair safely.
+                self.disarm(fd);
+            }
             return;
         }
         let mut handlers = [0u64; 2];
@@ -461,6 +465,22 @@ impl SyscallRepair {
         }
     }
 
+    /// Takes the breakpoints off.
+    fn disarm(&mut self, fd: &mut VcpuFd) {
+        if let Err(e) = fd.set_guest_debug(&kvm_guest_debug::default()) {
+            log::warn!(
+                "vCPU {}: cannot take the SYSCALL repair breakpoints off: {e}",
+                self.index
+            );
+        }
+        self.armed = false;
+        self.handlers = [0; 2];
+        log::debug!(
+            "Software-nested KVM: vCPU {}: SYSCALL repair disarmed",
+            self.index
+        );
+    }
+
     /// Handles a KVM_EXIT_DEBUG.
     pub fn on_debug(
         &mut self,
@@ -475,7 +495,7 @@ impl SyscallRepair {
             self.stepping = false;
             if let Err(e) = fd.set_guest_debug(&self.debug_control(false)) {
                 log::warn!("vCPU {}: cannot re-arm the SYSCALL repair: {e}", self.index);
-                self.armed = false;
+                self.disarm(fd);
             }
             return DebugOutcome::Handled;
         }
@@ -548,8 +568,7 @@ impl SyscallRepair {
                     "vCPU {}: cannot single-step past the SYSCALL repair breakpoint ({e}); repair off",
                     self.index
                 );
-                let _ = fd.set_guest_debug(&kvm_guest_debug::default());
-                self.armed = false;
+                self.disarm(fd);
             }
         }
     }

@@ -426,6 +426,8 @@ const KVM_SYSTEM_EVENT_RESET: u32 = 2;
 const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
 const BREAKPOINT_VECTOR: u8 = 3;
 const MAX_INSN_LEN: usize = 15;
+/// Stack words logged at a guest crash.
+const STACK_WORDS: usize = 24;
 
 impl VcpuRunner {
     fn run(&mut self) -> VcpuExitReason {
@@ -611,7 +613,10 @@ impl VcpuRunner {
         );
         let crash = || VcpuExitReason::Crash(description.clone());
         match fixup {
-            None => Err(crash()),
+            None => {
+                self.log_guest_stack(&regs);
+                Err(crash())
+            }
             Some(EmulationFixup::Skip(len)) => {
                 log::debug!(
                     "vCPU {}: skipping unemulated instruction {:02x?} at {:#x}",
@@ -638,6 +643,33 @@ impl VcpuRunner {
                 self.fd.set_vcpu_events(&events).map_err(|_| crash())
             }
         }
+    }
+
+    /// Logs (debug) the top of the guest stack at a crash: the return addresses there name the
+    /// kernel path that reached the failing instruction (map them through System.map).
+    fn log_guest_stack(&self, regs: &kvm_bindings::kvm_regs) {
+        let Ok(sregs) = self.fd.get_sregs() else {
+            return;
+        };
+        let mut raw = [0u8; 8 * STACK_WORDS];
+        if !syscall_repair::read_virt(&self.ctx.mem, &self.fd, &sregs, regs.rsp, &mut raw) {
+            return;
+        }
+        let words: Vec<String> = raw
+            .chunks_exact(8)
+            .map(|w| {
+                let mut q = [0u8; 8];
+                q.copy_from_slice(w);
+                format!("{:#x}", u64::from_le_bytes(q))
+            })
+            .collect();
+        log::debug!(
+            "vCPU {}: guest stack at {:#x} (CS {:#x}): {}",
+            self.index,
+            regs.rsp,
+            sregs.cs.selector,
+            words.join(" ")
+        );
     }
 
     /// The VMCALL spin guard: a VMCALL that KVM never completes leaves RIP on it. Seen twice in
