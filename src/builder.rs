@@ -185,10 +185,10 @@ fn decide_policy(config: &VmConfig) -> Result<(HostPolicy, String), StartError> 
 /// Step 3: load kernel, initrd and command line into guest memory.
 fn load_boot_payload(
     mem: &GuestMemoryMmap,
+    mem_size: u64,
     config: &VmConfig,
     cmdline: &str,
 ) -> Result<(LoadedKernel, Option<LoadedInitrd>), StartError> {
-    let mem_size = config.machine.memory_bytes();
     let kernel = kernel::load_kernel(mem, mem_size, &config.boot.kernel, config.boot.protocol)?;
     log::info!(
         "Kernel loaded: entry {:#x} ({:?}), image ends at {:#x}",
@@ -215,12 +215,13 @@ fn load_boot_payload(
 /// Step 4: the boot information the entry protocol expects, the MP table and the ACPI tables.
 fn write_boot_info(
     mem: &GuestMemoryMmap,
+    mem_size: u64,
     config: &VmConfig,
     kernel: &LoadedKernel,
     initrd: Option<LoadedInitrd>,
     cmdline_len: usize,
 ) -> Result<(), StartError> {
-    let e820 = arch::e820_map(config.machine.memory_bytes());
+    let e820 = arch::e820_map(mem_size);
     let announced: Vec<VirtioMmioDevice> = if config.virtio_discovery.acpi() {
         virtio_slots(config)?
             .into_iter()
@@ -490,11 +491,12 @@ pub fn build_microvm(config: &VmConfig) -> Result<Vmm, StartError> {
     let host = open_host(config)?;
     let (policy, cmdline) = decide_policy(config)?;
     log::info!("Guest command line: {cmdline}");
-    let mem = memory::create_guest_memory(config.machine.memory_bytes())?;
+    let mem_size = config.machine.memory_bytes().map_err(ConfigError::from)?;
+    let mem = memory::create_guest_memory(mem_size)?;
     let vm = Vm::new(&host)?;
     vm.register_memory(&mem)?;
-    let (kernel, initrd) = load_boot_payload(&mem, config, &cmdline)?;
-    write_boot_info(&mem, config, &kernel, initrd, cmdline.len())?;
+    let (kernel, initrd) = load_boot_payload(&mem, mem_size, config, &cmdline)?;
+    write_boot_info(&mem, mem_size, config, &kernel, initrd, cmdline.len())?;
     let mut devices = create_devices(&vm, config)?;
     create_virtio_devices(&vm, &mem, config, &mut devices)?;
     let vcpus = create_vcpus(&host, &vm, &mem, config, policy, &kernel)?;
