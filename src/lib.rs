@@ -11,6 +11,8 @@ pub mod arch;
 pub mod builder;
 /// `VmConfig`, its resources, validation and the command-line front end.
 pub mod config;
+/// Interrupt lines and MMIO windows of the virtio devices, from allocators.
+pub mod device_manager;
 /// Emulated devices and the port/MMIO buses.
 pub mod devices;
 /// Lifecycle event lines (`--events`).
