@@ -289,9 +289,18 @@ pub struct Devices {
     pub queue_kicks: Vec<EventFd>,
 }
 
-/// Legacy ports Linux probes that a microVM does not have (CMOS RTC, POST diagnostics, COM2-4):
-/// reads return all-ones and the accesses are logged only at debug level.
-const QUIET_PORTS: [(u64, u64); 5] = [(0x70, 2), (0x80, 1), (0x2f8, 8), (0x3e8, 8), (0x2e8, 8)];
+/// Legacy ports Linux probes that a microVM does not have (CMOS RTC, POST diagnostics, COM2-4,
+/// and the PCI configuration mechanism at 0xcf8-0xcff, which Linux probes on every boot): reads
+/// return all-ones and writes are ignored, which is the "nothing here" answer (for PCI: no
+/// configuration mechanism, so no PCI bus), and the accesses are logged only at debug level.
+const QUIET_PORTS: [(u64, u64); 6] = [
+    (0x70, 2),
+    (0x80, 1),
+    (0x2f8, 8),
+    (0x3e8, 8),
+    (0x2e8, 8),
+    (0xcf8, 8),
+];
 
 /// Step 5: legacy devices on the port bus (UART, i8042, ACPI PM registers), their interrupts
 /// wired through irqfds.

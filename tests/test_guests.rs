@@ -222,6 +222,19 @@ fn test_unknown_port_is_logged_and_reads_all_ones() {
     );
 }
 
+/// The PCI configuration ports answer "no PCI here" (all-ones, writes ignored) without a
+/// warning: Linux probes them on every boot, and the user's console is no place for that.
+#[test]
+fn test_pci_config_ports_read_all_ones_without_warning() {
+    let vm = boot_to_done(
+        VmArgs::guest("fault").arg("--cmdline", "fault=pci"),
+        "fault",
+    );
+    assert!(vm.console().contains(&"PCI addr 0xffffffff".to_string()));
+    assert!(vm.console().contains(&"PCI data 0xffffffff".to_string()));
+    assert!(!vm.log().contains("WARN"), "{}", vm.log());
+}
+
 #[test]
 fn test_sigterm_stops_vm_with_signal_code() {
     let mut vm = TestVm::start(VmArgs::guest("echo"));
