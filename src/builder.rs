@@ -115,9 +115,8 @@ fn allocate_devices(config: &VmConfig) -> Result<Vec<VirtioSlot>, StartError> {
     allocate_virtio_slots(config.drives.len() + config.nets.len()).ok_or(StartError::TooManyDevices)
 }
 
-/// The command-line additions for the devices: the root disk and, for kernels that find
-/// virtio-mmio devices on the command line, one `virtio_mmio.device=` per device (unless
-/// `--virtio-discovery acpi`).
+/// The command-line additions for the devices: the root disk and, when `--virtio-discovery`
+/// says so (`cmdline`, `both`, or `auto` with `acpi=off`), one `virtio_mmio.device=` per device.
 fn device_cmdline(config: &VmConfig, slots: &[VirtioSlot], cmdline: &mut String) {
     if let Some((i, drive)) = config.drives.iter().enumerate().find(|(_, d)| d.root) {
         if cmdline.split_whitespace().any(|w| w.starts_with("root=")) {
@@ -131,7 +130,7 @@ fn device_cmdline(config: &VmConfig, slots: &[VirtioSlot], cmdline: &mut String)
             cmdline.push_str(&format!(" root=/dev/{name} {mode}"));
         }
     }
-    if !config.virtio_discovery.cmdline() {
+    if !config.virtio_discovery.cmdline(&config.boot.cmdline) {
         if !slots.is_empty() && cmdline.split_whitespace().any(|w| w == "acpi=off") {
             log::warn!(
                 "Virtio devices are announced only in ACPI, but the command line has acpi=off"
@@ -221,7 +220,7 @@ fn write_boot_info(
     cmdline_len: usize,
 ) -> Result<(), StartError> {
     let e820 = arch::e820_map(mem_size);
-    let announced: Vec<VirtioMmioDevice> = if config.virtio_discovery.acpi() {
+    let announced: Vec<VirtioMmioDevice> = if config.virtio_discovery.acpi(&config.boot.cmdline) {
         slots
             .iter()
             .map(|s| VirtioMmioDevice {

@@ -55,7 +55,7 @@ fn check_blk_lines(lines: &[String], before: &[u8], path: &std::path::Path) {
 fn blk_check_run(name: &str, cmdline: &str) -> (Vec<String>, Vec<u8>) {
     let (path, before) = pattern_disk(name, 1 << 20);
     let mut vm = TestVm::start(
-        VmArgs::guest("blk")
+        VmArgs::device_guest("blk")
             .arg("--disk", format!("path={}", path.display()))
             .arg("--cmdline", cmdline),
     );
@@ -89,7 +89,7 @@ fn test_blk_guest_request_posted_before_driver_ok_completes() {
 fn test_blk_guest_perf_mode_completes_every_phase() {
     let (path, _) = pattern_disk("blk-perf.img", 2 << 20);
     let mut vm = TestVm::start(
-        VmArgs::guest("blk")
+        VmArgs::device_guest("blk")
             .arg("--disk", format!("path={}", path.display()))
             .arg("--cmdline", "blk=perf mib=1 bs=16384 ops=64 qd=8"),
     );
@@ -144,7 +144,7 @@ fn test_blk_guest_under_qemu_microvm_matches_host_file() {
 
 #[test]
 fn test_blk_guest_without_disk_fails_cleanly() {
-    let mut vm = TestVm::start(VmArgs::guest("blk"));
+    let mut vm = TestVm::start(VmArgs::device_guest("blk"));
     vm.wait_for_line("EMBER-TEST blk fail no-virtio-mmio-device", GUEST_TIMEOUT);
     assert_eq!(vm.exit_code(GUEST_TIMEOUT), 0);
 }
@@ -153,7 +153,7 @@ fn test_blk_guest_without_disk_fails_cleanly() {
 fn test_exits_guest_reports_each_loop() {
     let (path, _) = pattern_disk("exits.img", 4096);
     let mut vm = TestVm::start(
-        VmArgs::guest("exits")
+        VmArgs::device_guest("exits")
             .arg("--disk", format!("path={}", path.display()))
             .arg("--cmdline", "mmio=200 pio=64"),
     );

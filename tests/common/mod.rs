@@ -69,6 +69,13 @@ impl VmArgs {
         VmArgs::kernel(&test_guest(name))
     }
 
+    /// Boots test guest `name` that drives a virtio device (`blk`, `net`, `exits`): these
+    /// guests find their device on the command line, so it is announced there
+    /// (`--virtio-discovery cmdline`; by default Ember announces devices in the DSDT).
+    pub fn device_guest(name: &str) -> Self {
+        VmArgs::guest(name).arg("--virtio-discovery", "cmdline")
+    }
+
     /// Boots the kernel at `path`.
     pub fn kernel(path: &Path) -> Self {
         VmArgs {
