@@ -109,9 +109,9 @@ fn test_linux_finds_disk_through_dsdt_and_cpus_through_madt() {
 #[test]
 fn test_stock_debian_kernel_finds_acpi_tables_and_two_cpus() {
     if std::env::var_os("EMBER_STOCK_KERNEL").is_none() {
-        eprintln!(
-            "SKIP: set EMBER_STOCK_KERNEL=1 (after scripts/fetch-distro-kernel) to boot Debian's \
-             stock cloud kernel; it takes more than ten minutes on software-nested hosts"
+        common::skip(
+            "opt-in: set EMBER_STOCK_KERNEL=1 (after scripts/fetch-distro-kernel) to boot \
+             Debian's stock cloud kernel; it takes more than ten minutes on software-nested hosts",
         );
         return;
     }

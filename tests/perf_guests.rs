@@ -111,12 +111,7 @@ fn test_blk_guest_perf_mode_completes_every_phase() {
 
 #[test]
 fn test_blk_guest_under_qemu_microvm_matches_host_file() {
-    let found = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("SKIP: qemu-system-x86_64 not installed (Debian package qemu-system-x86)");
+    if !common::qemu_available() {
         return;
     }
     let (path, before) = pattern_disk("blk-qemu.img", 1 << 20);
