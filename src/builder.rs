@@ -17,6 +17,7 @@ use crate::arch::kernel::{self, BootProtocol, LoadedInitrd, LoadedKernel};
 use crate::arch::layout::{ACPI_PM1A_EVT_PORT, BOOT_TIMER_START, CMDLINE_START, SERIAL_IRQ};
 use crate::arch::{self, boot_params, mptable};
 use crate::config::{ConfigError, HostLimits, SerialConfig, VmConfig, boot};
+use crate::device_manager::{MAX_VIRTIO_DEVICES, VirtioSlot, allocate_virtio_slots};
 use crate::devices::acpi::{ACPI_PM_PORT_LEN, AcpiPm};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::EventFdTrigger;
@@ -74,10 +75,7 @@ pub enum StartError {
     #[error(transparent)]
     Net(#[from] NetError),
     /// More virtio devices than free interrupt lines.
-    #[error(
-        "Too many devices: at most {} disks and network interfaces together",
-        arch::MAX_VIRTIO_DEVICES
-    )]
+    #[error("Too many devices: at most {MAX_VIRTIO_DEVICES} disks and network interfaces together")]
     TooManyDevices,
     /// An ioeventfd could not be registered.
     #[error("Failed to register the queue notification of {0}")]
@@ -112,14 +110,15 @@ fn open_host(config: &VmConfig) -> Result<KvmHost, StartError> {
     Ok(host)
 }
 
-/// The command-line additions for the devices: the root disk and, for kernels that find
-/// virtio-mmio devices on the command line, one `virtio_mmio.device=` per device (unless
-/// `--virtio-discovery acpi`).
-fn device_cmdline(config: &VmConfig, cmdline: &mut String) -> Result<(), StartError> {
-    let count = config.drives.len() + config.nets.len();
-    if count > arch::MAX_VIRTIO_DEVICES {
-        return Err(StartError::TooManyDevices);
-    }
+/// Step 1b: the interrupt line and register window of every virtio device, in device order
+/// (disks, then NICs). Everything after this reads them from here.
+fn allocate_devices(config: &VmConfig) -> Result<Vec<VirtioSlot>, StartError> {
+    allocate_virtio_slots(config.drives.len() + config.nets.len()).ok_or(StartError::TooManyDevices)
+}
+
+/// The command-line additions for the devices: the root disk and, when `--virtio-discovery`
+/// says so (`cmdline`, `both`, or `auto` with `acpi=off`), one `virtio_mmio.device=` per device.
+fn device_cmdline(config: &VmConfig, slots: &[VirtioSlot], cmdline: &mut String) {
     if let Some((i, drive)) = config.drives.iter().enumerate().find(|(_, d)| d.root) {
         if cmdline.split_whitespace().any(|w| w.starts_with("root=")) {
             log::warn!(
@@ -132,25 +131,20 @@ fn device_cmdline(config: &VmConfig, cmdline: &mut String) -> Result<(), StartEr
             cmdline.push_str(&format!(" root=/dev/{name} {mode}"));
         }
     }
-    if !config.virtio_discovery.cmdline() {
-        if count > 0 && cmdline.split_whitespace().any(|w| w == "acpi=off") {
+    if !config.virtio_discovery.cmdline(&config.boot.cmdline) {
+        if !slots.is_empty() && cmdline.split_whitespace().any(|w| w == "acpi=off") {
             log::warn!(
                 "Virtio devices are announced only in ACPI, but the command line has acpi=off"
             );
         }
-        return Ok(());
+        return;
     }
-    for (base, irq) in virtio_slots(config)? {
-        cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+    for slot in slots {
+        cmdline.push_str(&format!(
+            " virtio_mmio.device=4K@{:#x}:{}",
+            slot.base, slot.irq
+        ));
     }
-    Ok(())
-}
-
-/// The (window base, IRQ) of every virtio-mmio device, in slot order (disks, then NICs).
-fn virtio_slots(config: &VmConfig) -> Result<Vec<(u64, u32)>, StartError> {
-    (0..config.drives.len() + config.nets.len())
-        .map(|index| arch::virtio_mmio_slot(index).ok_or(StartError::TooManyDevices))
-        .collect()
 }
 
 /// The guest's name for disk number `index`: vda, vdb, ..., vdz, vdaa, ...
@@ -166,7 +160,10 @@ pub fn disk_name(index: usize) -> String {
 }
 
 /// Step 2: decide the compatibility policy and build the final command line.
-fn decide_policy(config: &VmConfig) -> Result<(HostPolicy, String), StartError> {
+fn decide_policy(
+    config: &VmConfig,
+    slots: &[VirtioSlot],
+) -> Result<(HostPolicy, String), StartError> {
     let kind = HostKind::detect();
     let policy = HostPolicy::decide(config.pvm_compat, kind);
     if policy.pvm {
@@ -177,7 +174,7 @@ fn decide_policy(config: &VmConfig) -> Result<(HostPolicy, String), StartError> 
         );
     }
     let mut cmdline = config.boot.cmdline.clone();
-    device_cmdline(config, &mut cmdline)?;
+    device_cmdline(config, slots, &mut cmdline);
     policy.extend_cmdline(&mut cmdline);
     boot::check_cmdline(&cmdline).map_err(ConfigError::from)?;
     Ok((policy, cmdline))
@@ -186,10 +183,10 @@ fn decide_policy(config: &VmConfig) -> Result<(HostPolicy, String), StartError> 
 /// Step 3: load kernel, initrd and command line into guest memory.
 fn load_boot_payload(
     mem: &GuestMemoryMmap,
+    mem_size: u64,
     config: &VmConfig,
     cmdline: &str,
 ) -> Result<(LoadedKernel, Option<LoadedInitrd>), StartError> {
-    let mem_size = config.machine.memory_bytes();
     let kernel = kernel::load_kernel(mem, mem_size, &config.boot.kernel, config.boot.protocol)?;
     log::info!(
         "Kernel loaded: entry {:#x} ({:?}), image ends at {:#x}",
@@ -216,16 +213,21 @@ fn load_boot_payload(
 /// Step 4: the boot information the entry protocol expects, the MP table and the ACPI tables.
 fn write_boot_info(
     mem: &GuestMemoryMmap,
+    mem_size: u64,
     config: &VmConfig,
+    slots: &[VirtioSlot],
     kernel: &LoadedKernel,
     initrd: Option<LoadedInitrd>,
     cmdline_len: usize,
 ) -> Result<(), StartError> {
-    let e820 = arch::e820_map(config.machine.memory_bytes());
-    let announced: Vec<VirtioMmioDevice> = if config.virtio_discovery.acpi() {
-        virtio_slots(config)?
-            .into_iter()
-            .map(|(base, irq)| VirtioMmioDevice { base, irq })
+    let e820 = arch::e820_map(mem_size);
+    let announced: Vec<VirtioMmioDevice> = if config.virtio_discovery.acpi(&config.boot.cmdline) {
+        slots
+            .iter()
+            .map(|s| VirtioMmioDevice {
+                base: s.base,
+                irq: s.irq,
+            })
             .collect()
     } else {
         Vec::new()
@@ -287,9 +289,18 @@ pub struct Devices {
     pub queue_kicks: Vec<EventFd>,
 }
 
-/// Legacy ports Linux probes that a microVM does not have (CMOS RTC, POST diagnostics, COM2-4):
-/// reads return all-ones and the accesses are logged only at debug level.
-const QUIET_PORTS: [(u64, u64); 5] = [(0x70, 2), (0x80, 1), (0x2f8, 8), (0x3e8, 8), (0x2e8, 8)];
+/// Legacy ports Linux probes that a microVM does not have (CMOS RTC, POST diagnostics, COM2-4,
+/// and the PCI configuration mechanism at 0xcf8-0xcff, which Linux probes on every boot): reads
+/// return all-ones and writes are ignored, which is the "nothing here" answer (for PCI: no
+/// configuration mechanism, so no PCI bus), and the accesses are logged only at debug level.
+const QUIET_PORTS: [(u64, u64); 6] = [
+    (0x70, 2),
+    (0x80, 1),
+    (0x2f8, 8),
+    (0x3e8, 8),
+    (0x2e8, 8),
+    (0xcf8, 8),
+];
 
 /// Step 5: legacy devices on the port bus (UART, i8042, ACPI PM registers), their interrupts
 /// wired through irqfds.
@@ -372,11 +383,11 @@ struct VirtioAttach<'a> {
 }
 
 impl VirtioAttach<'_> {
-    /// Puts `device` behind a virtio-mmio transport in slot `index`: register window on the MMIO
-    /// bus, queue notifications through ioeventfds, interrupt through an irqfd.
+    /// Puts `device` behind a virtio-mmio transport in `slot`: register window on the MMIO bus,
+    /// queue notifications through ioeventfds, interrupt through an irqfd.
     fn attach<D>(
         &mut self,
-        index: usize,
+        slot: VirtioSlot,
         name: String,
         device: Arc<Mutex<D>>,
         interrupt: Arc<VirtioInterrupt>,
@@ -384,7 +395,7 @@ impl VirtioAttach<'_> {
     where
         D: VirtioDevice + 'static,
     {
-        let (base, _) = arch::virtio_mmio_slot(index).ok_or(StartError::TooManyDevices)?;
+        let base = slot.base;
         {
             let dev = device.lock().expect("new device lock");
             for (q, evt) in dev.queue_events().iter().enumerate() {
@@ -404,19 +415,19 @@ impl VirtioAttach<'_> {
     }
 }
 
-/// The interrupt of virtio slot `index`, wired to its GSI.
-fn virtio_interrupt(vm: &Vm, index: usize) -> Result<Arc<VirtioInterrupt>, StartError> {
-    let (_, irq) = arch::virtio_mmio_slot(index).ok_or(StartError::TooManyDevices)?;
+/// The interrupt of virtio `slot`, wired to its GSI.
+fn virtio_interrupt(vm: &Vm, slot: VirtioSlot) -> Result<Arc<VirtioInterrupt>, StartError> {
     let evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("a virtio irq eventfd"))?;
-    vm.register_irqfd(&evt, irq)?;
+    vm.register_irqfd(&evt, slot.irq)?;
     Ok(Arc::new(VirtioInterrupt::new(evt)))
 }
 
-/// Step 6: the virtio devices, in the order the command line announced them (disks, then NICs).
+/// Step 6: the virtio devices in their allocated slots (disks, then NICs).
 fn create_virtio_devices(
     vm: &Vm,
     mem: &GuestMemoryMmap,
     config: &VmConfig,
+    slots: &[VirtioSlot],
     devices: &mut Devices,
 ) -> Result<(), StartError> {
     let mut mmio = Bus::new("MMIO");
@@ -426,14 +437,15 @@ fn create_virtio_devices(
         BOOT_TIMER_LEN,
     )?;
     let mut kicks = Vec::new();
-    let mut slots = VirtioAttach {
+    let mut attach = VirtioAttach {
         vm,
         mem,
         mmio: &mut mmio,
         kicks: &mut kicks,
     };
-    for (index, drive) in config.drives.iter().enumerate() {
-        let interrupt = virtio_interrupt(vm, index)?;
+    let (disk_slots, net_slots) = slots.split_at(config.drives.len());
+    for (index, (drive, &slot)) in config.drives.iter().zip(disk_slots).enumerate() {
+        let interrupt = virtio_interrupt(vm, slot)?;
         let block = Arc::new(Mutex::new(Block::new(
             &drive.id,
             &drive.path,
@@ -442,12 +454,11 @@ fn create_virtio_devices(
             devices.paused.clone(),
         )?));
         let name = format!("disk {} ({})", drive.id, disk_name(index));
-        slots.attach(index, name, block.clone(), interrupt)?;
+        attach.attach(slot, name, block.clone(), interrupt)?;
         devices.virtio.push(block);
     }
-    for (i, net) in config.nets.iter().enumerate() {
-        let index = config.drives.len() + i;
-        let interrupt = virtio_interrupt(vm, index)?;
+    for (i, (net, &slot)) in config.nets.iter().zip(net_slots).enumerate() {
+        let interrupt = virtio_interrupt(vm, slot)?;
         let device = Arc::new(Mutex::new(Net::new(
             &net.id,
             &net.tap,
@@ -456,7 +467,7 @@ fn create_virtio_devices(
             devices.paused.clone(),
         )?));
         let name = format!("net {} (eth{i})", net.id);
-        slots.attach(index, name, device.clone(), interrupt)?;
+        attach.attach(slot, name, device.clone(), interrupt)?;
         devices.virtio.push(device);
     }
     devices.queue_kicks = kicks;
@@ -507,15 +518,25 @@ fn arm_syscall_repair(vm: &Vm, policy: HostPolicy) -> Option<Arc<RepairCounters>
 /// vCPU runs yet.
 pub fn build_microvm(config: &VmConfig) -> Result<Vmm, StartError> {
     let host = open_host(config)?;
-    let (policy, cmdline) = decide_policy(config)?;
+    let slots = allocate_devices(config)?;
+    let (policy, cmdline) = decide_policy(config, &slots)?;
     log::info!("Guest command line: {cmdline}");
-    let mem = memory::create_guest_memory(config.machine.memory_bytes())?;
+    let mem_size = config.machine.memory_bytes().map_err(ConfigError::from)?;
+    let mem = memory::create_guest_memory(mem_size)?;
     let vm = Vm::new(&host)?;
     vm.register_memory(&mem)?;
-    let (kernel, initrd) = load_boot_payload(&mem, config, &cmdline)?;
-    write_boot_info(&mem, config, &kernel, initrd, cmdline.len())?;
+    let (kernel, initrd) = load_boot_payload(&mem, mem_size, config, &cmdline)?;
+    write_boot_info(
+        &mem,
+        mem_size,
+        config,
+        &slots,
+        &kernel,
+        initrd,
+        cmdline.len(),
+    )?;
     let mut devices = create_devices(&vm, config)?;
-    create_virtio_devices(&vm, &mem, config, &mut devices)?;
+    create_virtio_devices(&vm, &mem, config, &slots, &mut devices)?;
     let vcpus = create_vcpus(&host, &vm, &mem, config, policy, &kernel)?;
     let repair = arm_syscall_repair(&vm, policy);
     Ok(Vmm::new(vm, mem, vcpus, devices, policy, repair))

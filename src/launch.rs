@@ -37,7 +37,7 @@ pub struct LaunchOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     /// The configuration is incomplete or invalid.
-    #[error("Invalid configuration: {0}")]
+    #[error("Invalid configuration")]
     Config(#[from] ConfigError),
     /// The events file could not be opened.
     #[error(transparent)]
@@ -218,12 +218,7 @@ fn start(draft: &VmConfigDraft) -> Result<(Vmm, VmConfig), ApiResponse> {
     match build_microvm(&config) {
         Ok(vmm) => Ok((vmm, config)),
         Err(e) => {
-            let mut message = format!("Cannot start the microVM: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
+            let message = format!("Cannot start the microVM: {}", crate::error_chain(&e));
             log::error!("{message}");
             Err(ApiResponse::bad_request(&format!("{message}.")))
         }

@@ -11,6 +11,8 @@ pub mod arch;
 pub mod builder;
 /// `VmConfig`, its resources, validation and the command-line front end.
 pub mod config;
+/// Interrupt lines and MMIO windows of the virtio devices, from allocators.
+pub mod device_manager;
 /// Emulated devices and the port/MMIO buses.
 pub mod devices;
 /// Lifecycle event lines (`--events`).
@@ -29,3 +31,31 @@ pub mod signals;
 pub mod vmm;
 /// KVM state: VM, guest memory and vCPU threads.
 pub mod vstate;
+
+/// An error and its chain of causes on one line, `outer: cause: root cause`. Each message says
+/// only its own part (an error that wraps another never repeats it), so this prints each once.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_error_chain_prints_each_cause_once() {
+        let dup = config::ConfigError::Drive(config::drive::DriveError::DuplicateId("x".into()));
+        let err = launch::LaunchError::Config(dup);
+        assert_eq!(
+            error_chain(&err),
+            "Invalid configuration: disk: id x is used twice"
+        );
+    }
+}

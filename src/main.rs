@@ -1,24 +1,12 @@
 //! The `ember` binary: parse the command line (or the `--config-file`) into a configuration,
 //! launch it, map the outcome to an exit status.
 
-use std::error::Error;
 use std::process::ExitCode;
 
 use clap::Parser;
 use ember::config::cli::{Cli, LogLevel};
 use ember::launch::{LaunchOptions, launch};
 use ember::vmm::{EXIT_USAGE, EXIT_VMM_ERROR};
-
-/// Prints an error and its chain of causes on one line.
-fn print_error(err: &dyn Error) {
-    let mut line = format!("ember: {err}");
-    let mut source = err.source();
-    while let Some(cause) = source {
-        line.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    eprintln!("{line}");
-}
 
 /// Clap's multi-line usage errors as one line (help and version still print in full).
 fn parse_cli() -> Result<Cli, ExitCode> {
@@ -57,11 +45,11 @@ fn main() -> ExitCode {
     let (mut draft, file_level) = match &cli.config_file {
         Some(path) => match ember::config::file::load(path) {
             Ok(loaded) => loaded,
-            Err(e) => return usage(e.to_string()),
+            Err(e) => return usage(ember::error_chain(&e)),
         },
         None => match cli.to_draft() {
             Ok(draft) => (draft, None),
-            Err(e) => return usage(format!("Invalid configuration: {e}")),
+            Err(e) => return usage(format!("Invalid configuration: {}", ember::error_chain(&e))),
         },
     };
     // The config file has no field for it: the flag applies to every front end.
@@ -78,7 +66,7 @@ fn main() -> ExitCode {
     match launch(options) {
         Ok(outcome) => ExitCode::from(outcome.exit_code() as u8),
         Err(e) => {
-            print_error(&e);
+            eprintln!("ember: {}", ember::error_chain(&e));
             let code = if e.is_usage() {
                 EXIT_USAGE
             } else {

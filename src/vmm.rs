@@ -413,7 +413,7 @@ impl Vmm {
                     controller.borrow_mut().handles = handles;
                     Self::stop_vcpus(&mut controller.borrow_mut());
                     if let Some(call) = start_call.take() {
-                        call.answer(ApiResponse::error(500, &format!("{e}")));
+                        call.answer(ApiResponse::error(500, &crate::error_chain(&e)));
                     }
                     return Err(e.into());
                 }
@@ -437,7 +437,7 @@ impl Vmm {
             controller.borrow_mut().handles = handles;
             Self::stop_vcpus(&mut controller.borrow_mut());
             if let Some(call) = start_call.take() {
-                call.answer(ApiResponse::error(500, &format!("{e}")));
+                call.answer(ApiResponse::error(500, &crate::error_chain(&e)));
             }
             return Err(e);
         }

@@ -40,26 +40,34 @@ fn test_poweroff_guest_s5_write_exits_zero_linux64() {
     assert!(vm.console().iter().any(|l| l == "RSDP 0xe0000"));
 }
 
-/// The bootinfo guest's command line with one disk and `--virtio-discovery mode`.
-fn cmdline_with_disk(mode: &str) -> String {
+/// The bootinfo guest's command line with one disk, `--virtio-discovery mode` and `cmdline`.
+fn cmdline_with_disk(mode: &str, cmdline: &str) -> String {
     let disk = scratch_dir().join(format!("discovery-{mode}.img"));
     std::fs::write(&disk, vec![0u8; 4096]).expect("write disk image");
     let mut vm = TestVm::start(
         VmArgs::guest("bootinfo")
             .arg("--disk", format!("path={}", disk.display()))
-            .arg("--virtio-discovery", mode),
+            .arg("--virtio-discovery", mode)
+            .arg("--cmdline", cmdline),
     );
     vm.wait_for_line("EMBER-TEST bootinfo done", GUEST_TIMEOUT);
     assert_eq!(vm.exit_code(GUEST_TIMEOUT), 0, "{}", vm.log());
     vm.lines_with_prefix("CMDLINE ")[0].clone()
 }
 
+/// `auto` announces each device once: in the DSDT (so not on the command line), or on the
+/// command line when it turns ACPI off. (The DSDT side: `arch::acpi` and `config::discovery`
+/// unit tests, and the reference kernel below.)
 #[test]
 fn test_virtio_discovery_modes_choose_cmdline_announcement() {
     const ANNOUNCE: &str = "virtio_mmio.device=4K@0xd0000000:5";
-    assert!(cmdline_with_disk("auto").contains(ANNOUNCE));
-    assert!(cmdline_with_disk("cmdline").contains(ANNOUNCE));
-    assert!(!cmdline_with_disk("acpi").contains("virtio_mmio"));
+    const PLAIN: &str = "console=ttyS0";
+    const NO_ACPI: &str = "console=ttyS0 acpi=off";
+    assert!(!cmdline_with_disk("auto", PLAIN).contains("virtio_mmio"));
+    assert!(cmdline_with_disk("auto", NO_ACPI).contains(ANNOUNCE));
+    assert!(cmdline_with_disk("cmdline", PLAIN).contains(ANNOUNCE));
+    assert!(cmdline_with_disk("both", PLAIN).contains(ANNOUNCE));
+    assert!(!cmdline_with_disk("acpi", PLAIN).contains("virtio_mmio"));
 }
 
 /// The reference kernel with ACPI and no `virtio_mmio.device=` on its command line: the DSDT is

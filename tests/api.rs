@@ -197,16 +197,12 @@ fn test_api_ctrl_alt_del_resets_kbd_guest() {
 /// software-nested hosts. Skipped when the images are not built, unless EMBER_REQUIRE_LINUX.
 #[test]
 fn test_api_ctrl_alt_del_reboots_reference_linux() {
-    let images = common::repo_root().join("guest-images/out");
-    let (kernel, initrd) = (images.join("vmlinux"), images.join("initramfs-idle.cpio"));
-    if !kernel.exists() || !initrd.exists() {
-        assert!(
-            std::env::var_os("EMBER_REQUIRE_LINUX").is_none(),
-            "guest images missing: run scripts/build-guest-images"
-        );
-        eprintln!("SKIP: guest images not built (run scripts/build-guest-images)");
+    let (Some(kernel), Some(initrd)) = (
+        common::linux_image("vmlinux"),
+        common::linux_image("initramfs-idle.cpio"),
+    ) else {
         return;
-    }
+    };
     let sock = sock_path("linux-cad");
     let mut vm = TestVm::start(
         VmArgs::kernel(&kernel)

@@ -217,3 +217,24 @@ fn test_help_documents_exit_codes() {
         assert!(help.contains(needle), "--help lacks {needle}");
     }
 }
+
+/// A duplicate drive id in a config file: the reason appears once in the one error line (an
+/// error that wraps another does not repeat it in its own message).
+#[test]
+fn test_config_file_duplicate_drive_id_is_reported_once() {
+    let disk = scratch_file("dup-id.img", &[0u8; 4096]);
+    let drive = format!(
+        r#"{{"drive_id": "x", "path_on_host": "{disk}", "is_root_device": false, "is_read_only": false}}"#
+    );
+    let config = scratch_file(
+        "dup-id.json",
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "drives": [{drive}, {drive}]}}"#,
+            test_guest("hello").display()
+        )
+        .as_bytes(),
+    );
+    expect_error(&["--config-file", &config], 2, "disk: id x is used twice");
+    let (_, stderr) = run_ember(&["--config-file", &config], QUICK);
+    assert_eq!(stderr.matches("is used twice").count(), 1, "{stderr}");
+}

@@ -163,7 +163,7 @@ fn test_flushed_writes_survive_sigkill() {
     let disk = scratch_dir().join("durable.img");
     std::fs::write(&disk, vec![0u8; 4 << 20]).expect("disk file");
     let mut vm = TestVm::start(
-        VmArgs::guest("blk")
+        VmArgs::device_guest("blk")
             .arg("--disk", format!("path={}", disk.display()))
             .arg("--cmdline", "blk=flush"),
     );

@@ -58,7 +58,7 @@ fn thread_cpu_time(pid: u32, tid: u32) -> Duration {
 }
 
 fn net_guest(ns: &NetNs, mode: &str) -> VmArgs {
-    VmArgs::guest("net")
+    VmArgs::device_guest("net")
         .arg("--cmdline", format!("net={mode}"))
         .in_netns(ns.name())
 }
@@ -230,7 +230,7 @@ fn perf_net_guest_throughput() {
     for size in [72usize, 1526] {
         let sock = PacketSocket::open(&ns, "tap0");
         sock.set_rcvbuf(64 << 20);
-        let args = VmArgs::guest("net")
+        let args = VmArgs::device_guest("net")
             .in_netns(ns.name())
             .arg("--net", "tap=tap0,mac=02:00:00:00:00:01")
             .arg("--cmdline", format!("net=perf count={count} size={size}"));

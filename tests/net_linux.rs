@@ -29,6 +29,8 @@ fn test_linux_dhcp_then_ping_with_two_nics() {
     let Some(mut ns) = NetNs::new("linux") else {
         return;
     };
+    // Checked before the minute-long boot: without ping the test could only time out.
+    common::require_program("ping");
     ns.add_tap("tap0", Some("10.0.2.2/24"));
     ns.add_tap("tap1", Some("10.0.3.2/24"));
     let server = DhcpServer::spawn(
@@ -146,10 +148,7 @@ fn busybox_initramfs(init: &str) -> Vec<u8> {
 fn sha256_of(data: &[u8]) -> String {
     let path = common::scratch_dir().join(format!("sha-{}", std::process::id()));
     std::fs::write(&path, data).expect("write scratch");
-    let out = std::process::Command::new("sha256sum")
-        .arg(&path)
-        .output()
-        .expect("sha256sum");
+    let out = common::output_of(std::process::Command::new("sha256sum").arg(&path));
     let _ = std::fs::remove_file(&path);
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
@@ -238,22 +237,16 @@ fn test_linux_tcp_file_both_ways() {
 #[test]
 fn test_tcp_initramfs_is_a_valid_cpio_archive() {
     if !std::path::Path::new("/bin/busybox").exists() {
-        eprintln!("SKIP: /bin/busybox missing (busybox-static)");
+        common::skip_unless_required("/bin/busybox missing (Debian package busybox-static)");
         return;
     }
     let archive = busybox_initramfs(TCP_INIT);
-    let mut child = match std::process::Command::new("cpio")
-        .args(["-t", "-v", "--quiet"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(_) => {
-            eprintln!("SKIP: cpio is not installed");
-            return;
-        }
-    };
+    let mut child = common::spawn(
+        std::process::Command::new("cpio")
+            .args(["-t", "-v", "--quiet"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped()),
+    );
     std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), &archive).expect("feed");
     let out = child.wait_with_output().expect("cpio");
     assert!(

@@ -8,17 +8,6 @@ use std::process::Command;
 
 use common::{fnv1a64, repo_root, scratch_dir, test_guest};
 
-fn qemu_available() -> bool {
-    let found = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("SKIP: qemu-system-x86_64 not installed (Debian package qemu-system-x86)");
-    }
-    found
-}
-
 /// Runs test guest `name` under QEMU microvm and returns its console lines.
 fn run_qemu(name: &str, extra: &[&str]) -> Vec<String> {
     let kernel = test_guest(name);
@@ -37,7 +26,7 @@ fn run_qemu(name: &str, extra: &[&str]) -> Vec<String> {
 
 #[test]
 fn test_qemu_microvm_boots_hello_guest() {
-    if !qemu_available() {
+    if !common::qemu_available() {
         return;
     }
     let lines = run_qemu("hello", &[]);
@@ -53,7 +42,7 @@ fn test_qemu_microvm_boots_hello_guest() {
 
 #[test]
 fn test_qemu_microvm_boots_bootinfo_guest_with_initrd_and_cmdline() {
-    if !qemu_available() {
+    if !common::qemu_available() {
         return;
     }
     let initrd = scratch_dir().join("qemu-initrd");

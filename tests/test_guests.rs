@@ -222,6 +222,19 @@ fn test_unknown_port_is_logged_and_reads_all_ones() {
     );
 }
 
+/// The PCI configuration ports answer "no PCI here" (all-ones, writes ignored) without a
+/// warning: Linux probes them on every boot, and the user's console is no place for that.
+#[test]
+fn test_pci_config_ports_read_all_ones_without_warning() {
+    let vm = boot_to_done(
+        VmArgs::guest("fault").arg("--cmdline", "fault=pci"),
+        "fault",
+    );
+    assert!(vm.console().contains(&"PCI addr 0xffffffff".to_string()));
+    assert!(vm.console().contains(&"PCI data 0xffffffff".to_string()));
+    assert!(!vm.log().contains("WARN"), "{}", vm.log());
+}
+
 #[test]
 fn test_sigterm_stops_vm_with_signal_code() {
     let mut vm = TestVm::start(VmArgs::guest("echo"));
@@ -265,4 +278,41 @@ fn test_syscall_probe_sees_the_hosts_delivery() {
         vm.console()
     );
     assert!(!vm.log().contains("SYSCALL repair armed"), "{}", vm.log());
+}
+
+/// Legacy interrupt lines no virtio device may take: PIT, keyboard, cascade, COM2/COM4, COM1,
+/// RTC, the ACPI SCI (FADT) and the PS/2 mouse.
+const LEGACY_IRQS: [u32; 8] = [0, 1, 2, 3, 4, 8, 9, 12];
+
+/// Eight virtio devices get eight distinct interrupt lines and windows, none of them a legacy
+/// device's line or the ACPI SCI (IRQ 9, which the DSDT would otherwise declare a second time).
+#[test]
+fn test_eight_virtio_devices_get_distinct_free_irqs() {
+    let disk = scratch_dir().join("eight-disks.img");
+    std::fs::write(&disk, vec![0u8; 4096]).expect("write disk image");
+    let mut args = VmArgs::guest("bootinfo").arg("--virtio-discovery", "cmdline");
+    for i in 0..8 {
+        args = args.arg("--disk", format!("path={},id=d{i}", disk.display()));
+    }
+    let vm = boot_to_done(args, "bootinfo");
+    let line = &vm.lines_with_prefix("CMDLINE ")[0];
+    let slots: Vec<(String, u32)> = line
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("virtio_mmio.device=4K@"))
+        .map(|s| {
+            let (base, irq) = s.split_once(':').expect("ADDR:IRQ");
+            (base.to_string(), irq.parse().expect("IRQ number"))
+        })
+        .collect();
+    assert_eq!(slots.len(), 8, "{line}");
+    for (i, (base, irq)) in slots.iter().enumerate() {
+        assert!(
+            !LEGACY_IRQS.contains(irq),
+            "device {i} got IRQ {irq}: {line}"
+        );
+        for (other_base, other_irq) in &slots[..i] {
+            assert_ne!(irq, other_irq, "{line}");
+            assert_ne!(base, other_base, "{line}");
+        }
+    }
 }

@@ -14,6 +14,9 @@
  *                    end of the disk (expects an I/O error status).
  *   flush            check, then a FLUSH request; prints "BLK flushed" and
  *                    waits forever (the host kills Ember and checks the file).
+ *   early            a read of 64 KiB at sector 0 posted before DRIVER_OK and
+ *                    never notified (the device must look at its queue when
+ *                    it starts), "BLK early read fnv=<hex>", then check.
  *   perf             seq write, seq read (bs=<bytes>, default and at most
  *                    65536, mib=<n> MiB each, default 64, from sector 0),
  *                    then random 4 KiB reads and writes (ops=<n> each,
@@ -24,6 +27,7 @@
  *   BLK sectors=<n>
  *   BLK read fnv=<hex>          BLK write fnv=<hex>
  *   BLK readback ok             BLK oob status=<hex>
+ *   BLK early read fnv=<hex>
  *   PERF <seqwrite|seqread|randread|randwrite> bs=<n> ops=<n> tsc=<ticks>
  */
 #include "common/defs.h"
@@ -74,6 +78,8 @@ k_ops:          .asciz  "ops="
 k_qd:           .asciz  "qd="
 w_perf:         .asciz  "perf"
 w_flush:        .asciz  "flush"
+w_early:        .asciz  "early"
+s_early:        .asciz  "BLK early read fnv="
 s_flushed:      .asciz  "BLK flushed"
 s_sectors:      .asciz  "BLK sectors="
 s_read:         .asciz  "BLK read fnv="
@@ -109,6 +115,7 @@ nfree:          .quad   0
 rng:            .quad   0x2545f4914f6cdd1d
 /* phase parameters */
 flush_mode:     .quad   0               /* blk=flush: flush after check, then wait */
+early_mode:     .quad   0               /* blk=early: a request before DRIVER_OK */
 ph_type:        .quad   0
 ph_rand:        .quad   0
 ph_bs:          .quad   0
@@ -179,7 +186,17 @@ dev_init:
         movl    $0, R_USED_HI(%rbx)
         movw    $1, Q_AVAIL(%rax)               /* VIRTQ_AVAIL_F_NO_INTERRUPT */
         movl    $1, R_QREADY(%rbx)
-        movl    $0xf, R_STATUS(%rbx)
+        cmpq    $0, early_mode(%rip)
+        je      2f
+        /* blk=early: read 64 KiB at sector 0, posted now and never notified */
+        xorl    %edi, %edi
+        movl    $T_IN, %esi
+        xorl    %edx, %edx
+        leaq    chk_a(%rip), %rcx
+        movl    $CHK_BYTES, %r8d
+        xorl    %r9d, %r9d
+        call    post
+2:      movl    $0xf, R_STATUS(%rbx)
         testl   $0x40, R_STATUS(%rbx)           /* DEVICE_NEEDS_RESET */
         jnz     f_needreset
         movl    R_CONFIG(%rbx), %eax            /* capacity, two 32-bit reads */
@@ -340,10 +357,13 @@ reap:
  * -> EAX = status byte: one request in slot 0, waited for. Any status is
  * returned (the caller checks it). */
 io_sync:
-        pushq   %rax
         xorl    %edi, %edi
         call    post
         call    kick
+/* wait_sync() -> EAX = status byte of slot 0: waits for the next completion
+ * (fails after TIMEOUT). */
+wait_sync:
+        pushq   %rax
         leaq    queue(%rip), %rcx
         movzwl  last_used(%rip), %eax
         incl    %eax
@@ -370,6 +390,17 @@ io_sync:
         movzbl  status(%rip), %eax
         popq    %rcx
         ret
+
+/* put_fnv(RDI = label, RSI = CHK_BYTES buffer): prints "<label><fnv1a64>". */
+put_fnv:
+        pushq   %rsi
+        call    puts
+        popq    %rdi
+        movl    $CHK_BYTES, %esi
+        call    fnv1a64
+        movq    %rax, %rdi
+        call    put_hex
+        jmp     put_nl
 
 /* xorshift64() -> RAX */
 xorshift64:
@@ -498,7 +529,16 @@ guest_main:
         leaq    e_nodev(%rip), %rdi
         jmp     test_fail
 1:      movq    %rax, dev(%rip)
-        call    dev_init
+        leaq    k_mode(%rip), %rdi
+        call    cmdline_value
+        testq   %rax, %rax
+        jz      2f
+        movq    %rax, %rdi
+        leaq    w_early(%rip), %rsi
+        call    token_eq
+        movl    %eax, %eax
+        movq    %rax, early_mode(%rip)
+2:      call    dev_init
         leaq    s_sectors(%rip), %rdi
         call    puts
         movq    sectors(%rip), %rdi
@@ -519,6 +559,15 @@ guest_main:
         call    token_eq
         movl    %eax, %eax
         movq    %rax, flush_mode(%rip)
+        cmpq    $0, early_mode(%rip)
+        je      check
+        /* blk=early: the request posted before DRIVER_OK completes unprompted */
+        call    wait_sync
+        testl   %eax, %eax
+        jnz     f_status
+        leaq    s_early(%rip), %rdi
+        leaq    chk_a(%rip), %rsi
+        call    put_fnv
 
 check:
         cmpq    $2 * CHK_SECTOR, sectors(%rip)
@@ -533,13 +582,8 @@ check:
         testl   %eax, %eax
         jnz     f_status
         leaq    s_read(%rip), %rdi
-        call    puts
-        leaq    chk_a(%rip), %rdi
-        movl    $CHK_BYTES, %esi
-        call    fnv1a64
-        movq    %rax, %rdi
-        call    put_hex
-        call    put_nl
+        leaq    chk_a(%rip), %rsi
+        call    put_fnv
         /* pattern: 64-bit word i = (i + 1) * golden ratio */
         leaq    chk_b(%rip), %rdi
         xorl    %ecx, %ecx
@@ -560,13 +604,8 @@ check:
         testl   %eax, %eax
         jnz     f_status
         leaq    s_write(%rip), %rdi
-        call    puts
-        leaq    chk_b(%rip), %rdi
-        movl    $CHK_BYTES, %esi
-        call    fnv1a64
-        movq    %rax, %rdi
-        call    put_hex
-        call    put_nl
+        leaq    chk_b(%rip), %rsi
+        call    put_fnv
         /* read it back over two descriptors and compare */
         leaq    chk_a(%rip), %rdi
         movl    $CHK_BYTES / 8, %ecx

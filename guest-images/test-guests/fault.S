@@ -1,6 +1,8 @@
 /* fault: exercises unhandled guest accesses, chosen by fault=<mode> on the
  * command line: mmio (write+read 0xd0000000), pio (read port 0x1234, write
- * port 0x1235), triple (triple fault), all (default: mmio, pio, triple). */
+ * port 0x1235), pci (the PCI configuration mechanism #1 probe Linux makes:
+ * 32-bit write of 0x80000000 to 0xcf8, 32-bit reads of 0xcf8 and 0xcfc),
+ * triple (triple fault), all (default: mmio, pio, triple). */
 #include "common/defs.h"
 
 #define MMIO_ADDR 0xd0000000
@@ -12,6 +14,9 @@ s_key:          .asciz  "fault="
 s_all:          .asciz  "all"
 s_mmio:         .asciz  "mmio"
 s_pio:          .asciz  "pio"
+s_pci:          .asciz  "pci"
+s_pci_addr:     .asciz  "PCI addr "
+s_pci_data:     .asciz  "PCI data "
 s_triple:       .asciz  "triple"
 s_mmio_read:    .asciz  "MMIO read "
 s_pio_read:     .asciz  "PIO read "
@@ -43,6 +48,11 @@ guest_main:
         testl   %eax, %eax
         jnz     only_pio
         movq    %rbx, %rdi
+        leaq    s_pci(%rip), %rsi
+        call    token_eq
+        testl   %eax, %eax
+        jnz     only_pci
+        movq    %rbx, %rdi
         leaq    s_triple(%rip), %rsi
         call    token_eq
         testl   %eax, %eax
@@ -60,6 +70,10 @@ only_mmio:
         ret
 only_pio:
         call    do_pio
+        popq    %rbx
+        ret
+only_pci:
+        call    do_pci
         popq    %rbx
         ret
 
@@ -93,6 +107,30 @@ do_pio:
         call    put_nl
         popq    %rax
         ret
+
+do_pci:
+        pushq   %rax
+        movw    $0xcf8, %dx
+        movl    $0x80000000, %eax
+        outl    %eax, %dx
+        inl     %dx, %eax
+        leaq    s_pci_addr(%rip), %rdi
+        call    put_port_value
+        movw    $0xcfc, %dx
+        inl     %dx, %eax
+        leaq    s_pci_data(%rip), %rdi
+        call    put_port_value
+        popq    %rax
+        ret
+
+/* put_port_value(RDI = label, EAX = value): prints "<label><hex>". */
+put_port_value:
+        pushq   %rax
+        call    puts
+        popq    %rdi
+        movl    %edi, %edi
+        call    put_hex
+        jmp     put_nl
 
 do_triple:
         leaq    s_triple_msg(%rip), %rdi

@@ -170,8 +170,9 @@ pub struct Cli {
     pub events: Option<PathBuf>,
 
     /// Where the guest learns about its virtio devices: the kernel command line
-    /// (virtio_mmio.device=), the ACPI DSDT (stock distribution kernels), or both (auto).
-    /// Example: --virtio-discovery acpi
+    /// (virtio_mmio.device=, kernels without ACPI), the ACPI DSDT (stock distribution kernels),
+    /// or both. auto: the DSDT, or the command line when it has acpi=off; each device once.
+    /// Example: --virtio-discovery cmdline
     #[arg(long, value_name = "MODE", value_enum, default_value_t = VirtioDiscovery::Auto)]
     pub virtio_discovery: VirtioDiscovery,
 }

@@ -55,7 +55,7 @@ pub struct ConfigDocument {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
     /// The file could not be read.
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -75,7 +75,7 @@ pub enum ConfigFileError {
         message: String,
     },
     /// The values are not a valid configuration.
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}")]
     Invalid {
         /// The file.
         path: PathBuf,

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::HostLimits;
+use crate::arch::layout::MMIO_GAP_SIZE;
 use crate::host::CompatMode;
 
 /// Default number of vCPUs.
@@ -11,6 +12,10 @@ pub const DEFAULT_VCPUS: u8 = 1;
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
 /// Smallest guest memory Ember accepts, in MiB: room for the boot structures and a kernel.
 pub const MIN_MEMORY_MIB: u64 = 2;
+/// Most guest memory Ember lays out, in MiB: 64 TiB (the physical address space of an x86_64
+/// guest kernel with 4-level paging, 46 bits) less the 1 GiB MMIO gap that the RAM above 3 GiB
+/// is moved past.
+pub const MAX_MEMORY_MIB: u64 = ((1 << 46) - MMIO_GAP_SIZE) >> 20;
 /// Most vCPUs the MP table can describe.
 pub const MAX_VCPUS: usize = crate::arch::mptable::MAX_CPUS as usize;
 
@@ -75,7 +80,7 @@ impl MachineConfigBody {
 }
 
 /// Invalid machine settings.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MachineError {
     /// Zero vCPUs.
     #[error("vcpus: must be at least 1")]
@@ -102,12 +107,27 @@ pub enum MachineError {
         /// Host RAM, MiB.
         host: u64,
     },
+    /// Memory larger than a guest can address (checked also when the host size is unknown).
+    #[error("memory: {requested} MiB is more than a guest can address (at most {max} MiB)")]
+    MemoryBeyondGuestLimit {
+        /// Asked for, MiB.
+        requested: u64,
+        /// The limit, MiB.
+        max: u64,
+    },
 }
 
 impl MachineConfig {
-    /// Guest memory in bytes.
-    pub fn memory_bytes(&self) -> u64 {
-        self.memory_mib << 20
+    /// Guest memory in bytes; an error past `MAX_MEMORY_MIB` (so never an overflow).
+    pub fn memory_bytes(&self) -> Result<u64, MachineError> {
+        let beyond = MachineError::MemoryBeyondGuestLimit {
+            requested: self.memory_mib,
+            max: MAX_MEMORY_MIB,
+        };
+        if self.memory_mib > MAX_MEMORY_MIB {
+            return Err(beyond);
+        }
+        self.memory_mib.checked_mul(1 << 20).ok_or(beyond)
     }
 
     /// Checks the shape against the host.
@@ -131,6 +151,7 @@ impl MachineConfig {
                 host: limits.host_memory >> 20,
             });
         }
+        self.memory_bytes()?;
         Ok(())
     }
 }
@@ -210,5 +231,33 @@ mod tests {
             huge.validate(&LIMITS),
             Err(MachineError::MemoryTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn test_machine_memory_beyond_guest_limit_rejected_when_host_memory_unknown() {
+        // /proc/meminfo unreadable: the host check passes everything.
+        let unknown_host = HostLimits {
+            max_vcpus: 8,
+            host_memory: u64::MAX,
+        };
+        let huge = MachineConfig {
+            memory_mib: u64::MAX >> 10,
+            ..Default::default()
+        };
+        let beyond = MachineError::MemoryBeyondGuestLimit {
+            requested: u64::MAX >> 10,
+            max: MAX_MEMORY_MIB,
+        };
+        assert_eq!(huge.validate(&unknown_host), Err(beyond.clone()));
+        assert_eq!(huge.memory_bytes(), Err(beyond));
+    }
+
+    #[test]
+    fn test_machine_memory_bytes_at_limit_is_exact() {
+        let top = MachineConfig {
+            memory_mib: MAX_MEMORY_MIB,
+            ..Default::default()
+        };
+        assert_eq!(top.memory_bytes(), Ok(MAX_MEMORY_MIB << 20));
     }
 }

@@ -54,9 +54,13 @@ impl HostLimits {
     /// Reads the host's total memory from /proc/meminfo; `max_vcpus` comes from KVM.
     pub fn read(max_vcpus: usize) -> Self {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let host_memory = parse_mem_total(&meminfo).unwrap_or_else(|| {
+            log::warn!("Cannot read MemTotal from /proc/meminfo; guest memory is not checked against the host's");
+            u64::MAX
+        });
         HostLimits {
             max_vcpus,
-            host_memory: parse_mem_total(&meminfo).unwrap_or(u64::MAX),
+            host_memory,
         }
     }
 }

@@ -7,7 +7,7 @@ pub mod netns;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -32,6 +32,100 @@ pub fn scratch_dir() -> PathBuf {
     dir
 }
 
+/// Whether this run must have everything the suite needs: `EMBER_REQUIRE_ALL` (set by
+/// scripts/test) or its older, narrower name `EMBER_REQUIRE_LINUX`. Then a missing
+/// prerequisite (built images, root, /dev/net/tun, a program) fails the test instead of
+/// skipping it.
+pub fn environment_required() -> bool {
+    std::env::var_os("EMBER_REQUIRE_ALL").is_some()
+        || std::env::var_os("EMBER_REQUIRE_LINUX").is_some()
+}
+
+/// Says that the current test does not run here and why, as `SKIP <test>: <reason>` on the real
+/// standard error: the harness does not capture it, so a plain `cargo test` shows the line next
+/// to the test's `ok` (a skipped test is never a silent pass).
+pub fn skip(reason: &str) {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("test");
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
+}
+
+/// A prerequisite the environment should provide is missing: fails the test when the
+/// environment is required (`environment_required`), else skips it with the reason.
+pub fn skip_unless_required(reason: &str) {
+    assert!(
+        !environment_required(),
+        "{reason} (EMBER_REQUIRE_ALL is set: scripts/test runs every test)"
+    );
+    skip(reason);
+}
+
+/// The Debian package a program the tests run comes from (scripts/check-programs has the
+/// list the suite checks before any test runs).
+fn debian_package(program: &str) -> &'static str {
+    match program {
+        "ip" => "iproute2",
+        "ping" => "iputils-ping",
+        "make" => "make",
+        "cpio" => "cpio",
+        "sha256sum" => "coreutils",
+        "dumpe2fs" | "debugfs" | "mkfs.ext4" => "e2fsprogs",
+        "qemu-system-x86_64" => "qemu-system-x86",
+        _ => "the package that provides it",
+    }
+}
+
+/// Why `program` could not be started, as a test failure should say it.
+fn spawn_failure(program: &std::ffi::OsStr, err: &std::io::Error) -> String {
+    let program = Path::new(program)
+        .file_name()
+        .unwrap_or(program)
+        .to_string_lossy();
+    format!(
+        "failed to run {program}: {err} (install {})",
+        debian_package(&program)
+    )
+}
+
+/// Starts `cmd`; a program that cannot be started fails the test as exactly that ("failed to
+/// run ping: No such file or directory (install iputils-ping)"), never as a failure of the
+/// thing under test.
+pub fn spawn(cmd: &mut Command) -> Child {
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("{}", spawn_failure(cmd.get_program(), &e)))
+}
+
+/// Runs `cmd` to completion and returns its output; a failed start is reported as by `spawn`.
+pub fn output_of(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("{}", spawn_failure(cmd.get_program(), &e)))
+}
+
+/// Fails the test, as `spawn` would, unless `program` is on PATH: for programs started
+/// through another one (`ip netns exec NS ping ...`), whose failure to start would otherwise
+/// look like the program failing.
+pub fn require_program(program: &str) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path).any(|dir| dir.join(program).is_file());
+    if !found {
+        let err = std::io::Error::from_raw_os_error(libc::ENOENT);
+        panic!("{}", spawn_failure(program.as_ref(), &err));
+    }
+}
+
+/// Whether `qemu-system-x86_64` runs here (the peer VMM); when not, the caller returns after a
+/// SKIP line, or the test fails where the environment is required.
+pub fn qemu_available() -> bool {
+    let found = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        skip_unless_required("qemu-system-x86_64 not installed (Debian package qemu-system-x86)");
+    }
+    found
+}
+
 /// Builds the test guests (once per test binary, serialised across binaries with a lock file)
 /// and returns the path of guest `name`.
 pub fn test_guest(name: &str) -> PathBuf {
@@ -41,13 +135,15 @@ pub fn test_guest(name: &str) -> PathBuf {
         std::fs::create_dir_all(&out).expect("create test-guest dir");
         let lock = std::fs::File::create(out.join(".lock")).expect("lock file");
         lock.lock().expect("lock test-guest build");
-        let status = Command::new("make")
-            .arg("-s")
-            .arg("-C")
-            .arg(repo_root().join("guest-images/test-guests"))
-            .arg(format!("OUT={}", out.display()))
-            .status()
-            .expect("run make for the test guests");
+        let status = spawn(
+            Command::new("make")
+                .arg("-s")
+                .arg("-C")
+                .arg(repo_root().join("guest-images/test-guests"))
+                .arg(format!("OUT={}", out.display())),
+        )
+        .wait()
+        .expect("wait for make");
         assert!(status.success(), "building the test guests failed");
         out
     });
@@ -67,6 +163,13 @@ impl VmArgs {
     /// Boots test guest `name`.
     pub fn guest(name: &str) -> Self {
         VmArgs::kernel(&test_guest(name))
+    }
+
+    /// Boots test guest `name` that drives a virtio device (`blk`, `net`, `exits`): these
+    /// guests find their device on the command line, so it is announced there
+    /// (`--virtio-discovery cmdline`; by default Ember announces devices in the DSDT).
+    pub fn device_guest(name: &str) -> Self {
+        VmArgs::guest(name).arg("--virtio-discovery", "cmdline")
     }
 
     /// Boots the kernel at `path`.
@@ -127,7 +230,7 @@ impl TestVm {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn ember");
+        let mut child = spawn(&mut cmd);
         let stdout = child.stdout.take().expect("stdout piped");
         let stderr = child.stderr.take().expect("stderr piped");
         let (tx, rx) = channel();
@@ -206,12 +309,10 @@ impl TestVm {
 
     /// Sends a signal to the `ember` process.
     pub fn signal(&self, sig: i32) {
-        let rc = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(rc.success(), "kill -{sig} failed");
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill -{sig}: {}", std::io::Error::last_os_error());
     }
 
     /// The process id.
@@ -284,13 +385,13 @@ impl Drop for TestVm {
 
 /// Runs `ember` to completion with `args` (no console), returning (exit code, stderr).
 pub fn run_ember(args: &[&str], timeout: Duration) -> (i32, String) {
-    let mut child = Command::new(ember_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ember");
+    let mut child = spawn(
+        Command::new(ember_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
@@ -320,19 +421,16 @@ pub fn run_ember(args: &[&str], timeout: Duration) -> (i32, String) {
 pub const LINUX_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A reference guest image from `guest-images/out`. When it is missing the test skips with a
-/// message, or fails when `EMBER_REQUIRE_LINUX` is set (scripts/test sets it).
+/// SKIP line, or fails when the environment is required (scripts/test).
 pub fn linux_image(name: &str) -> Option<PathBuf> {
     let path = repo_root().join("guest-images/out").join(name);
     if path.exists() {
         return Some(path);
     }
-    if std::env::var_os("EMBER_REQUIRE_LINUX").is_some() {
-        panic!("{} missing: run scripts/build-guest-images", path.display());
-    }
-    eprintln!(
-        "SKIP: {} not built (run scripts/build-guest-images)",
+    skip_unless_required(&format!(
+        "{} not built (run scripts/build-guest-images)",
         path.display()
-    );
+    ));
     None
 }
 

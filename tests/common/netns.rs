@@ -11,6 +11,8 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::output_of;
+
 /// Why the networking tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
@@ -19,9 +21,6 @@ pub fn skip_reason() -> Option<String> {
     }
     if !Path::new("/dev/net/tun").exists() {
         return Some("/dev/net/tun is missing (tun module not loaded)".into());
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("the `ip` tool (iproute2) is missing".into());
     }
     None
 }
@@ -33,10 +32,12 @@ pub struct NetNs {
 }
 
 impl NetNs {
-    /// A fresh namespace named after `tag`; `None` (with a SKIP line) where the tests cannot run.
+    /// A fresh namespace named after `tag`; `None` (with a SKIP line) where the tests cannot
+    /// run, a failure instead where the environment is required (scripts/test). A missing `ip`
+    /// fails as such.
     pub fn new(tag: &str) -> Option<NetNs> {
         if let Some(why) = skip_reason() {
-            eprintln!("SKIP: {why}");
+            super::skip_unless_required(&why);
             return None;
         }
         static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -87,10 +88,8 @@ impl NetNs {
     pub fn wait_tap_up(&self, tap: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let out = Command::new("ip")
-                .args(["-n", &self.name, "-o", "link", "show", tap])
-                .output()
-                .expect("run ip link show");
+            let out =
+                output_of(Command::new("ip").args(["-n", &self.name, "-o", "link", "show", tap]));
             if String::from_utf8_lossy(&out.stdout).contains(" state UP ") {
                 return;
             }
@@ -103,13 +102,16 @@ impl NetNs {
         }
     }
 
-    /// Runs `cmd` inside the namespace (`ip netns exec`) and returns its output.
+    /// Runs `cmd` inside the namespace (`ip netns exec`) and returns its output. A program that
+    /// is not installed fails the test as such ("failed to run ping: ..."), not as a command
+    /// that ran and failed.
     pub fn exec(&self, cmd: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(cmd)
-            .output()
-            .expect("run ip netns exec")
+        super::require_program(cmd[0]);
+        output_of(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .args(cmd),
+        )
     }
 
     /// Runs `f` on a thread that has joined the namespace (sockets it opens stay in it).
@@ -143,7 +145,7 @@ impl Drop for NetNs {
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("run ip");
+    let out = output_of(cmd);
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",

@@ -51,14 +51,12 @@ pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
 pub const MMIO_GAP_SIZE: u64 = MMIO_GAP_END - MMIO_GAP_START;
 /// The boot-timer register (first page of the MMIO gap).
 pub const BOOT_TIMER_START: u64 = MMIO_GAP_START;
-/// First address handed to virtio-mmio devices, inside the MMIO gap.
+/// Start of the area virtio-mmio device windows are allocated from, inside the MMIO gap.
 pub const MMIO_DEVICES_START: u64 = 0xd000_0000;
+/// Size of that area (256 MiB, far more than the interrupt lines allow).
+pub const MMIO_DEVICES_SIZE: u64 = 0x1000_0000;
 /// Size of each virtio-mmio device window.
 pub const MMIO_DEVICE_WINDOW: u64 = 0x1000;
-/// First interrupt line handed to virtio-mmio devices (lower ones are legacy ISA).
-pub const VIRTIO_IRQ_FIRST: u32 = 5;
-/// Last interrupt line handed to virtio-mmio devices (the I/O APIC has 24 pins).
-pub const VIRTIO_IRQ_LAST: u32 = 23;
 /// I/O APIC registers (in-kernel irqchip).
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC registers (in-kernel irqchip).
@@ -69,5 +67,10 @@ pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 pub const SERIAL_IRQ: u32 = 4;
 /// Number of I/O APIC pins (IRQs 0..23).
 pub const IOAPIC_PINS: u32 = 24;
+/// Interrupt lines with a fixed legacy owner, never handed to a virtio device: 0 PIT, 1 i8042
+/// keyboard, 2 the 8259 cascade, 3 COM2/COM4, 4 COM1 (`SERIAL_IRQ`), 8 CMOS RTC, 9 the ACPI SCI
+/// (`ACPI_SCI_IRQ`, in the FADT) and 12 the i8042 mouse port. Guests probe these devices by
+/// their fixed lines whether Ember emulates them or not.
+pub const LEGACY_IRQS: [u32; 8] = [0, 1, 2, 3, 4, 8, 9, 12];
 /// Size of a guest page.
 pub const PAGE_SIZE: u64 = 0x1000;

@@ -49,22 +49,6 @@ pub fn low_ram_end(mem_size: u64) -> u64 {
     mem_size.min(MMIO_GAP_START)
 }
 
-/// Where virtio-mmio device number `index` lives: its register window and interrupt line. This is
-/// the one place device addresses and IRQs are allocated; `None` past the last free IRQ.
-pub fn virtio_mmio_slot(index: usize) -> Option<(u64, u32)> {
-    let irq = layout::VIRTIO_IRQ_FIRST.checked_add(u32::try_from(index).ok()?)?;
-    (irq <= layout::VIRTIO_IRQ_LAST).then(|| {
-        (
-            layout::MMIO_DEVICES_START + index as u64 * layout::MMIO_DEVICE_WINDOW,
-            irq,
-        )
-    })
-}
-
-/// Most virtio-mmio devices one VM can have.
-pub const MAX_VIRTIO_DEVICES: usize =
-    (layout::VIRTIO_IRQ_LAST - layout::VIRTIO_IRQ_FIRST + 1) as usize;
-
 /// The memory map the guest sees: low RAM up to the EBDA, the MP table area and the ACPI table
 /// area reserved, RAM from 1 MiB to the MMIO gap (or the end of memory) and RAM above 4 GiB when
 /// there is any.
@@ -159,17 +143,6 @@ mod tests {
             kind: E820_RESERVED,
         }));
         assert_eq!(ACPI_TABLES_START + ACPI_TABLES_SIZE, HIMEM_START);
-    }
-
-    #[test]
-    fn test_virtio_mmio_slots_are_distinct_and_bounded() {
-        assert_eq!(virtio_mmio_slot(0), Some((0xd000_0000, 5)));
-        assert_eq!(virtio_mmio_slot(1), Some((0xd000_1000, 6)));
-        assert_eq!(
-            virtio_mmio_slot(MAX_VIRTIO_DEVICES - 1).map(|s| s.1),
-            Some(23)
-        );
-        assert_eq!(virtio_mmio_slot(MAX_VIRTIO_DEVICES), None);
     }
 
     #[test]

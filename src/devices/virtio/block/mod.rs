@@ -230,8 +230,15 @@ impl VirtioDevice for Block {
             queue,
         });
         self.broken = false;
-        // Requests may have been queued before DRIVER_OK; look now.
-        self.process_queue();
+        // This runs on the vCPU thread that wrote DRIVER_OK, which does no device I/O (its
+        // seccomp filter forbids preadv and friends): requests queued before DRIVER_OK are
+        // left to the event loop, woken through the queue's eventfd.
+        if let Err(e) = self.queue_evts[0].write(1) {
+            log::error!(
+                "Disk {}: cannot wake its queue after activation: {e}",
+                self.id
+            );
+        }
         Ok(())
     }
 
