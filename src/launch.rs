@@ -75,7 +75,7 @@ impl LaunchError {
 pub fn launch(options: LaunchOptions) -> Result<VmOutcome, LaunchError> {
     // Block the stop signals before any thread starts, so that they reach only the signalfd
     // (never kill the process behind the API socket's back).
-    let signals = StopSignals::new().map_err(|e| LaunchError::Io("the signalfd", e))?;
+    let mut signals = StopSignals::new().map_err(|e| LaunchError::Io("the signalfd", e))?;
     if options.seccomp {
         crate::seccomp::install_sigsys_handler()?;
     } else {
@@ -87,7 +87,14 @@ pub fn launch(options: LaunchOptions) -> Result<VmOutcome, LaunchError> {
         None
     };
     let mut events = match &options.events {
-        Some(path) => EventSink::open(path)?,
+        Some(path) => match EventSink::open(path, || signals.read()) {
+            Ok(sink) => sink,
+            Err(EventsError::Stopped { signal, .. }) => {
+                log::info!("Received signal {signal} while waiting for an events reader");
+                return Ok(VmOutcome::Signal(signal));
+            }
+            Err(e) => return Err(e.into()),
+        },
         None => EventSink::default(),
     };
     let (_server, api) = match &options.api_sock {
@@ -116,6 +123,7 @@ pub fn launch(options: LaunchOptions) -> Result<VmOutcome, LaunchError> {
                 }
                 PreBoot::Stopped(outcome) => {
                     events.emit(LifecycleEvent::from_outcome(&outcome));
+                    events.finish();
                     return Ok(outcome);
                 }
             }

@@ -143,6 +143,7 @@ enum Token {
     Api = 6,
     PowerOff = 7,
     AcpiReset = 8,
+    Events = 9,
 }
 
 /// The event-loop subscriber that decides when the VM ends and answers API requests.
@@ -230,6 +231,7 @@ impl MutEventSubscriber for Controller {
                 }
             }
             d if d == Token::Api as u32 => self.serve_api(),
+            d if d == Token::Events as u32 => self.events.flush(),
             other => log::warn!("Controller: unexpected event token {other}"),
         }
     }
@@ -255,6 +257,17 @@ impl MutEventSubscriber for Controller {
         }
         if let Some(api) = &self.api {
             add(&api.notify, Token::Api);
+        }
+        // Edge-triggered: one wake-up each time the reader makes room, none while it does not.
+        if let Some(fd) = self.events.fd()
+            && let Err(e) = ops.add(Events::with_data_raw(
+                fd,
+                Token::Events as u32,
+                EventSet::OUT | EventSet::EDGE_TRIGGERED,
+            ))
+        {
+            // Regular files cannot be watched; their writes never wait.
+            log::debug!("Lifecycle events file not watched: {e:?}");
         }
     }
 }
@@ -485,10 +498,9 @@ impl Vmm {
             VmOutcome::Quit => log::info!("Stopped from the console"),
             VmOutcome::Error(why) => log::error!("VMM failure: {why}"),
         }
-        controller
-            .borrow_mut()
-            .events
-            .emit(LifecycleEvent::from_outcome(&outcome));
+        let events = &mut controller.borrow_mut().events;
+        events.emit(LifecycleEvent::from_outcome(&outcome));
+        events.finish();
         Ok(outcome)
     }
 

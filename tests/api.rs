@@ -5,9 +5,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
+use common::api::{http, raw, sock_path, split_response};
 use common::{GUEST_TIMEOUT, TestVm, VmArgs, run_ember, scratch_dir, test_guest};
 
 /// A hang detector, not a timing check: generous because a loaded software-nested host can
@@ -15,53 +16,8 @@ use common::{GUEST_TIMEOUT, TestVm, VmArgs, run_ember, scratch_dir, test_guest};
 const QUICK: Duration = Duration::from_secs(60);
 const SIGTERM: i32 = 15;
 
-/// A fresh socket path in the scratch directory.
-fn sock_path(name: &str) -> PathBuf {
-    let path = scratch_dir().join(format!("{name}.sock"));
-    let _ = std::fs::remove_file(&path);
-    path
-}
-
 fn wait_for_socket(path: &Path) {
-    let deadline = Instant::now() + QUICK;
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Sends raw bytes on a new connection and returns everything the server answers.
-fn raw(sock: &Path, bytes: &[u8]) -> String {
-    let mut stream = UnixStream::connect(sock).expect("connect to the API socket");
-    stream.set_read_timeout(Some(QUICK)).expect("read timeout");
-    stream.write_all(bytes).expect("send request");
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).expect("read answer");
-    String::from_utf8_lossy(&answer).into_owned()
-}
-
-/// One HTTP/1.1 request; returns the status code and the body.
-fn http(sock: &Path, method: &str, target: &str, body: &str) -> (u16, String) {
-    let request = format!(
-        "{method} {target} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    split_response(&raw(sock, request.as_bytes()))
-}
-
-fn split_response(text: &str) -> (u16, String) {
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    (status, body.to_string())
+    common::api::wait_for_socket(path, QUICK);
 }
 
 fn expect(sock: &Path, method: &str, target: &str, body: &str, status: u16) -> String {

@@ -2,6 +2,7 @@
 //! its serial output and log, feeds serial input, and waits for lines and the exit status.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod dhcp;
 pub mod netns;
 
