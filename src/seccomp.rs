@@ -150,6 +150,8 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             vec![SeccompRule::new(vec![fionbio]).map_err(build)?],
         );
     }
+    // Decided by `open_refusal`, stacked on this filter: ENOENT, never allowed.
+    rules.insert(libc::SYS_openat, vec![]);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Trap,
@@ -160,6 +162,25 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     BpfProgram::try_from(filter).map_err(|e| SeccompError::Build(kind, e.to_string()))
 }
 
+/// A second filter, stacked on every thread's list: `openat` fails with ENOENT. glibc's malloc
+/// opens `/proc/sys/vm/overcommit_memory` the first time it shrinks a thread's heap
+/// (`check_may_shrink_heap`) and copes when it cannot; trapping would kill Ember for freeing
+/// memory (the API thread did, after a burst of large answers). The thread still cannot open
+/// anything (crosvm's policies answer `openat` with an errno for the same reason). The kernel
+/// applies the stricter of the two filters' answers, so ENOENT wins over the list's allow.
+pub fn open_refusal() -> Result<BpfProgram, SeccompError> {
+    let build = |e: seccompiler::BackendError| SeccompError::Build(ThreadKind::Vmm, e.to_string());
+    let rules = BTreeMap::from([(libc::SYS_openat, vec![])]);
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOENT as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(build)?;
+    BpfProgram::try_from(filter).map_err(build)
+}
+
 thread_local! {
     /// The filter this thread installed, for the SIGSYS report (read without system calls).
     static THREAD_KIND: std::cell::Cell<Option<ThreadKind>> = const { std::cell::Cell::new(None) };
@@ -168,8 +189,11 @@ thread_local! {
 /// Installs `kind`'s filter on the calling thread (threads it spawns later inherit it).
 pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
     let program = filter(kind)?;
+    let refusal = open_refusal()?;
     THREAD_KIND.with(|k| k.set(Some(kind)));
-    seccompiler::apply_filter(&program).map_err(|e| SeccompError::Install(kind, e.to_string()))
+    seccompiler::apply_filter(&refusal)
+        .and_then(|()| seccompiler::apply_filter(&program))
+        .map_err(|e| SeccompError::Install(kind, e.to_string()))
 }
 
 extern "C" fn handle_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -315,6 +339,11 @@ mod tests {
         for kind in [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::Api] {
             assert!(!filter(kind).expect("filter builds").is_empty());
         }
+    }
+
+    #[test]
+    fn test_open_refusal_builds() {
+        assert!(!open_refusal().expect("filter builds").is_empty());
     }
 
     #[test]
