@@ -5,14 +5,16 @@
 mod common;
 
 use std::fs::{File, OpenOptions};
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::api::{http, sock_path, wait_for_socket};
-use common::{GUEST_TIMEOUT, TestVm, VmArgs, scratch_dir};
+use common::api::{http, raw, request, sock_path, split_response, statuses, wait_for_socket};
+use common::{GUEST_TIMEOUT, TestVm, VmArgs, scratch_dir, test_guest};
 
 const SIGTERM: i32 = 15;
 /// What "promptly" means for a stop signal: the issue asks for a second; the bound is looser
@@ -135,6 +137,234 @@ fn test_events_fifo_without_reader_sigterm_stops_wait() {
         assert!(Instant::now() < deadline, "{}", vm.log());
         std::thread::sleep(Duration::from_millis(10));
     }
+    vm.signal(SIGTERM);
+    wait_stopped(&mut vm, 128 + SIGTERM);
+}
+
+/// Ember waiting for its configuration on a fresh API socket.
+fn api_only(name: &str) -> (TestVm, std::path::PathBuf) {
+    let sock = sock_path(name);
+    let vm = TestVm::start(VmArgs::default().arg("--api-sock", sock.display()));
+    wait_for_socket(&sock, GUEST_TIMEOUT);
+    // Answered by the main thread: every descriptor of the pre-boot loop exists.
+    expect_status(&sock, "GET", "/", "", 200);
+    (vm, sock)
+}
+
+/// User plus system CPU time of process `pid`, from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("comm")
+        .1
+        .split_whitespace()
+        .collect();
+    // Fields 14 and 15 (utime, stime), counted after the comm field.
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf has no memory arguments.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// Sets the soft RLIMIT_NOFILE of process `pid`; returns the old soft limit.
+fn set_nofile(pid: u32, soft: u64) -> u64 {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a query of `pid`'s limit into `old`, a valid rlimit owned by this frame.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(rc, 0, "prlimit query");
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: `new` is a valid rlimit; the old value is not asked for.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit set");
+    old.rlim_cur
+}
+
+/// Item 2: out of descriptors, accept(2) fails with EMFILE while ten clients wait. The API
+/// thread backs off (no busy loop: CPU time measured) and says so at most once per period;
+/// once descriptors are available again every waiting client is served.
+#[test]
+fn test_api_emfile_backs_off_without_spinning() {
+    let (mut vm, sock) = api_only("emfile");
+    let pid = vm.pid();
+    let open: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .collect();
+    // New descriptors take the lowest free number: with the limit there, none can be made.
+    let lowest_free = (0..).find(|n| !open.contains(n)).expect("a free number");
+    let old = set_nofile(pid, lowest_free);
+    let clients: Vec<UnixStream> = (0..10)
+        .map(|_| UnixStream::connect(&sock).expect("connect (queued in the backlog)"))
+        .collect();
+    let cpu_before = cpu_time(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = cpu_time(pid) - cpu_before;
+    assert!(cpu < Duration::from_millis(500), "{cpu:?} of CPU in 2 s");
+    let complaints = vm.log().matches("cannot accept connections").count();
+    assert!((1..=2).contains(&complaints), "{}", vm.log());
+
+    set_nofile(pid, old);
+    for mut client in clients {
+        client
+            .set_read_timeout(Some(GUEST_TIMEOUT))
+            .expect("read timeout");
+        client
+            .write_all(request("GET", "/", "").as_bytes())
+            .unwrap_or_else(|e| panic!("send: {e}\n{}", vm.log()));
+        let mut answer = String::new();
+        client
+            .read_to_string(&mut answer)
+            .unwrap_or_else(|e| panic!("answer: {e}\n{}", vm.log()));
+        assert_eq!(split_response(&answer).0, 200, "{answer}");
+    }
+    vm.signal(SIGTERM);
+    wait_stopped(&mut vm, 128 + SIGTERM);
+}
+
+/// Item 2: a client trickling one byte every 200 ms is closed (408) when its request's deadline
+/// passes, however recent its last byte.
+#[test]
+fn test_api_trickling_client_closed_at_deadline() {
+    let (mut vm, sock) = api_only("trickle");
+    let mut client = UnixStream::connect(&sock).expect("connect");
+    client.set_nonblocking(true).expect("non-blocking");
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let head = b"GET / HTTP/1.1\r\nX-Slow: ".iter();
+    'trickle: for byte in head.chain(std::iter::repeat(&b'a')) {
+        if client.write_all(&[*byte]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let mut buf = [0u8; 1024];
+        loop {
+            match client.read(&mut buf) {
+                Ok(0) => break 'trickle,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => break 'trickle,
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "a trickling client is still connected after 20 s"
+        );
+    }
+    let closed_after = started.elapsed();
+    assert!(closed_after >= Duration::from_secs(4), "{closed_after:?}");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    expect_status(&sock, "GET", "/", "", 200);
+    vm.signal(SIGTERM);
+    wait_stopped(&mut vm, 128 + SIGTERM);
+}
+
+/// A client that pipelines 2,000 requests and never reads an answer.
+fn hog(sock: &Path) -> UnixStream {
+    let pipelined = request("GET", "/vm/config", "").replace("Connection: close", "X: y");
+    let burst = pipelined.repeat(2000);
+    let client = UnixStream::connect(sock).expect("connect");
+    let mut writer = client.try_clone().expect("clone");
+    // The server stops reading a client whose answers pile up: write from a thread.
+    std::thread::spawn(move || {
+        let _ = writer.write_all(burst.as_bytes());
+    });
+    client
+}
+
+/// Item 2: ten clients pipeline requests and never read the answers; another client is still
+/// answered at once (before, each of them held the single API thread for 2 s).
+#[test]
+fn test_api_clients_not_reading_answers_block_nobody() {
+    let (mut vm, sock) = api_only("no-readers");
+    let hogs: Vec<UnixStream> = (0..10).map(|_| hog(&sock)).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let asked = Instant::now();
+    expect_status(&sock, "GET", "/", "", 200);
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(5), "GET / took {took:?}");
+    drop(hogs);
+    vm.signal(SIGTERM);
+    wait_stopped(&mut vm, 128 + SIGTERM);
+}
+
+/// Item 2: requests pipelined and followed by shutdown(SHUT_WR) are all answered and applied.
+#[test]
+fn test_api_pipelined_requests_after_half_close_all_served() {
+    let (mut vm, sock) = api_only("pipelined");
+    // While a client that does not read holds the server busy (it did, 2 s per answer), the
+    // requests and the half-close below arrive together.
+    let _hog = hog(&sock);
+    std::thread::sleep(Duration::from_millis(300));
+    let get = request("GET", "/", "").replace("Connection: close", "X: y");
+    let mut client = UnixStream::connect(&sock).expect("connect");
+    client.write_all(get.repeat(3).as_bytes()).expect("send");
+    client.shutdown(Shutdown::Write).expect("half close");
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).expect("answers");
+    assert_eq!(statuses(&answer), [200, 200, 200], "{answer}");
+
+    let machine = request(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 2, "mem_size_mib": 64}"#,
+    );
+    let boot = request(
+        "PUT",
+        "/boot-source",
+        &format!(
+            r#"{{"kernel_image_path": "{}"}}"#,
+            test_guest("echo").display()
+        ),
+    );
+    let mut client = UnixStream::connect(&sock).expect("connect");
+    let both = format!("{machine}{boot}").replace("Connection: close", "X: y");
+    client.write_all(both.as_bytes()).expect("send");
+    client.shutdown(Shutdown::Write).expect("half close");
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).expect("answers");
+    assert_eq!(statuses(&answer), [204, 204], "{answer}");
+    let (_, config) = http(&sock, "GET", "/vm/config", "");
+    assert!(config.contains("kernel_image_path"), "{config}");
+    assert!(config.contains(r#""vcpu_count":2"#), "{config}");
+    vm.signal(SIGTERM);
+    wait_stopped(&mut vm, 128 + SIGTERM);
+}
+
+/// Item 2: two Content-Length headers that disagree are refused (RFC 9112), not "last wins".
+#[test]
+fn test_api_conflicting_content_length_is_400() {
+    let (mut vm, sock) = api_only("content-length");
+    let answer = raw(
+        &sock,
+        b"GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    let (status, body) = split_response(&answer);
+    assert_eq!(status, 400, "{answer}");
+    assert!(body.contains("fault_message"), "{body}");
+    assert!(body.contains("Content-Length"), "{body}");
     vm.signal(SIGTERM);
     wait_stopped(&mut vm, 128 + SIGTERM);
 }

@@ -75,18 +75,24 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
     let method = req.method.unwrap_or_default().to_string();
     let target = req.path.unwrap_or_default().to_string();
     let mut close = req.version == Some(0);
-    let mut content_length = 0usize;
+    let mut content_length: Option<usize> = None;
     let mut expect_continue = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             let parsed = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok());
-            match parsed {
-                Some(n) => content_length = n,
-                None => {
+            match (parsed, content_length) {
+                (None, _) => {
                     return Parsed::Error(ApiResponse::bad_request("Invalid Content-Length."));
                 }
+                // RFC 9112 6.3: differing lengths make the message's framing unknowable.
+                (Some(n), Some(earlier)) if n != earlier => {
+                    return Parsed::Error(ApiResponse::bad_request(&format!(
+                        "Conflicting Content-Length headers ({earlier} and {n})."
+                    )));
+                }
+                (Some(n), _) => content_length = Some(n),
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Parsed::Error(ApiResponse::error(
@@ -103,6 +109,7 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
             expect_continue = true;
         }
     }
+    let content_length = content_length.unwrap_or(0);
     if content_length > MAX_BODY {
         return Parsed::Error(ApiResponse::error(
             413,
@@ -264,6 +271,25 @@ mod tests {
             parse_request(b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Parsed::Error(ApiResponse { status: 501, .. })
         ));
+    }
+
+    #[test]
+    fn test_parse_request_conflicting_content_length_is_400() {
+        let raw = b"PUT / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 30\r\n\r\nabc";
+        let Parsed::Error(r) = parse_request(raw) else {
+            panic!("error")
+        };
+        assert_eq!(r.status, 400);
+        assert!(r.body.expect("body").contains("Conflicting Content-Length"));
+    }
+
+    #[test]
+    fn test_parse_request_repeated_equal_content_length_accepted() {
+        let raw = b"PUT / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc";
+        let Parsed::Complete(req, _) = parse_request(raw) else {
+            panic!("complete")
+        };
+        assert_eq!(req.body, b"abc");
     }
 
     #[test]
