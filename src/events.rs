@@ -308,7 +308,9 @@ impl EventSink {
             if left.is_zero() {
                 break;
             }
-            wait_writable(fd, left);
+            if !matches!(crate::fdwait::writable(fd, left), Ok(true)) {
+                break;
+            }
             self.flush();
         }
         let lost = self.dropped + self.pending.iter().map(|p| p.notice.max(1)).sum::<u64>();
@@ -328,18 +330,6 @@ fn now_us() -> u128 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros())
         .unwrap_or(0)
-}
-
-/// Waits at most `timeout` for `fd` to take a write.
-fn wait_writable(fd: RawFd, timeout: Duration) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `pfd` is one valid pollfd owned by this frame; poll only writes its `revents`.
-    unsafe { libc::poll(&mut pfd, 1, ms) };
 }
 
 #[cfg(test)]

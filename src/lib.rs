@@ -17,6 +17,8 @@ pub mod device_manager;
 pub mod devices;
 /// Lifecycle event lines (`--events`).
 pub mod events;
+/// Bounded waits (poll) on host descriptors that must not block or hang.
+pub mod fdwait;
 /// Host KVM detection and the software-nested (PVM) compatibility policy.
 pub mod host;
 /// From a front end's request to a finished VM: API socket, pre-boot wait, build, run.

@@ -11,6 +11,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::api::{http, raw, request, sock_path, split_response, statuses, wait_for_socket};
@@ -367,4 +368,123 @@ fn test_api_conflicting_content_length_is_400() {
     assert!(body.contains("Content-Length"), "{body}");
     vm.signal(SIGTERM);
     wait_stopped(&mut vm, 128 + SIGTERM);
+}
+
+/// How a bounded `ember` run ended: exit code (None if killed by a signal), stderr, duration.
+struct Ended {
+    code: Option<i32>,
+    stderr: String,
+    took: Duration,
+}
+
+/// Runs `ember args` with `stdin`, its address space limited to `address_space` bytes (so that
+/// a runaway allocation fails fast instead of eating the host), killed after `timeout`.
+fn run_bounded(args: &[&str], stdin: Stdio, address_space: u64, timeout: Duration) -> Ended {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(common::ember_bin());
+    cmd.args(args)
+        .stdin(stdin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: between fork and exec only setrlimit, which is async-signal-safe, runs.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: address_space,
+                rlim_max: address_space,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn().expect("spawn ember");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ember {args:?} did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = started.elapsed();
+    let mut stderr = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr);
+    Ended {
+        code: status.code(),
+        stderr,
+        took,
+    }
+}
+
+/// One `ember:` error line containing `needle`, exit status 2.
+fn assert_usage_error(ended: &Ended, needle: &str) {
+    assert_eq!(ended.code, Some(2), "{}", ended.stderr);
+    let errors: Vec<&str> = ended
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("ember:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", ended.stderr);
+    assert!(errors[0].contains(needle), "{}", ended.stderr);
+}
+
+const GIB: u64 = 1 << 30;
+
+/// Item 3: `--config-file /dev/zero` stops at the 1 MiB limit (it was read without limit).
+#[test]
+fn test_config_file_dev_zero_stops_at_limit() {
+    let ended = run_bounded(
+        &["--config-file", "/dev/zero"],
+        Stdio::null(),
+        GIB,
+        Duration::from_secs(30),
+    );
+    assert_usage_error(&ended, "larger than 1 MiB");
+}
+
+/// Item 3: a config file on a pipe is read up to the limit, not to its end.
+#[test]
+fn test_config_file_pipe_over_limit_is_refused() {
+    let (reader, mut writer) = std::io::pipe().expect("pipe");
+    let feeder = std::thread::spawn(move || {
+        let chunk = vec![b' '; 1 << 16];
+        // Ember stops reading at the limit and exits: the write then fails, as it should.
+        for _ in 0..64 {
+            if writer.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let ended = run_bounded(
+        &["--config-file", "/dev/stdin"],
+        Stdio::from(reader),
+        GIB,
+        Duration::from_secs(30),
+    );
+    feeder.join().expect("feeder");
+    assert_usage_error(&ended, "larger than 1 MiB");
+}
+
+/// Item 3: a FIFO that nobody writes to times out with one clear line (it hung forever).
+#[test]
+fn test_config_file_fifo_without_writer_times_out() {
+    let fifo = mkfifo("no-writer-config.fifo");
+    let ended = run_bounded(
+        &["--config-file", &fifo.display().to_string()],
+        Stdio::null(),
+        GIB,
+        Duration::from_secs(30),
+    );
+    assert_usage_error(&ended, "not read to its end within 10 s");
+    assert!(ended.took >= Duration::from_secs(9), "{:?}", ended.took);
 }

@@ -2,7 +2,12 @@
 //! Firecracker's resource names and field names, plus Ember's `serial` resource and the
 //! `boot_protocol` / `pvm_compat` extension fields (see docs/usage.md).
 
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +21,9 @@ use super::serial::SerialBody;
 use super::{BootConfig, ConfigError, DriveConfig, NetConfig, SerialConfig, VmConfigDraft};
 
 /// Largest config file Ember reads.
-const MAX_FILE_SIZE: u64 = 1 << 20;
+const MAX_FILE_SIZE: usize = 1 << 20;
+/// How long Ember waits for a config file's bytes: a FIFO nobody writes to must not hang it.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The whole document. Every resource is optional when parsing; `boot-source` is required to
 /// start a VM.
@@ -66,6 +73,15 @@ pub enum ConfigFileError {
     /// The file is larger than Ember reads.
     #[error("config file {0}: larger than 1 MiB")]
     TooLarge(PathBuf),
+    /// The file (a FIFO or a device) gave no end of file in time.
+    #[error(
+        "config file {path}: not read to its end within {} s (a FIFO that nobody writes to?)",
+        READ_TIMEOUT.as_secs()
+    )]
+    TimedOut {
+        /// The file.
+        path: PathBuf,
+    },
     /// Not JSON, or not the expected shape; the message names the field path.
     #[error("config file {path}: {message}")]
     Parse {
@@ -145,11 +161,19 @@ pub fn load(path: &Path) -> Result<(VmConfigDraft, Option<LogLevel>), ConfigFile
         path: path.to_owned(),
         source,
     };
-    let meta = std::fs::metadata(path).map_err(read_err)?;
-    if meta.len() > MAX_FILE_SIZE {
-        return Err(ConfigFileError::TooLarge(path.to_owned()));
-    }
-    let text = std::fs::read(path).map_err(read_err)?;
+    // Non-blocking: opening a FIFO does not wait for a writer, reading never hangs.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(read_err)?;
+    let text = read_bounded(&file, MAX_FILE_SIZE, READ_TIMEOUT).map_err(|e| match e {
+        Bounded::TooLarge => ConfigFileError::TooLarge(path.to_owned()),
+        Bounded::TimedOut => ConfigFileError::TimedOut {
+            path: path.to_owned(),
+        },
+        Bounded::Io(source) => read_err(source),
+    })?;
     parse(&text).map_err(|e| match e {
         ParseError::Syntax(message) => ConfigFileError::Parse {
             path: path.to_owned(),
@@ -160,6 +184,47 @@ pub fn load(path: &Path) -> Result<(VmConfigDraft, Option<LogLevel>), ConfigFile
             source,
         },
     })
+}
+
+/// Why `read_bounded` stopped.
+#[derive(Debug)]
+enum Bounded {
+    TooLarge,
+    TimedOut,
+    Io(std::io::Error),
+}
+
+/// Reads `file` to its end, at most `limit` bytes of it and within `timeout`, whatever it is:
+/// a regular file, a pipe or FIFO (waited for, so a FIFO with no writer times out rather than
+/// reading as empty), or a device that never ends (`/dev/zero` stops at the limit).
+fn read_bounded(mut file: &File, limit: usize, timeout: Duration) -> Result<Vec<u8>, Bounded> {
+    let deadline = Instant::now() + timeout;
+    let mut text = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Regular files are always ready; a FIFO is ready once a writer wrote or left.
+        match crate::fdwait::readable(file.as_raw_fd(), left) {
+            Ok(true) => {}
+            Ok(false) if left.is_zero() => return Err(Bounded::TimedOut),
+            Ok(false) => continue,
+            Err(e) => return Err(Bounded::Io(e)),
+        }
+        match file.read(&mut chunk) {
+            Ok(0) => return Ok(text),
+            Ok(n) => {
+                text.extend_from_slice(&chunk[..n]);
+                if text.len() > limit {
+                    return Err(Bounded::TooLarge);
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+            Err(e) => return Err(Bounded::Io(e)),
+        }
+        if Instant::now() >= deadline {
+            return Err(Bounded::TimedOut);
+        }
+    }
 }
 
 /// What `parse` rejects.
@@ -261,6 +326,46 @@ mod tests {
             parse(br#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 64}}"#),
             Err(ParseError::Invalid(ConfigError::NoBootSource))
         );
+    }
+
+    fn pipe_with(bytes: &[u8], keep_writer: bool) -> (File, Option<std::io::PipeWriter>) {
+        use std::io::Write;
+        let (reader, mut writer) = std::io::pipe().expect("pipe");
+        writer.write_all(bytes).expect("write");
+        (
+            File::from(std::os::fd::OwnedFd::from(reader)),
+            keep_writer.then_some(writer),
+        )
+    }
+
+    #[test]
+    fn test_read_bounded_pipe_reads_to_end() {
+        let (file, _) = pipe_with(b"{}", false);
+        let text = read_bounded(&file, 10, Duration::from_secs(5)).expect("read");
+        assert_eq!(text, b"{}");
+    }
+
+    #[test]
+    fn test_read_bounded_stops_at_limit() {
+        let (file, _) = pipe_with(&[b' '; 100], false);
+        assert!(matches!(
+            read_bounded(&file, 50, Duration::from_secs(5)),
+            Err(Bounded::TooLarge)
+        ));
+        let zero = File::open("/dev/zero").expect("/dev/zero");
+        assert!(matches!(
+            read_bounded(&zero, 1 << 20, Duration::from_secs(5)),
+            Err(Bounded::TooLarge)
+        ));
+    }
+
+    #[test]
+    fn test_read_bounded_silent_writer_times_out() {
+        let (file, _writer) = pipe_with(b"{", true);
+        assert!(matches!(
+            read_bounded(&file, 10, Duration::from_millis(20)),
+            Err(Bounded::TimedOut)
+        ));
     }
 
     #[test]
