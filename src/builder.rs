@@ -252,7 +252,7 @@ fn serial_output(config: &SerialConfig) -> Result<SerialOutput, StartError> {
                 .as_fd()
                 .try_clone_to_owned()
                 .map_err(io_err("a handle on standard output"))?;
-            SerialOutput::Stdout(File::from(fd))
+            SerialOutput::stdout(File::from(fd))
         }
         SerialConfig::File(path) => SerialOutput::File(
             OpenOptions::new()

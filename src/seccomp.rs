@@ -1,8 +1,8 @@
-//! seccomp-bpf filters, one per thread kind (VMM event loop, vCPU, API), built with seccompiler
-//! from the lists below and installed before any guest code runs. A system call outside its
-//! thread's list raises SIGSYS; the handler writes one line naming the thread and the call to
-//! stderr and ends the process with status 159 (128 + SIGSYS). `--no-seccomp` turns filtering
-//! off for debugging: it removes a layer of defence against a compromised VMM.
+//! seccomp-bpf filters, one per thread kind (VMM event loop, vCPU, API, console output), built
+//! with seccompiler from the lists below and installed before any guest code runs. A system call
+//! outside its thread's list raises SIGSYS; the handler writes one line naming the thread and the
+//! call to stderr and ends the process with status 159 (128 + SIGSYS). `--no-seccomp` turns
+//! filtering off for debugging: it removes a layer of defence against a compromised VMM.
 //!
 //! The filters allow system calls by number, without argument checks (a later refinement can
 //! restrict `ioctl` to the KVM and TUN requests Ember issues).
@@ -28,6 +28,8 @@ pub enum ThreadKind {
     Vcpu,
     /// The API server thread.
     Api,
+    /// The console output thread: blocking writes to standard output.
+    Console,
 }
 
 /// Errors while building or installing a filter.
@@ -128,6 +130,8 @@ pub fn allowed(kind: ThreadKind) -> Vec<libc::c_long> {
         ThreadKind::Vmm => VMM,
         ThreadKind::Vcpu => VCPU,
         ThreadKind::Api => API,
+        // write, futex and memory management, all in the common list.
+        ThreadKind::Console => &[],
     };
     let mut list: Vec<libc::c_long> = COMMON.iter().chain(extra).copied().collect();
     list.sort_unstable();
@@ -212,6 +216,7 @@ extern "C" fn handle_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
         Some(ThreadKind::Vmm) => b"main",
         Some(ThreadKind::Vcpu) => b"vcpu",
         Some(ThreadKind::Api) => b"api",
+        Some(ThreadKind::Console) => b"console",
         None => b"?",
     };
     let mut buf = [0u8; 160];
@@ -336,7 +341,12 @@ mod tests {
 
     #[test]
     fn test_filters_build_for_every_thread_kind() {
-        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::Api] {
+        for kind in [
+            ThreadKind::Vmm,
+            ThreadKind::Vcpu,
+            ThreadKind::Api,
+            ThreadKind::Console,
+        ] {
             assert!(!filter(kind).expect("filter builds").is_empty());
         }
     }
@@ -355,6 +365,9 @@ mod tests {
         assert!(!vcpu.contains(&libc::SYS_openat));
         assert!(!vmm.contains(&libc::SYS_execve));
         assert!(!allowed(ThreadKind::Api).contains(&libc::SYS_ioctl));
+        let console = allowed(ThreadKind::Console);
+        assert!(console.iter().all(|nr| vcpu.contains(nr)));
+        assert!(!console.contains(&libc::SYS_ioctl));
     }
 
     #[test]

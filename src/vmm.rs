@@ -22,6 +22,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::api::{ApiCall, ApiChannel, ApiResponse};
 use crate::builder::Devices;
 use crate::config::VmConfig;
+use crate::devices::legacy::console_output::ConsoleOutputError;
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{SerialDevice, SerialInput};
 use crate::devices::legacy::terminal::RawTerminal;
@@ -94,6 +95,9 @@ pub enum VmmError {
     /// A seccomp filter could not be installed.
     #[error("seccomp: {0}")]
     Seccomp(String),
+    /// The console output thread could not start.
+    #[error(transparent)]
+    ConsoleOutput(#[from] ConsoleOutputError),
 }
 
 /// The console's input side: the UART and the event telling that its FIFO has room.
@@ -355,6 +359,7 @@ impl Vmm {
         // Raw mode only while the guest owns a terminal console; dropped (restored) on return.
         let mut _raw_terminal = None;
         if let Some(console) = self.devices.console.take() {
+            console.serial.start_output(options.seccomp)?;
             let stdin = std::io::stdin();
             _raw_terminal = RawTerminal::enter(0);
             match stdin.as_fd().try_clone_to_owned() {

@@ -488,3 +488,67 @@ fn test_config_file_fifo_without_writer_times_out() {
     assert_usage_error(&ended, "not read to its end within 10 s");
     assert!(ended.took >= Duration::from_secs(9), "{:?}", ended.took);
 }
+
+/// Item 4: standard output is a pipe that nobody reads once the guest is up. The guest keeps
+/// echoing (its output waits in Ember), a pause still succeeds (it answered 500 while the vCPU
+/// was stuck in the console write), and once the reader reads again every line arrives.
+#[test]
+fn test_console_pipe_not_read_does_not_stall_vcpu_or_pause() {
+    let (mut reader, writer) = std::io::pipe().expect("pipe");
+    // SAFETY: F_SETPIPE_SZ on a descriptor this test owns; no memory is passed.
+    let rc = unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert!(rc >= 4096, "F_SETPIPE_SZ failed");
+    let sock = sock_path("console-stall");
+    let mut child = KillOnDrop(
+        Command::new(common::ember_bin())
+            .args(["--kernel", &test_guest("echo").display().to_string()])
+            .args([
+                "--api-sock",
+                &sock.display().to_string(),
+                "--log-level",
+                "info",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(writer)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ember"),
+    );
+    let mut console = String::new();
+    let mut read_until = |console: &mut String, needle: &str| {
+        let mut buf = [0u8; 4096];
+        while !console.contains(needle) {
+            let n = reader.read(&mut buf).expect("console");
+            assert!(n > 0, "console closed before {needle:?}: {console}");
+            console.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    read_until(&mut console, "READY");
+    wait_for_socket(&sock, GUEST_TIMEOUT);
+    let mut stdin = child.0.stdin.take().expect("stdin");
+    let lines: String = (0..60)
+        .map(|i| format!("{i:03}{}\n", "x".repeat(150)))
+        .collect();
+    stdin.write_all(lines.as_bytes()).expect("serial input");
+    // The echoes (9 KiB) overflow the one-page pipe long before the guest is done.
+    std::thread::sleep(Duration::from_secs(2));
+    expect_status(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#, 204);
+    expect_status(&sock, "PATCH", "/vm", r#"{"state": "Resumed"}"#, 204);
+    read_until(&mut console, &format!("ECHO 059{}", "x".repeat(150)));
+    stdin.write_all(b"quit\n").expect("quit");
+    drop(stdin);
+    let status = child.0.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
+
+/// A child process killed when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

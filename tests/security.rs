@@ -39,7 +39,14 @@ fn test_every_thread_runs_with_seccomp_filter() {
             name.trim()
         );
     }
-    for expected in ["ember", "ember_vcpu0", "ember_vcpu1", "ember_api"] {
+    // Standard output is a pipe here: the console output thread runs too.
+    for expected in [
+        "ember",
+        "ember_vcpu0",
+        "ember_vcpu1",
+        "ember_api",
+        "ember_console",
+    ] {
         assert!(
             seen.iter().any(|n| n == expected),
             "{expected} missing in {seen:?}"

@@ -2,6 +2,7 @@
 //! keyboard) and the boot timer.
 
 pub mod boot_timer;
+pub mod console_output;
 pub mod i8042;
 pub mod serial;
 pub mod terminal;

@@ -1,9 +1,10 @@
-//! The 16550 UART console (vm-superio) on COM1, its output sink and the event-loop handler that
-//! feeds host input into it.
+//! The 16550 UART console (vm-superio) on COM1, its output sink (buffered by `console_output`
+//! where it can stall) and the event-loop handler that feeds host input into it.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -13,6 +14,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::EventFdTrigger;
+use super::console_output::{BufferedOutput, ConsoleOutputError};
 use crate::devices::bus::BusDevice;
 
 /// I/O port of COM1.
@@ -24,18 +26,37 @@ pub const ESCAPE_KEY: u8 = 0x01;
 
 /// Where guest console output goes.
 pub enum SerialOutput {
-    /// The host's standard output.
+    /// The host's standard output, written directly: a terminal (or a regular file).
     Stdout(File),
+    /// The host's standard output on a pipe, FIFO or socket, whose reader may stop reading:
+    /// written by the `ember_console` thread, never blocking the vCPU.
+    Buffered(BufferedOutput),
     /// A file.
     File(File),
     /// Discarded.
     Sink,
 }
 
+impl SerialOutput {
+    /// Output to standard output (`file` is a handle on it): buffered when it can stall.
+    pub fn stdout(file: File) -> Self {
+        let can_stall = file
+            .metadata()
+            .map(|m| m.file_type().is_fifo() || m.file_type().is_socket())
+            .unwrap_or(false);
+        if can_stall {
+            SerialOutput::Buffered(BufferedOutput::new(file))
+        } else {
+            SerialOutput::Stdout(file)
+        }
+    }
+}
+
 impl Write for SerialOutput {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             SerialOutput::Stdout(f) | SerialOutput::File(f) => f.write(buf),
+            SerialOutput::Buffered(b) => b.write(buf),
             SerialOutput::Sink => Ok(buf.len()),
         }
     }
@@ -43,6 +64,7 @@ impl Write for SerialOutput {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             SerialOutput::Stdout(f) | SerialOutput::File(f) => f.flush(),
+            SerialOutput::Buffered(b) => b.flush(),
             SerialOutput::Sink => Ok(()),
         }
     }
@@ -91,6 +113,16 @@ impl SerialDevice {
                 log::warn!("Failed to queue serial input: {e:?}");
                 0
             }
+        }
+    }
+
+    /// Starts the console output thread when output is buffered (a no-op otherwise); with
+    /// `seccomp` the thread is filtered before this returns.
+    pub fn start_output(&self, seccomp: bool) -> Result<(), ConsoleOutputError> {
+        let mut uart = self.uart.lock().expect("serial lock poisoned");
+        match uart.writer_mut() {
+            SerialOutput::Buffered(out) => out.start(seccomp),
+            _ => Ok(()),
         }
     }
 
