@@ -53,14 +53,29 @@ fn expect_status(sock: &Path, method: &str, target: &str, body: &str, status: u1
     assert_eq!(got, status, "{method} {target} {body} -> {answer}");
 }
 
-fn wait_stopped(vm: &mut TestVm, code: i32) {
+/// Waits for a log line containing `needle`.
+fn wait_for_log(vm: &TestVm, needle: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !vm.log().contains(needle) {
+        assert!(Instant::now() < deadline, "no {needle:?} in\n{}", vm.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends `sig` and checks that Ember stops promptly with status 128 + `sig` and, when it
+/// served `sock`, removes the socket.
+fn stop(vm: &mut TestVm, sig: i32, sock: Option<&Path>) {
+    vm.signal(sig);
     let asked = Instant::now();
-    assert_eq!(vm.exit_code(GUEST_TIMEOUT), code, "{}", vm.log());
+    assert_eq!(vm.exit_code(GUEST_TIMEOUT), 128 + sig, "{}", vm.log());
     assert!(
         asked.elapsed() < STOP_TIMEOUT,
         "stopping took {:?}",
         asked.elapsed()
     );
+    if let Some(sock) = sock {
+        assert!(!sock.exists(), "the socket is removed");
+    }
 }
 
 /// Item 1: an `--events` FIFO whose reader keeps it open and never reads. Thousands of
@@ -122,9 +137,7 @@ fn test_events_fifo_never_read_keeps_api_and_sigterm_working() {
         expect_status(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#, 204);
         expect_status(&sock, "PATCH", "/vm", r#"{"state": "Resumed"}"#, 204);
     }
-    vm.signal(SIGTERM);
-    wait_stopped(&mut vm, 128 + SIGTERM);
-    assert!(!sock.exists(), "the socket is removed");
+    stop(&mut vm, SIGTERM, Some(&sock));
 }
 
 /// Item 1, at the start: Ember waits for a reader of an events FIFO, and a stop signal ends
@@ -133,13 +146,8 @@ fn test_events_fifo_never_read_keeps_api_and_sigterm_working() {
 fn test_events_fifo_without_reader_sigterm_stops_wait() {
     let fifo = mkfifo("no-reader-events.fifo");
     let mut vm = TestVm::start(VmArgs::guest("echo").arg("--events", fifo.display()));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !vm.log().contains("Waiting for a reader") {
-        assert!(Instant::now() < deadline, "{}", vm.log());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    vm.signal(SIGTERM);
-    wait_stopped(&mut vm, 128 + SIGTERM);
+    wait_for_log(&vm, "Waiting for a reader", Duration::from_secs(10));
+    stop(&mut vm, SIGTERM, None);
 }
 
 /// Ember waiting for its configuration on a fresh API socket.
@@ -240,8 +248,7 @@ fn test_api_emfile_backs_off_without_spinning() {
             .unwrap_or_else(|e| panic!("answer: {e}\n{}", vm.log()));
         assert_eq!(split_response(&answer).0, 200, "{answer}");
     }
-    vm.signal(SIGTERM);
-    wait_stopped(&mut vm, 128 + SIGTERM);
+    stop(&mut vm, SIGTERM, Some(&sock));
 }
 
 /// Item 2: a client trickling one byte every 200 ms is closed (408) when its request's deadline
@@ -278,8 +285,7 @@ fn test_api_trickling_client_closed_at_deadline() {
     let answer = String::from_utf8_lossy(&answer).into_owned();
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
     expect_status(&sock, "GET", "/", "", 200);
-    vm.signal(SIGTERM);
-    wait_stopped(&mut vm, 128 + SIGTERM);
+    stop(&mut vm, SIGTERM, Some(&sock));
 }
 
 /// A client that pipelines 2,000 requests and never reads an answer.
@@ -307,8 +313,7 @@ fn test_api_clients_not_reading_answers_block_nobody() {
     let took = asked.elapsed();
     assert!(took < Duration::from_secs(5), "GET / took {took:?}");
     drop(hogs);
-    vm.signal(SIGTERM);
-    wait_stopped(&mut vm, 128 + SIGTERM);
+    stop(&mut vm, SIGTERM, Some(&sock));
 }
 
 /// Item 2: requests pipelined and followed by shutdown(SHUT_WR) are all answered and applied.
@@ -350,8 +355,7 @@ fn test_api_pipelined_requests_after_half_close_all_served() {
     let (_, config) = http(&sock, "GET", "/vm/config", "");
     assert!(config.contains("kernel_image_path"), "{config}");
     assert!(config.contains(r#""vcpu_count":2"#), "{config}");
-    vm.signal(SIGTERM);
-    wait_stopped(&mut vm, 128 + SIGTERM);
+    stop(&mut vm, SIGTERM, Some(&sock));
 }
 
 /// Item 2: two Content-Length headers that disagree are refused (RFC 9112), not "last wins".
@@ -366,8 +370,7 @@ fn test_api_conflicting_content_length_is_400() {
     assert_eq!(status, 400, "{answer}");
     assert!(body.contains("fault_message"), "{body}");
     assert!(body.contains("Content-Length"), "{body}");
-    vm.signal(SIGTERM);
-    wait_stopped(&mut vm, 128 + SIGTERM);
+    stop(&mut vm, SIGTERM, Some(&sock));
 }
 
 /// How a bounded `ember` run ended: exit code (None if killed by a signal), stderr, duration.
@@ -551,4 +554,35 @@ impl Drop for KillOnDrop {
             let _ = self.0.wait();
         }
     }
+}
+
+/// Item 5: a signal Ember does not otherwise use (SIGUSR1, whose default action kills) stops
+/// the VM like SIGTERM: exit status 128 + 10, the socket removed.
+#[test]
+fn test_sigusr1_stops_cleanly_and_removes_socket() {
+    const SIGUSR1: i32 = 10;
+    let sock = sock_path("sigusr1");
+    let mut vm = TestVm::start(VmArgs::guest("echo").arg("--api-sock", sock.display()));
+    vm.wait_for_line("READY", GUEST_TIMEOUT);
+    wait_for_socket(&sock, GUEST_TIMEOUT);
+    stop(&mut vm, SIGUSR1, Some(&sock));
+}
+
+/// Item 5: a socket file left by an Ember that was killed (nobody listens on it) is removed at
+/// the next start, with a log line; a socket somebody listens on is left alone.
+#[test]
+fn test_stale_api_socket_is_replaced_live_one_refused() {
+    let sock = sock_path("stale");
+    drop(std::os::unix::net::UnixListener::bind(&sock).expect("bind"));
+    assert!(sock.exists(), "a stale socket file");
+    let mut vm = TestVm::start(VmArgs::default().arg("--api-sock", sock.display()));
+    wait_for_log(&vm, "Removed the stale API socket", GUEST_TIMEOUT);
+    expect_status(&sock, "GET", "/", "", 200);
+
+    let (code, stderr) =
+        common::run_ember(&["--api-sock", &sock.display().to_string()], GUEST_TIMEOUT);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("in use"), "{stderr}");
+    expect_status(&sock, "GET", "/", "", 200);
+    stop(&mut vm, SIGTERM, Some(&sock));
 }

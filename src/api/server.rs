@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Sender, channel};
@@ -48,6 +49,9 @@ pub enum ApiServerError {
     /// The socket path is already taken.
     #[error("api-sock: {0} already exists (remove it or choose another path)")]
     Exists(PathBuf),
+    /// A process listens on the socket.
+    #[error("api-sock: {0} is in use: another process listens on it")]
+    InUse(PathBuf),
     /// The socket's directory is missing.
     #[error("api-sock: the directory of {0} does not exist")]
     NoDirectory(PathBuf),
@@ -64,7 +68,7 @@ impl ApiServerError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            ApiServerError::Exists(_) | ApiServerError::NoDirectory(_)
+            ApiServerError::Exists(_) | ApiServerError::InUse(_) | ApiServerError::NoDirectory(_)
         )
     }
 }
@@ -79,8 +83,19 @@ pub struct ApiServer {
 impl ApiServer {
     /// Binds `path` and starts the `ember_api` thread; the main thread's end is returned.
     pub fn start(path: &Path, seccomp: bool) -> Result<(ApiServer, ApiChannel), ApiServerError> {
-        if path.symlink_metadata().is_ok() {
-            return Err(ApiServerError::Exists(path.to_owned()));
+        if let Ok(meta) = path.symlink_metadata() {
+            // A socket nobody listens on is what a killed Ember leaves (SIGKILL, a crash).
+            if !meta.file_type().is_socket() {
+                return Err(ApiServerError::Exists(path.to_owned()));
+            }
+            if someone_listens(path) {
+                return Err(ApiServerError::InUse(path.to_owned()));
+            }
+            std::fs::remove_file(path).map_err(|e| ApiServerError::Bind(path.to_owned(), e))?;
+            log::warn!(
+                "Removed the stale API socket {} (no process listens on it)",
+                path.display()
+            );
         }
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
         if let Some(dir) = dir
@@ -138,6 +153,29 @@ impl ApiServer {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// How long the check for a live server at an existing socket path may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether a process accepts connections on the socket at `path`. Only a refused connection
+/// says no: a connection, a time-out (a live server whose backlog is full makes connect wait,
+/// so the probe runs on a short-lived thread) or any other error leaves the file alone.
+fn someone_listens(path: &Path) -> bool {
+    let (tx, rx) = channel();
+    let probe = path.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("ember_probe".into())
+        .spawn(move || {
+            let _ = tx.send(UnixStream::connect(probe).map(drop));
+        });
+    if spawned.is_err() {
+        return true;
+    }
+    !matches!(
+        rx.recv_timeout(PROBE_TIMEOUT),
+        Ok(Err(e)) if e.raw_os_error() == Some(libc::ECONNREFUSED)
+    )
 }
 
 impl Drop for ApiServer {
