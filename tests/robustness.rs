@@ -380,24 +380,30 @@ struct Ended {
     took: Duration,
 }
 
-/// Runs `ember args` with `stdin`, its address space limited to `address_space` bytes (so that
-/// a runaway allocation fails fast instead of eating the host), killed after `timeout`.
-fn run_bounded(args: &[&str], stdin: Stdio, address_space: u64, timeout: Duration) -> Ended {
+/// A resource limit for `run_bounded`.
+type Limit = (libc::__rlimit_resource_t, u64);
+
+/// Runs `ember args` with `stdin` under resource `limits` (an address-space limit makes a
+/// runaway allocation fail fast instead of eating the host), killed after `timeout`.
+fn run_bounded(args: &[&str], stdin: Stdio, limits: &[Limit], timeout: Duration) -> Ended {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(common::ember_bin());
     cmd.args(args)
         .stdin(stdin)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    let limits = limits.to_vec();
     // SAFETY: between fork and exec only setrlimit, which is async-signal-safe, runs.
     unsafe {
         cmd.pre_exec(move || {
-            let limit = libc::rlimit {
-                rlim_cur: address_space,
-                rlim_max: address_space,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
+            for &(resource, value) in &limits {
+                let limit = libc::rlimit {
+                    rlim_cur: value,
+                    rlim_max: value,
+                };
+                if libc::setrlimit(resource, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -441,7 +447,8 @@ fn assert_usage_error(ended: &Ended, needle: &str) {
     assert!(errors[0].contains(needle), "{}", ended.stderr);
 }
 
-const GIB: u64 = 1 << 30;
+/// An address-space limit that Ember's config parsing never reaches.
+const AS_1GIB: Limit = (libc::RLIMIT_AS, 1 << 30);
 
 /// Item 3: `--config-file /dev/zero` stops at the 1 MiB limit (it was read without limit).
 #[test]
@@ -449,7 +456,7 @@ fn test_config_file_dev_zero_stops_at_limit() {
     let ended = run_bounded(
         &["--config-file", "/dev/zero"],
         Stdio::null(),
-        GIB,
+        &[AS_1GIB],
         Duration::from_secs(30),
     );
     assert_usage_error(&ended, "larger than 1 MiB");
@@ -471,7 +478,7 @@ fn test_config_file_pipe_over_limit_is_refused() {
     let ended = run_bounded(
         &["--config-file", "/dev/stdin"],
         Stdio::from(reader),
-        GIB,
+        &[AS_1GIB],
         Duration::from_secs(30),
     );
     feeder.join().expect("feeder");
@@ -485,7 +492,7 @@ fn test_config_file_fifo_without_writer_times_out() {
     let ended = run_bounded(
         &["--config-file", &fifo.display().to_string()],
         Stdio::null(),
-        GIB,
+        &[AS_1GIB],
         Duration::from_secs(30),
     );
     assert_usage_error(&ended, "not read to its end within 10 s");
@@ -585,4 +592,41 @@ fn test_stale_api_socket_is_replaced_live_one_refused() {
     assert!(stderr.contains("in use"), "{stderr}");
     expect_status(&sock, "GET", "/", "", 200);
     stop(&mut vm, SIGTERM, Some(&sock));
+}
+
+/// Item 6: the host refuses a disk write (EFBIG past RLIMIT_FSIZE; it used to kill Ember with
+/// SIGXFSZ): the guest gets an I/O error, the VM goes on, and the log warns once, naming the
+/// disk and its file.
+#[test]
+fn test_block_host_write_failure_warns_once_naming_disk_and_file() {
+    let disk = scratch_dir().join("fsize-limited.img");
+    File::create(&disk)
+        .and_then(|f| f.set_len(4 << 20))
+        .expect("sparse disk file");
+    let ended = run_bounded(
+        &[
+            "--kernel",
+            &test_guest("blk").display().to_string(),
+            "--disk",
+            &format!("path={},id=scratch", disk.display()),
+        ],
+        Stdio::null(),
+        // The check writes 64 KiB at sector 128 (64 KiB in): just past the limit.
+        &[(libc::RLIMIT_FSIZE, 64 << 10)],
+        GUEST_TIMEOUT,
+    );
+    assert_eq!(ended.code, Some(0), "{}", ended.stderr);
+    let warnings: Vec<&str> = ended
+        .stderr
+        .lines()
+        .filter(|l| l.contains("host write of"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", ended.stderr);
+    assert!(warnings[0].contains("Disk scratch"), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains(&disk.display().to_string()),
+        "{}",
+        warnings[0]
+    );
+    assert!(warnings[0].contains("File too large"), "{}", warnings[0]);
 }

@@ -4,9 +4,11 @@
 pub mod disk;
 pub mod request;
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_bindings::virtio_blk::{
@@ -20,7 +22,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use self::disk::{DiskFile, SECTOR_SIZE};
-use self::request::{MAX_DISCARD_SEGMENTS, RequestStats};
+use self::request::{HostIoError, MAX_DISCARD_SEGMENTS, RequestStats};
 use super::{
     ActivateContext, ActivateError, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioInterrupt, read_config_bytes,
@@ -51,6 +53,37 @@ pub enum BlockError {
     EventFd(String, #[source] std::io::Error),
 }
 
+/// After the first warning about a kind of host failure, at most one more per this period.
+const HOST_ERROR_LOG_PERIOD: Duration = Duration::from_secs(60);
+
+/// Host I/O failures of one disk by kind (operation and error): the first of each kind is
+/// reported at once, later ones at most once per `HOST_ERROR_LOG_PERIOD` with their count.
+#[derive(Default)]
+struct HostErrorLog {
+    kinds: HashMap<HostIoError, (Instant, u64)>,
+}
+
+impl HostErrorLog {
+    /// Notes one failure; returns how many of its kind to report (this one and those not yet
+    /// reported), or None while the kind is quiet.
+    fn note(&mut self, error: HostIoError, now: Instant) -> Option<u64> {
+        match self.kinds.get_mut(&error) {
+            None => {
+                self.kinds.insert(error, (now, 0));
+                Some(1)
+            }
+            Some((last, unreported)) => {
+                *unreported += 1;
+                if now.duration_since(*last) < HOST_ERROR_LOG_PERIOD {
+                    return None;
+                }
+                *last = now;
+                Some(std::mem::take(unreported))
+            }
+        }
+    }
+}
+
 struct Active {
     mem: GuestMemoryMmap,
     queue: Queue,
@@ -59,6 +92,7 @@ struct Active {
 /// A virtio-blk device.
 pub struct Block {
     id: String,
+    path: PathBuf,
     disk: DiskFile,
     features: u64,
     config: [u8; CONFIG_SIZE],
@@ -68,6 +102,7 @@ pub struct Block {
     broken: bool,
     paused: Arc<AtomicBool>,
     stats: RequestStats,
+    host_errors: HostErrorLog,
 }
 
 fn put_u32(config: &mut [u8], offset: usize, value: u32) {
@@ -126,6 +161,7 @@ impl Block {
         );
         Ok(Block {
             id: id.to_string(),
+            path: path.to_owned(),
             disk,
             features,
             config,
@@ -135,6 +171,7 @@ impl Block {
             broken: false,
             paused,
             stats: RequestStats::default(),
+            host_errors: HostErrorLog::default(),
         })
     }
 
@@ -170,6 +207,17 @@ impl Block {
             for chain in chains {
                 let head = chain.head_index();
                 let done = request::process(&mem, chain, &self.disk, id, &mut self.stats);
+                if let Some(error) = self.stats.last_host_error.take()
+                    && let Some(count) = self.host_errors.note(error, Instant::now())
+                {
+                    log::warn!(
+                        "Disk {}: host {} of {} failed: {error}; the guest gets an I/O error ({count} time(s) since the last report; {} host failure(s) in all)",
+                        self.id,
+                        error.op,
+                        self.path.display(),
+                        self.stats.host_errors
+                    );
+                }
                 if let Err(e) = queue.add_used(&mem, head, done.used_len) {
                     log::warn!("Disk {}: cannot complete request {head}: {e}", self.id);
                     self.broken = true;
@@ -279,5 +327,41 @@ impl MutEventSubscriber for Block {
         )) {
             log::error!("Disk {}: cannot watch its queue: {e:?}", self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::block::request::HostOp;
+
+    fn efbig() -> HostIoError {
+        HostIoError {
+            op: HostOp::Write,
+            errno: Some(libc::EFBIG),
+            kind: std::io::ErrorKind::FileTooLarge,
+        }
+    }
+
+    #[test]
+    fn test_host_error_log_reports_each_kind_once_per_period() {
+        let mut log = HostErrorLog::default();
+        let start = Instant::now();
+        assert_eq!(log.note(efbig(), start), Some(1));
+        for i in 1..50 {
+            assert_eq!(log.note(efbig(), start + Duration::from_millis(i)), None);
+        }
+        let eof = HostIoError {
+            op: HostOp::Read,
+            errno: None,
+            kind: std::io::ErrorKind::UnexpectedEof,
+        };
+        assert_eq!(
+            log.note(eof, start),
+            Some(1),
+            "another kind is reported at once"
+        );
+        let later = start + HOST_ERROR_LOG_PERIOD;
+        assert_eq!(log.note(efbig(), later), Some(50));
     }
 }

@@ -31,6 +31,70 @@ pub struct RequestStats {
     pub io_errors: u64,
     /// Requests completed with VIRTIO_BLK_S_UNSUPP.
     pub unsupported: u64,
+    /// Of `io_errors`, those where the host file failed (not the guest's request).
+    pub host_errors: u64,
+    /// The latest host failure, for the device to report (it takes it).
+    pub last_host_error: Option<HostIoError>,
+}
+
+/// What the device asked of the host file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HostOp {
+    /// preadv.
+    Read,
+    /// pwritev.
+    Write,
+    /// fdatasync.
+    Flush,
+    /// fallocate(PUNCH_HOLE).
+    Discard,
+    /// fallocate(ZERO_RANGE), or a punched hole.
+    WriteZeroes,
+}
+
+impl std::fmt::Display for HostOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HostOp::Read => "read",
+            HostOp::Write => "write",
+            HostOp::Flush => "flush",
+            HostOp::Discard => "discard",
+            HostOp::WriteZeroes => "write-zeroes",
+        })
+    }
+}
+
+/// A host I/O failure: the operation and the error (errno, or the kind for a short transfer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HostIoError {
+    /// What failed.
+    pub op: HostOp,
+    /// The errno, when the system call failed.
+    pub errno: Option<i32>,
+    /// The error's kind (`UnexpectedEof` for a file shorter than the disk).
+    pub kind: std::io::ErrorKind,
+}
+
+impl HostIoError {
+    fn new(op: HostOp, e: &std::io::Error) -> Self {
+        HostIoError {
+            op,
+            errno: e.raw_os_error(),
+            kind: e.kind(),
+        }
+    }
+}
+
+impl std::fmt::Display for HostIoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.errno {
+            Some(errno) => write!(f, "{}", std::io::Error::from_raw_os_error(errno)),
+            None if self.kind == std::io::ErrorKind::UnexpectedEof => {
+                f.write_str("the file ends before the disk (truncated?)")
+            }
+            None => write!(f, "{}", self.kind),
+        }
+    }
 }
 
 /// Why a request failed, logged at debug level and turned into a status byte.
@@ -54,8 +118,8 @@ enum RequestError {
     BadSegments,
     #[error("guest memory access failed: {0}")]
     Memory(std::io::Error),
-    #[error("host I/O failed: {0}")]
-    Io(std::io::Error),
+    #[error("host {0} failed: {1}")]
+    Io(HostOp, std::io::Error),
     #[error("unsupported request type {0}")]
     Unsupported(u32),
 }
@@ -166,7 +230,7 @@ fn execute(
             let offset = check_range(disk, sector, len as u64)?;
             let bufs = data_slices(mem, chain, true, 0, len)?;
             disk.read_volatile_at(offset, &bufs)
-                .map_err(RequestError::Io)?;
+                .map_err(|e| RequestError::Io(HostOp::Read, e))?;
             Ok(len)
         }
         VIRTIO_BLK_T_OUT => {
@@ -177,14 +241,16 @@ fn execute(
             let offset = check_range(disk, sector, len as u64)?;
             let bufs = data_slices(mem, chain, false, reader.bytes_read(), len)?;
             disk.write_volatile_at(offset, &bufs)
-                .map_err(RequestError::Io)?;
+                .map_err(|e| RequestError::Io(HostOp::Write, e))?;
             Ok(0)
         }
         VIRTIO_BLK_T_FLUSH => {
             if disk.readonly() {
                 return Ok(0);
             }
-            disk.flush().map_err(RequestError::Io).map(|()| 0)
+            disk.flush()
+                .map_err(|e| RequestError::Io(HostOp::Flush, e))
+                .map(|()| 0)
         }
         VIRTIO_BLK_T_GET_ID => {
             let mut serial = [0u8; VIRTIO_BLK_ID_BYTES as usize];
@@ -227,12 +293,12 @@ fn execute(
                 if bytes == 0 {
                     continue;
                 }
-                let done = if kind == VIRTIO_BLK_T_DISCARD {
-                    disk.discard(offset, bytes)
+                let (op, done) = if kind == VIRTIO_BLK_T_DISCARD {
+                    (HostOp::Discard, disk.discard(offset, bytes))
                 } else {
-                    disk.write_zeroes(offset, bytes)
+                    (HostOp::WriteZeroes, disk.write_zeroes(offset, bytes))
                 };
-                done.map_err(RequestError::Io)?;
+                done.map_err(|e| RequestError::Io(op, e))?;
             }
             Ok(0)
         }
@@ -293,6 +359,10 @@ pub fn process(
         Err(e) => {
             log::debug!("virtio-blk: request failed: {e}");
             stats.io_errors += 1;
+            if let RequestError::Io(op, host) = &e {
+                stats.host_errors += 1;
+                stats.last_host_error = Some(HostIoError::new(*op, host));
+            }
             VIRTIO_BLK_S_IOERR as u8
         }
     };
@@ -422,6 +492,27 @@ mod tests {
         assert_eq!(done.status, Some(VIRTIO_BLK_S_IOERR as u8));
         assert_eq!(status(&f), VIRTIO_BLK_S_IOERR as u8);
         assert_eq!(stats.io_errors, 1);
+        assert_eq!(stats.host_errors, 0, "the guest's mistake, not the host's");
+    }
+
+    #[test]
+    fn test_block_file_truncated_under_guest_is_host_error() {
+        let f = fixture("truncated", false);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f.path)
+            .and_then(|file| file.set_len(1024))
+            .expect("truncate");
+        header(&f.mem, VIRTIO_BLK_T_IN, 4);
+        let (done, stats) = run(
+            &f,
+            &[desc(HDR, 16, 0), desc(DATA, 1024, W), desc(STATUS, 1, W)],
+        );
+        assert_eq!(done.status, Some(VIRTIO_BLK_S_IOERR as u8));
+        assert_eq!((stats.io_errors, stats.host_errors), (1, 1));
+        let error = stats.last_host_error.expect("reported");
+        assert_eq!(error.op, HostOp::Read);
+        assert!(error.to_string().contains("truncated"), "{error}");
     }
 
     #[test]
