@@ -446,10 +446,10 @@ fn create_virtio_devices(
     let (disk_slots, net_slots) = slots.split_at(config.drives.len());
     for (index, (drive, &slot)) in config.drives.iter().zip(disk_slots).enumerate() {
         let interrupt = virtio_interrupt(vm, slot)?;
-        let block = Arc::new(Mutex::new(Block::new(
+        let block = Arc::new(Mutex::new(Block::with_sharing(
             &drive.id,
             &drive.path,
-            drive.readonly,
+            (drive.readonly, drive.shared),
             interrupt.clone(),
             devices.paused.clone(),
         )?));

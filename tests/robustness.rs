@@ -630,3 +630,66 @@ fn test_block_host_write_failure_warns_once_naming_disk_and_file() {
     );
     assert!(warnings[0].contains("File too large"), "{}", warnings[0]);
 }
+
+/// Item 7: a writable disk image is locked: a second writable (or read-only) user, in the same
+/// VM or another Ember, is refused with one clear line; read-only users share it.
+#[test]
+fn test_writable_disk_image_is_exclusive() {
+    let disk = scratch_dir().join("exclusive.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk file");
+    let path = disk.display().to_string();
+    // Runs to its end at once: before the lock, each refused run below exited 0.
+    let hello = test_guest("hello").display().to_string();
+
+    let twice = [
+        "--kernel",
+        &hello,
+        "--disk",
+        &format!("path={path},id=a"),
+        "--disk",
+        &format!("path={path},id=b"),
+    ];
+    let (code, stderr) = common::run_ember(&twice, GUEST_TIMEOUT);
+    assert_eq!(code, 1, "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("ember:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("disk b"), "{stderr}");
+    assert!(
+        errors[0].contains("in use by another disk or process"),
+        "{stderr}"
+    );
+
+    let mut first = TestVm::start(VmArgs::guest("echo").arg("--disk", format!("path={path}")));
+    first.wait_for_line("READY", GUEST_TIMEOUT);
+    for disk in [format!("path={path}"), format!("path={path},readonly=on")] {
+        let (code, stderr) =
+            common::run_ember(&["--kernel", &hello, "--disk", &disk], GUEST_TIMEOUT);
+        assert_eq!(code, 1, "{disk}: {stderr}");
+        assert!(stderr.contains("in use"), "{stderr}");
+    }
+    first.send(b"quit\n");
+    assert_eq!(first.exit_code(GUEST_TIMEOUT), 0);
+
+    let readers: Vec<TestVm> = (0..2)
+        .map(|_| {
+            let mut vm = TestVm::start(
+                VmArgs::guest("echo").arg("--disk", format!("path={path},readonly=on")),
+            );
+            vm.wait_for_line("READY", GUEST_TIMEOUT);
+            vm
+        })
+        .collect();
+    for mut vm in readers {
+        vm.send(b"quit\n");
+        assert_eq!(vm.exit_code(GUEST_TIMEOUT), 0, "{}", vm.log());
+    }
+
+    // shared=on: the user's explicit choice to share a writable image.
+    let shared = format!("path={path},shared=on");
+    let mut first = TestVm::start(VmArgs::guest("echo").arg("--disk", &shared));
+    first.wait_for_line("READY", GUEST_TIMEOUT);
+    let (code, stderr) = common::run_ember(&["--kernel", &hello, "--disk", &shared], GUEST_TIMEOUT);
+    assert_eq!(code, 0, "{stderr}");
+    first.send(b"quit\n");
+    assert_eq!(first.exit_code(GUEST_TIMEOUT), 0);
+}

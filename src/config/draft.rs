@@ -176,6 +176,7 @@ mod tests {
             path_on_host: existing_file(),
             is_root_device: true,
             is_read_only: false,
+            shared: false,
         };
         draft.put_drive(&body).expect("first");
         body.is_read_only = true;

@@ -1,4 +1,4 @@
-//! Block devices: `--disk path=FILE[,readonly=on][,id=NAME][,root=on]`.
+//! Block devices: `--disk path=FILE[,readonly=on][,id=NAME][,root=on][,shared=on]`.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -16,6 +16,9 @@ pub struct DriveConfig {
     pub readonly: bool,
     /// The root device: adds `root=/dev/vdX` and `rw`/`ro` to the kernel command line.
     pub root: bool,
+    /// Share a writable image with other users (a shared lock instead of the exclusive one):
+    /// the user vouches that they coordinate (a cluster file system, a scratch image).
+    pub shared: bool,
 }
 
 /// One entry of `drives` in the JSON file, and the body of `PUT /drives/{id}`, with
@@ -33,6 +36,10 @@ pub struct DriveBody {
     /// Read-only (default false).
     #[serde(default)]
     pub is_read_only: bool,
+    /// Ember extension: let other disks and processes use a writable image too (default false;
+    /// see `DriveConfig::shared`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 impl From<&DriveBody> for DriveConfig {
@@ -42,6 +49,7 @@ impl From<&DriveBody> for DriveConfig {
             path: body.path_on_host.clone(),
             readonly: body.is_read_only,
             root: body.is_root_device,
+            shared: body.shared,
         }
     }
 }
@@ -53,6 +61,7 @@ impl From<&DriveConfig> for DriveBody {
             path_on_host: drive.path.clone(),
             is_root_device: drive.root,
             is_read_only: drive.readonly,
+            shared: drive.shared,
         }
     }
 }
@@ -127,6 +136,7 @@ impl FromStr for DriveConfig {
             path: PathBuf::new(),
             readonly: false,
             root: false,
+            shared: false,
         };
         for (key, value) in key_values(s).map_err(DriveError::Parse)? {
             match key {
@@ -134,9 +144,10 @@ impl FromStr for DriveConfig {
                 "id" => drive.id = value.to_string(),
                 "readonly" => drive.readonly = parse_bool(key, value).map_err(DriveError::Parse)?,
                 "root" => drive.root = parse_bool(key, value).map_err(DriveError::Parse)?,
+                "shared" => drive.shared = parse_bool(key, value).map_err(DriveError::Parse)?,
                 other => {
                     return Err(DriveError::Parse(format!(
-                        "unknown key `{other}` (expected path, readonly, id, root)"
+                        "unknown key `{other}` (expected path, readonly, id, root, shared)"
                     )));
                 }
             }
@@ -195,6 +206,25 @@ pub fn validate_drives(drives: &[DriveConfig]) -> Result<(), DriveError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_drive_shared_from_cli_and_json() {
+        let d: DriveConfig = "path=/a,shared=on".parse().expect("valid");
+        assert!(d.shared && !d.readonly);
+        let body: DriveBody =
+            serde_json::from_str(r#"{"drive_id": "a", "path_on_host": "/a", "shared": true}"#)
+                .expect("json");
+        assert!(DriveConfig::from(&body).shared);
+        let unshared = DriveBody {
+            shared: false,
+            ..body
+        };
+        let text = serde_json::to_string(&unshared).expect("json");
+        assert!(
+            !text.contains("shared"),
+            "Firecracker's shape when unset: {text}"
+        );
+    }
 
     #[test]
     fn test_drive_parse_all_keys() {

@@ -1,8 +1,8 @@
-//! The host file behind a virtio-blk device: positioned reads and writes (also straight between
-//! the file and guest memory, with preadv/pwritev), flush (fdatasync), discard (punch hole) and
-//! write-zeroes.
+//! The host file behind a virtio-blk device: an advisory lock (exclusive when writable, shared
+//! when read-only), positioned reads and writes (also straight between the file and guest memory,
+//! with preadv/pwritev), flush (fdatasync), discard (punch hole) and write-zeroes.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -25,10 +25,52 @@ pub struct DiskFile {
     punch_hole: bool,
 }
 
+/// Why a backing file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// open, seek or fstat failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Another disk or process holds a conflicting lock on the file.
+    #[error(
+        "it is in use by another disk or process ({}; see shared=on in docs/usage.md)",
+        if *.shared { "a writer holds it exclusively" } else { "a writable disk needs it alone" }
+    )]
+    Locked {
+        /// Whether this disk asked for a shared lock (read-only or `shared=on`).
+        shared: bool,
+    },
+}
+
 impl DiskFile {
-    /// Opens `path` (read-only when `readonly`) and probes what the file system supports.
-    pub fn open(path: &Path, readonly: bool) -> std::io::Result<Self> {
+    /// Opens `path` (read-only when `readonly`), takes its advisory lock and probes what the
+    /// file system supports.
+    ///
+    /// The lock is `flock(2)` on the open file: exclusive for a writable disk, shared for a
+    /// read-only one, so two writers (two disks of one VM, or two Embers) or a writer and a
+    /// reader never share an image, while read-only disks may. It is released when the file is
+    /// closed. A file system without flock support gets a warning and no lock.
+    pub fn open(path: &Path, readonly: bool) -> Result<Self, DiskError> {
+        Self::open_locked(path, readonly, false)
+    }
+
+    /// `open`, with a shared lock also when writable if `shared` (the user's explicit choice
+    /// to share a writable image).
+    pub fn open_locked(path: &Path, readonly: bool, shared: bool) -> Result<Self, DiskError> {
         let mut file = OpenOptions::new().read(true).write(!readonly).open(path)?;
+        let shared = readonly || shared;
+        let locked = if shared {
+            file.try_lock_shared()
+        } else {
+            file.try_lock()
+        };
+        match locked {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(DiskError::Locked { shared }),
+            Err(TryLockError::Error(e)) => {
+                log::warn!("Disk {}: cannot lock it ({e}); not locked", path.display());
+            }
+        }
         let size = file.seek(SeekFrom::End(0))?;
         let is_file = file.metadata()?.is_file();
         // Punching a hole past the end with KEEP_SIZE changes nothing, and fails where the file
@@ -216,6 +258,30 @@ mod tests {
         let mut back = [0u8; 8];
         disk.read_at(4096, &mut back).expect("read back");
         assert_eq!(back, [10, 11, 12, 13, 14, 15, 16, 17]);
+        std::fs::remove_file(&path).ok();
+    }
+
+    #[test]
+    fn test_disk_writable_image_is_locked_exclusively() {
+        let path = std::env::temp_dir().join(format!("ember-disk-lock-{}", std::process::id()));
+        std::fs::write(&path, vec![0u8; 1024]).expect("create");
+        let writer = DiskFile::open(&path, false).expect("open");
+        assert!(matches!(
+            DiskFile::open(&path, false),
+            Err(DiskError::Locked { shared: false })
+        ));
+        assert!(matches!(
+            DiskFile::open(&path, true),
+            Err(DiskError::Locked { shared: true })
+        ));
+        drop(writer);
+        let reader = DiskFile::open(&path, true).expect("read-only once the writer left");
+        let second = DiskFile::open(&path, true).expect("read-only disks share");
+        assert!(
+            DiskFile::open(&path, false).is_err(),
+            "no writer beside readers"
+        );
+        drop((reader, second));
         std::fs::remove_file(&path).ok();
     }
 

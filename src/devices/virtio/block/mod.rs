@@ -21,7 +21,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use self::disk::{DiskFile, SECTOR_SIZE};
+use self::disk::{DiskError, DiskFile, SECTOR_SIZE};
 use self::request::{HostIoError, MAX_DISCARD_SEGMENTS, RequestStats};
 use super::{
     ActivateContext, ActivateError, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
@@ -37,7 +37,7 @@ const CONFIG_SIZE: usize = 60;
 /// Errors while creating a block device.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
-    /// The backing file cannot be opened.
+    /// The backing file cannot be opened or locked.
     #[error("Cannot open disk {id} backing file {path}")]
     Open {
         /// Drive id.
@@ -46,7 +46,7 @@ pub enum BlockError {
         path: String,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: DiskError,
     },
     /// An eventfd could not be created.
     #[error("Failed to create an eventfd for disk {0}")]
@@ -118,11 +118,24 @@ impl Block {
         interrupt: Arc<VirtioInterrupt>,
         paused: Arc<AtomicBool>,
     ) -> Result<Self, BlockError> {
-        let disk = DiskFile::open(path, readonly).map_err(|source| BlockError::Open {
-            id: id.to_string(),
-            path: path.display().to_string(),
-            source,
-        })?;
+        Self::with_sharing(id, path, (readonly, false), interrupt, paused)
+    }
+
+    /// `new`, where `(readonly, shared)` with `shared` takes a shared lock on a writable image
+    /// (see `DiskFile::open_locked`).
+    pub fn with_sharing(
+        id: &str,
+        path: &Path,
+        (readonly, shared): (bool, bool),
+        interrupt: Arc<VirtioInterrupt>,
+        paused: Arc<AtomicBool>,
+    ) -> Result<Self, BlockError> {
+        let disk =
+            DiskFile::open_locked(path, readonly, shared).map_err(|source| BlockError::Open {
+                id: id.to_string(),
+                path: path.display().to_string(),
+                source,
+            })?;
         let mut features = VIRTIO_F_VERSION_1
             | VIRTIO_RING_F_EVENT_IDX
             | VIRTIO_RING_F_INDIRECT_DESC
