@@ -17,7 +17,7 @@ use crate::config::machine::MachineConfigBody;
 use crate::config::{ConfigError, VmConfig, VmConfigDraft};
 use crate::events::{EventSink, EventsError, LifecycleEvent};
 use crate::signals::StopSignals;
-use crate::vmm::{RunOptions, VmOutcome, Vmm, VmmError};
+use crate::vmm::{NotStarted, RunError, RunOptions, VmOutcome, Vmm, VmmError};
 
 /// What to launch.
 pub struct LaunchOptions {
@@ -73,6 +73,7 @@ impl LaunchError {
 
 /// Runs one VM to its end. The API socket, if any, is removed on every return path.
 pub fn launch(options: LaunchOptions) -> Result<VmOutcome, LaunchError> {
+    crate::process::limit_malloc_arenas();
     // Block the stop signals before any thread starts, so that they reach only the signalfd
     // (never kill the process behind the API socket's back).
     let mut signals = StopSignals::new().map_err(|e| LaunchError::Io("the signalfd", e))?;
@@ -105,39 +106,62 @@ pub fn launch(options: LaunchOptions) -> Result<VmOutcome, LaunchError> {
         None => (None, None),
     };
 
-    let (vmm, config, start_call, signals) = match config {
-        Some(config) => (build_microvm(&config)?, config, None, signals),
-        None => {
-            let Some(api) = api.as_ref() else {
-                return Err(ConfigError::NoBootSource.into());
-            };
-            match wait_for_start(options.draft, api, signals)? {
-                PreBoot::Start(started) => {
-                    let Started {
-                        vmm,
-                        config,
-                        call,
-                        signals,
-                    } = *started;
-                    (vmm, config, Some(call), signals)
-                }
-                PreBoot::Stopped(outcome) => {
-                    events.emit(LifecycleEvent::from_outcome(&outcome));
-                    events.finish();
-                    return Ok(outcome);
-                }
-            }
-        }
+    let seccomp = options.seccomp;
+    if let Some(config) = config {
+        let vmm = build_microvm(&config)?;
+        let run = RunOptions {
+            api,
+            start_call: None,
+            events,
+            signals: Some(signals),
+            config: Some(config),
+            seccomp,
+        };
+        return vmm.run_with(run).map_err(LaunchError::from);
+    }
+    let Some(mut api) = api else {
+        return Err(ConfigError::NoBootSource.into());
     };
-    let outcome = vmm.run_with(RunOptions {
-        api,
-        start_call,
-        events,
-        signals: Some(signals),
-        config: Some(config),
-        seccomp: options.seccomp,
-    })?;
-    Ok(outcome)
+    let mut draft = options.draft;
+    loop {
+        let started = match wait_for_start(&mut draft, &api, signals)? {
+            PreBoot::Start(started) => *started,
+            PreBoot::Stopped(outcome) => {
+                events.emit(LifecycleEvent::from_outcome(&outcome));
+                events.finish();
+                return Ok(outcome);
+            }
+        };
+        let run = RunOptions {
+            api: Some(api),
+            start_call: Some(started.call),
+            events,
+            signals: Some(started.signals),
+            config: Some(started.config),
+            seccomp,
+        };
+        let back = match started.vmm.try_run(run) {
+            Ok(outcome) => return Ok(outcome),
+            Err(RunError::Failed(e)) => return Err(e.into()),
+            Err(RunError::NotStarted(back)) => *back,
+        };
+        // Out of threads or descriptors before any guest code ran: say why and keep waiting.
+        let NotStarted { error, options } = back;
+        let (Some(channel), Some(stop)) = (options.api, options.signals) else {
+            return Err(error.into());
+        };
+        if let Some(call) = options.start_call {
+            call.answer(start_refusal(&error));
+        }
+        (api, signals, events) = (channel, stop, options.events);
+    }
+}
+
+/// The answer to an InstanceStart that failed: 400 with the error and its causes.
+fn start_refusal(e: &dyn std::error::Error) -> ApiResponse {
+    let message = format!("Cannot start the microVM: {}", crate::error_chain(e));
+    log::error!("{message}");
+    ApiResponse::bad_request(&format!("{message}."))
 }
 
 /// How the pre-boot phase ended.
@@ -160,9 +184,10 @@ const TOKEN_SIGNAL: u64 = 0;
 const TOKEN_API: u64 = 1;
 
 /// Serves the API with no VM yet: configuration requests change the draft, InstanceStart
-/// builds the VM. A failed build is answered 400 and Ember keeps waiting.
+/// builds the VM. A failed build is answered 400 and Ember keeps waiting (so is a start that
+/// failed before the guest ran, in `launch`).
 fn wait_for_start(
-    mut draft: VmConfigDraft,
+    draft: &mut VmConfigDraft,
     api: &ApiChannel,
     mut signals: StopSignals,
 ) -> Result<PreBoot, LaunchError> {
@@ -198,11 +223,11 @@ fn wait_for_start(
             }
             while let Some(call) = api.next() {
                 if call.request != ApiRequest::Action(ActionType::InstanceStart) {
-                    let response = handle_preboot(&mut draft, &call.request);
+                    let response = handle_preboot(draft, &call.request);
                     call.answer(response);
                     continue;
                 }
-                match start(&draft) {
+                match start(draft) {
                     Ok((vmm, config)) => {
                         return Ok(PreBoot::Start(Box::new(Started {
                             vmm,
@@ -223,14 +248,9 @@ fn start(draft: &VmConfigDraft) -> Result<(Vmm, VmConfig), ApiResponse> {
     let config = draft
         .build()
         .map_err(|e| ApiResponse::bad_request(&format!("Cannot start the microVM: {e}.")))?;
-    match build_microvm(&config) {
-        Ok(vmm) => Ok((vmm, config)),
-        Err(e) => {
-            let message = format!("Cannot start the microVM: {}", crate::error_chain(&e));
-            log::error!("{message}");
-            Err(ApiResponse::bad_request(&format!("{message}.")))
-        }
-    }
+    build_microvm(&config)
+        .map(|vmm| (vmm, config))
+        .map_err(|e| start_refusal(&e))
 }
 
 /// Answers a request before InstanceStart.

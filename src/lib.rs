@@ -25,6 +25,8 @@ pub mod host;
 pub mod launch;
 /// Ember's stderr logger.
 pub mod logger;
+/// Process-wide settings made before any thread starts (the malloc arena limit).
+pub mod process;
 /// seccomp filters per thread kind.
 pub mod seccomp;
 /// Host stop signals for the event loop.

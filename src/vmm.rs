@@ -137,6 +137,28 @@ pub struct RunOptions {
     pub seccomp: bool,
 }
 
+/// Why `Vmm::try_run` returned without an outcome.
+pub enum RunError {
+    /// Nothing of the guest ran: the options come back.
+    NotStarted(Box<NotStarted>),
+    /// The VM failed after its threads were set up.
+    Failed(VmmError),
+}
+
+impl From<VmmError> for RunError {
+    fn from(e: VmmError) -> Self {
+        RunError::Failed(e)
+    }
+}
+
+/// A start that failed before any guest instruction ran, and what the front end handed over.
+pub struct NotStarted {
+    /// Why.
+    pub error: VmmError,
+    /// The options, unused (`signals` set to the signal fd the VMM used).
+    pub options: RunOptions,
+}
+
 #[repr(u32)]
 enum Token {
     VcpuExit = 1,
@@ -319,37 +341,54 @@ impl Vmm {
     }
 
     /// `run`, with an API channel, lifecycle events and the front end's signal fd.
-    pub fn run_with(mut self, options: RunOptions) -> Result<VmOutcome, VmmError> {
-        let signals = match options.signals {
+    pub fn run_with(self, options: RunOptions) -> Result<VmOutcome, VmmError> {
+        self.try_run(options).map_err(|e| match e {
+            RunError::NotStarted(not_started) => not_started.error,
+            RunError::Failed(e) => e,
+        })
+    }
+
+    /// `run_with`, but a failure before any guest instruction ran (out of file descriptors or
+    /// threads, say) gives the options back, so that an API front end can answer InstanceStart
+    /// and keep waiting.
+    pub fn try_run(mut self, mut options: RunOptions) -> Result<VmOutcome, RunError> {
+        let signals = match options.signals.take() {
             Some(signals) => signals,
             None => StopSignals::new().map_err(|e| VmmError::Io("the signalfd", e))?,
         };
-        vcpu::install_kick_handler()?;
+        // Not logged here: the front end reports it (exit message or API answer).
+        let not_started = |error, mut options: RunOptions, signals| {
+            options.signals = Some(signals);
+            RunError::NotStarted(Box::new(NotStarted { error, options }))
+        };
+        macro_rules! or_give_back {
+            ($result:expr) => {
+                match $result {
+                    Ok(value) => value,
+                    Err(error) => return Err(not_started(VmmError::from(error), options, signals)),
+                }
+            };
+        }
+        or_give_back!(vcpu::install_kick_handler());
         let mut manager: EventManager<Subscriber> =
-            EventManager::new().map_err(VmmError::EventLoop)?;
+            or_give_back!(EventManager::new().map_err(VmmError::EventLoop));
 
-        let exit_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| VmmError::Io("an eventfd", e))?;
-        let quit_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| VmmError::Io("an eventfd", e))?;
-        let reset_evt = self
-            .devices
-            .reset_evt
-            .try_clone()
-            .map_err(|e| VmmError::Io("an eventfd", e))?;
-        let poweroff_evt = self
-            .devices
-            .poweroff_evt
-            .try_clone()
-            .map_err(|e| VmmError::Io("an eventfd", e))?;
-        let acpi_reset_evt = self
-            .devices
-            .acpi_reset_evt
-            .try_clone()
-            .map_err(|e| VmmError::Io("an eventfd", e))?;
+        let eventfd_err = |e| VmmError::Io("an eventfd", e);
+        let exit_evt = or_give_back!(EventFd::new(EFD_NONBLOCK).map_err(eventfd_err));
+        let quit_evt = or_give_back!(EventFd::new(EFD_NONBLOCK).map_err(eventfd_err));
+        let reset_evt = or_give_back!(self.devices.reset_evt.try_clone().map_err(eventfd_err));
+        let poweroff_evt =
+            or_give_back!(self.devices.poweroff_evt.try_clone().map_err(eventfd_err));
+        let acpi_reset_evt =
+            or_give_back!(self.devices.acpi_reset_evt.try_clone().map_err(eventfd_err));
         let sampler = if self.policy.vmcall_guard() {
-            let mut timer = TimerFd::new().map_err(|e| VmmError::Io("a timerfd", e.into()))?;
-            timer
-                .reset(VMCALL_SAMPLE_PERIOD, Some(VMCALL_SAMPLE_PERIOD))
-                .map_err(|e| VmmError::Io("a timerfd", e.into()))?;
+            let mut timer =
+                or_give_back!(TimerFd::new().map_err(|e| VmmError::Io("a timerfd", e.into())));
+            or_give_back!(
+                timer
+                    .reset(VMCALL_SAMPLE_PERIOD, Some(VMCALL_SAMPLE_PERIOD))
+                    .map_err(|e| VmmError::Io("a timerfd", e.into()))
+            );
             log::info!("Software-nested KVM: VMCALL spin guard armed");
             Some(timer)
         } else {
@@ -359,14 +398,12 @@ impl Vmm {
         // Raw mode only while the guest owns a terminal console; dropped (restored) on return.
         let mut _raw_terminal = None;
         if let Some(console) = self.devices.console.take() {
-            console.serial.start_output(options.seccomp)?;
+            or_give_back!(console.serial.start_output(options.seccomp));
             let stdin = std::io::stdin();
             _raw_terminal = RawTerminal::enter(0);
             match stdin.as_fd().try_clone_to_owned() {
                 Ok(fd) => {
-                    let quit = quit_evt
-                        .try_clone()
-                        .map_err(|e| VmmError::Io("an eventfd", e))?;
+                    let quit = or_give_back!(quit_evt.try_clone().map_err(eventfd_err));
                     let input = SerialInput::new(
                         console.serial,
                         File::from(fd),
@@ -394,10 +431,36 @@ impl Vmm {
             policy: self.policy,
             syscall_repair: self.syscall_repair.clone(),
         };
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        let gate = Arc::new(StartGate::default());
+        for vcpu in std::mem::take(&mut self.vcpus) {
+            let spawned = exit_evt.try_clone().map_err(eventfd_err).and_then(|evt| {
+                let handle =
+                    vcpu.start(ctx.clone(), tx.clone(), evt, options.seccomp, gate.clone())?;
+                Ok(handle)
+            });
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(error) => {
+                    // The threads started so far wait at the gate: they end without running.
+                    gate.open(false);
+                    stop_vcpu_threads(&mut handles, &rx, &mut Vec::new());
+                    return Err(not_started(error, options, signals));
+                }
+            }
+        }
+        drop(tx);
+        let controller_exit_evt = match exit_evt.try_clone() {
+            Ok(evt) => evt,
+            Err(e) => {
+                gate.open(false);
+                stop_vcpu_threads(&mut handles, &rx, &mut Vec::new());
+                return Err(not_started(eventfd_err(e), options, signals));
+            }
+        };
         let controller = Rc::new(RefCell::new(Controller {
-            exit_evt: exit_evt
-                .try_clone()
-                .map_err(|e| VmmError::Io("an eventfd", e))?,
+            exit_evt: controller_exit_evt,
             exits: rx,
             reset_evt,
             poweroff_evt,
@@ -418,26 +481,6 @@ impl Vmm {
         manager.add_subscriber(controller.clone());
 
         let mut start_call = options.start_call;
-        let started = Instant::now();
-        let mut handles = Vec::new();
-        let gate = Arc::new(StartGate::default());
-        for vcpu in std::mem::take(&mut self.vcpus) {
-            let evt = exit_evt
-                .try_clone()
-                .map_err(|e| VmmError::Io("an eventfd", e))?;
-            match vcpu.start(ctx.clone(), tx.clone(), evt, options.seccomp, gate.clone()) {
-                Ok(handle) => handles.push(handle),
-                Err(e) => {
-                    controller.borrow_mut().handles = handles;
-                    Self::stop_vcpus(&mut controller.borrow_mut());
-                    if let Some(call) = start_call.take() {
-                        call.answer(ApiResponse::error(500, &crate::error_chain(&e)));
-                    }
-                    return Err(e.into());
-                }
-            }
-        }
-        drop(tx);
         // Every thread has its filter before any guest instruction runs: the vCPU threads
         // installed theirs and wait at the gate until the main thread has its own.
         let filtered = gate
@@ -457,7 +500,7 @@ impl Vmm {
             if let Some(call) = start_call.take() {
                 call.answer(ApiResponse::error(500, &crate::error_chain(&e)));
             }
-            return Err(e);
+            return Err(RunError::Failed(e));
         }
         if options.seccomp {
             log::info!("seccomp filters installed on the VMM and vCPU threads");
@@ -511,23 +554,37 @@ impl Vmm {
 
     /// Stops every vCPU thread and waits (bounded) for each to leave KVM_RUN.
     fn stop_vcpus(controller: &mut Controller) {
-        for handle in &controller.handles {
-            handle.request_stop();
+        stop_vcpu_threads(
+            &mut controller.handles,
+            &controller.exits,
+            &mut controller.exited,
+        );
+    }
+}
+
+/// Stops the vCPU threads of `handles` and waits (bounded) for each to report on `exits`;
+/// `exited` lists those that already did.
+fn stop_vcpu_threads(
+    handles: &mut [VcpuHandle],
+    exits: &Receiver<(u8, VcpuExitReason)>,
+    exited: &mut Vec<u8>,
+) {
+    for handle in handles.iter() {
+        handle.request_stop();
+    }
+    let deadline = Instant::now() + VCPU_STOP_TIMEOUT;
+    while exited.len() < handles.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match exits.recv_timeout(left) {
+            Ok((index, _)) => exited.push(index),
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
         }
-        let deadline = Instant::now() + VCPU_STOP_TIMEOUT;
-        while controller.exited.len() < controller.handles.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match controller.exits.recv_timeout(left) {
-                Ok((index, _)) => controller.exited.push(index),
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        for handle in &mut controller.handles {
-            if controller.exited.contains(&handle.index()) {
-                handle.join();
-            } else {
-                log::error!("vCPU {} did not stop in time; leaving it", handle.index());
-            }
+    }
+    for handle in handles.iter_mut() {
+        if exited.contains(&handle.index()) {
+            handle.join();
+        } else {
+            log::error!("vCPU {} did not stop in time; leaving it", handle.index());
         }
     }
 }

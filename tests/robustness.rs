@@ -14,7 +14,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::api::{http, raw, request, sock_path, split_response, statuses, wait_for_socket};
+use common::api::{
+    exchange, http, raw, request, sock_path, split_response, statuses, wait_for_socket,
+};
 use common::{GUEST_TIMEOUT, TestVm, VmArgs, scratch_dir, test_guest};
 
 const SIGTERM: i32 = 15;
@@ -179,35 +181,36 @@ fn cpu_time(pid: u32) -> Duration {
 
 /// Sets the soft RLIMIT_NOFILE of process `pid`; returns the old soft limit.
 fn set_nofile(pid: u32, soft: u64) -> u64 {
+    set_limit(pid, libc::RLIMIT_NOFILE, soft)
+}
+
+/// Sets the soft limit `resource` of process `pid`; returns the old soft limit.
+fn set_limit(pid: u32, resource: libc::__rlimit_resource_t, soft: u64) -> u64 {
     let mut old = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: a query of `pid`'s limit into `old`, a valid rlimit owned by this frame.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_NOFILE,
-            std::ptr::null(),
-            &mut old,
-        )
-    };
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, resource, std::ptr::null(), &mut old) };
     assert_eq!(rc, 0, "prlimit query");
     let new = libc::rlimit {
         rlim_cur: soft,
         rlim_max: old.rlim_max,
     };
     // SAFETY: `new` is a valid rlimit; the old value is not asked for.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_NOFILE,
-            &new,
-            std::ptr::null_mut(),
-        )
-    };
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, resource, &new, std::ptr::null_mut()) };
     assert_eq!(rc, 0, "prlimit set");
     old.rlim_cur
+}
+
+/// The lowest descriptor number process `pid` has free: with RLIMIT_NOFILE there, it can make
+/// no new descriptor.
+fn lowest_free_fd(pid: u32) -> u64 {
+    let open: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .collect();
+    (0..).find(|n| !open.contains(n)).expect("a free number")
 }
 
 /// Item 2: out of descriptors, accept(2) fails with EMFILE while ten clients wait. The API
@@ -217,13 +220,7 @@ fn set_nofile(pid: u32, soft: u64) -> u64 {
 fn test_api_emfile_backs_off_without_spinning() {
     let (mut vm, sock) = api_only("emfile");
     let pid = vm.pid();
-    let open: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("fd dir")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-        .collect();
-    // New descriptors take the lowest free number: with the limit there, none can be made.
-    let lowest_free = (0..).find(|n| !open.contains(n)).expect("a free number");
-    let old = set_nofile(pid, lowest_free);
+    let old = set_nofile(pid, lowest_free_fd(pid));
     let clients: Vec<UnixStream> = (0..10)
         .map(|_| UnixStream::connect(&sock).expect("connect (queued in the backlog)"))
         .collect();
@@ -692,4 +689,78 @@ fn test_writable_disk_image_is_exclusive() {
     assert_eq!(code, 0, "{stderr}");
     first.send(b"quit\n");
     assert_eq!(first.exit_code(GUEST_TIMEOUT), 0);
+}
+
+/// Starts Ember in API mode, applies `limit(pid, step)`, configures a 4-vCPU guest and sends
+/// InstanceStart (on a connection made before the limit, which may leave none to accept).
+/// Whatever the limit, the answer is 204 or an error with a fault message, and Ember keeps
+/// serving; returns whether the VM started.
+fn start_under_limit(name: &str, step: u64, limit: &dyn Fn(u32, u64)) -> bool {
+    let (mut vm, sock) = api_only(name);
+    let mut client = UnixStream::connect(&sock).expect("connect");
+    assert_eq!(exchange(&mut client, "GET", "/", "").0, 200);
+    limit(vm.pid(), step);
+    let machine = r#"{"vcpu_count": 4, "mem_size_mib": 64}"#;
+    assert_eq!(
+        exchange(&mut client, "PUT", "/machine-config", machine).0,
+        204
+    );
+    let boot = format!(
+        r#"{{"kernel_image_path": "{}"}}"#,
+        test_guest("echo").display()
+    );
+    assert_eq!(exchange(&mut client, "PUT", "/boot-source", &boot).0, 204);
+    let start = r#"{"action_type": "InstanceStart"}"#;
+    let (status, body) = exchange(&mut client, "PUT", "/actions", start);
+    let started = status == 204;
+    assert!(
+        started || ((400..600).contains(&status) && body.contains("fault_message")),
+        "step {step}: {status} {body}\n{}",
+        vm.log()
+    );
+    let (status, info) = exchange(&mut client, "GET", "/", "");
+    assert_eq!(
+        status,
+        200,
+        "step {step}: Ember stopped serving\n{}",
+        vm.log()
+    );
+    let state = if started { "Running" } else { "Not started" };
+    assert!(info.contains(state), "step {step}: {info}");
+    drop(client);
+    stop(&mut vm, SIGTERM, Some(&sock));
+    started
+}
+
+/// Item 8: InstanceStart with too few file descriptors left, from none to enough: every
+/// attempt is answered (4xx with the reason, or 204) and Ember keeps waiting (it exited, the
+/// client getting 503, when the descriptors ran out while the vCPUs were being set up).
+#[test]
+fn test_instance_start_out_of_descriptors_is_answered() {
+    let set = |pid: u32, extra: u64| {
+        set_nofile(pid, lowest_free_fd(pid) + extra);
+    };
+    let started = (0..40).any(|extra| start_under_limit("nofile-start", extra, &set));
+    assert!(started, "never started, even with 40 descriptors to spare");
+}
+
+/// Item 8: InstanceStart with the address space limited, from below the guest's memory to
+/// enough: every attempt is answered and Ember keeps waiting (it aborted on a failed
+/// allocation, or exited after a failed vCPU thread spawn).
+#[test]
+fn test_instance_start_out_of_address_space_is_answered() {
+    let set = |pid: u32, step: u64| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let size_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSize:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmSize");
+        set_limit(pid, libc::RLIMIT_AS, (size_kib << 10) + (step << 22));
+    };
+    let started = (0..64).any(|step| start_under_limit("as-start", step, &set));
+    assert!(
+        started,
+        "never started, even with 256 MiB of address space to spare"
+    );
 }

@@ -77,3 +77,32 @@ pub fn statuses(text: &str) -> Vec<u16> {
         .filter_map(|(i, _)| text[i + 9..].get(..3)?.parse().ok())
         .collect()
 }
+
+/// One request on an open keep-alive connection; returns the status code and the body.
+pub fn exchange(stream: &mut UnixStream, method: &str, target: &str, body: &str) -> (u16, String) {
+    let keep_alive = request(method, target, body).replace("Connection: close\r\n", "");
+    stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .expect("read timeout");
+    stream
+        .write_all(keep_alive.as_bytes())
+        .expect("send request");
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => answer.push(byte[0]),
+            other => panic!("no answer head: {other:?} after {answer:?}"),
+        }
+    }
+    let head = String::from_utf8_lossy(&answer).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .map(|v| v.trim().parse().expect("Content-Length"))
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("answer body");
+    let (status, _) = split_response(&head);
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
