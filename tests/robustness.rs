@@ -313,6 +313,20 @@ fn test_api_clients_not_reading_answers_block_nobody() {
     stop(&mut vm, SIGTERM, Some(&sock));
 }
 
+/// Item 2: 64 idle connections (the most served at once) do not lock a newcomer out: the one
+/// idle the longest makes room (it was a 503 until one of them timed out after 30 s).
+#[test]
+fn test_api_idle_connections_do_not_lock_out_newcomers() {
+    let (mut vm, sock) = api_only("idle-crowd");
+    let idle: Vec<UnixStream> = (0..64)
+        .map(|_| UnixStream::connect(&sock).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    expect_status(&sock, "GET", "/", "", 200);
+    drop(idle);
+    stop(&mut vm, SIGTERM, Some(&sock));
+}
+
 /// Item 2: requests pipelined and followed by shutdown(SHUT_WR) are all answered and applied.
 #[test]
 fn test_api_pipelined_requests_after_half_close_all_served() {
