@@ -620,6 +620,9 @@ fn test_block_host_write_failure_warns_once_naming_disk_and_file() {
             &test_guest("blk").display().to_string(),
             "--disk",
             &format!("path={},id=scratch", disk.display()),
+            // The guest finds its disk on the command line, not in the DSDT.
+            "--virtio-discovery",
+            "cmdline",
         ],
         Stdio::null(),
         // The check writes 64 KiB at sector 128 (64 KiB in): just past the limit.
