@@ -288,10 +288,11 @@ const LEGACY_IRQS: [u32; 8] = [0, 1, 2, 3, 4, 8, 9, 12];
 /// device's line or the ACPI SCI (IRQ 9, which the DSDT would otherwise declare a second time).
 #[test]
 fn test_eight_virtio_devices_get_distinct_free_irqs() {
-    let disk = scratch_dir().join("eight-disks.img");
-    std::fs::write(&disk, vec![0u8; 4096]).expect("write disk image");
     let mut args = VmArgs::guest("bootinfo").arg("--virtio-discovery", "cmdline");
     for i in 0..8 {
+        // One image each: a writable image is locked by the disk that has it.
+        let disk = scratch_dir().join(format!("eight-disks-{i}.img"));
+        std::fs::write(&disk, vec![0u8; 4096]).expect("write disk image");
         args = args.arg("--disk", format!("path={},id=d{i}", disk.display()));
     }
     let vm = boot_to_done(args, "bootinfo");
