@@ -60,14 +60,8 @@ fn mmio_bus(disk: &std::path::Path) -> Bus {
         if i == 4 {
             let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
             let interrupt = Arc::new(VirtioInterrupt::new(irq));
-            let block = Block::new(
-                "bench",
-                disk,
-                false,
-                interrupt.clone(),
-                Arc::new(AtomicBool::new(false)),
-            )
-            .expect("disk");
+            let block =
+                Block::new("bench", disk, false, Arc::new(AtomicBool::new(false))).expect("disk");
             let transport = MmioTransport::new(
                 Arc::new(Mutex::new(block)),
                 interrupt,

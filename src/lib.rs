@@ -11,7 +11,7 @@ pub mod arch;
 pub mod builder;
 /// `VmConfig`, its resources, validation and the command-line front end.
 pub mod config;
-/// Interrupt lines and MMIO windows of the virtio devices, from allocators.
+/// Every virtio device with a typed handle, its id and its slot (IRQ and MMIO window).
 pub mod device_manager;
 /// Emulated devices and the port/MMIO buses.
 pub mod devices;

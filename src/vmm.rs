@@ -22,6 +22,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::api::{ApiCall, ApiChannel, ApiResponse};
 use crate::builder::Devices;
 use crate::config::VmConfig;
+use crate::device_manager::DeviceManager;
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{SerialDevice, SerialInput};
 use crate::devices::legacy::terminal::RawTerminal;
@@ -160,7 +161,7 @@ struct Controller {
     outcome: Option<VmOutcome>,
     api: Option<ApiChannel>,
     paused: Arc<AtomicBool>,
-    queue_kicks: Vec<EventFd>,
+    devices: Arc<DeviceManager>,
     i8042: Arc<I8042>,
     config: Option<VmConfig>,
     events: EventSink,
@@ -363,7 +364,7 @@ impl Vmm {
             }
         }
 
-        for device in std::mem::take(&mut self.devices.virtio) {
+        for device in self.devices.virtio.subscribers() {
             let sub: Subscriber = Rc::new(RefCell::new(device));
             manager.add_subscriber(sub);
         }
@@ -392,7 +393,7 @@ impl Vmm {
             outcome: None,
             api: options.api,
             paused: self.paused.clone(),
-            queue_kicks: std::mem::take(&mut self.devices.queue_kicks),
+            devices: self.devices.virtio.clone(),
             i8042: self.devices.i8042.clone(),
             config: options.config,
             events: options.events,

@@ -85,14 +85,8 @@ fuzz_target!(|input: Input| {
     let interrupt = Arc::new(VirtioInterrupt::new(irq.try_clone().expect("eventfd")));
     let paused = Arc::new(AtomicBool::new(false));
     let block = Arc::new(Mutex::new(
-        Block::new(
-            "fuzz",
-            &disk.path,
-            input.readonly,
-            interrupt.clone(),
-            paused,
-        )
-        .expect("block device on a scratch file"),
+        Block::new("fuzz", &disk.path, input.readonly, paused)
+            .expect("block device on a scratch file"),
     ));
     let mut events: EventManager<Arc<Mutex<Block>>> = EventManager::new().expect("epoll");
     events.add_subscriber(block.clone());

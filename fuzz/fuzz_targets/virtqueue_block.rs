@@ -68,7 +68,7 @@ fuzz_target!(|input: Input| {
     let interrupt = Arc::new(VirtioInterrupt::new(irq));
     let paused = Arc::new(AtomicBool::new(false));
     let block = Arc::new(Mutex::new(
-        Block::new("fuzz", &disk.path, input.readonly, interrupt, paused)
+        Block::new("fuzz", &disk.path, input.readonly, paused)
             .expect("block device on a scratch file"),
     ));
     let mut features = VIRTIO_F_VERSION_1;
@@ -81,6 +81,7 @@ fuzz_target!(|input: Input| {
         mem: mem.clone(),
         queues: vec![q],
         acked_features: features,
+        interrupt,
     });
     assert!(activated.is_ok(), "a ready, valid queue activates");
 

@@ -147,9 +147,7 @@ impl Controller {
         // Queue notifications that arrived while paused were consumed and left unserved: kick
         // every queue once so the devices look at their rings again (a spurious kick is
         // harmless).
-        for kick in &self.queue_kicks {
-            let _ = kick.write(1);
-        }
+        self.devices.kick_queues();
         match result {
             Ok(()) => {
                 log::info!("VM resumed");

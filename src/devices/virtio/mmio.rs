@@ -305,6 +305,7 @@ impl MmioTransport {
             mem: self.mem.clone(),
             queues,
             acked_features: state.acked_features,
+            interrupt: self.interrupt.clone(),
         };
         match self.device().activate(ctx) {
             Ok(()) => {
@@ -380,6 +381,9 @@ mod tests {
     }
 
     impl VirtioDevice for Dummy {
+        fn id(&self) -> &str {
+            "dummy"
+        }
         fn device_type(&self) -> u32 {
             42
         }

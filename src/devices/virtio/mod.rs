@@ -6,6 +6,7 @@ pub mod block;
 pub mod mmio;
 pub mod net;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
@@ -67,6 +68,11 @@ impl VirtioInterrupt {
     pub fn reset(&self) {
         self.status.store(0, Ordering::SeqCst);
     }
+
+    /// The eventfd that raises the line, to register as the KVM irqfd of its GSI.
+    pub fn eventfd(&self) -> &EventFd {
+        &self.irq
+    }
 }
 
 /// Why a device refused to activate.
@@ -85,10 +91,14 @@ pub struct ActivateContext {
     pub queues: Vec<Queue>,
     /// Features the driver accepted.
     pub acked_features: u64,
+    /// The transport's interrupt, raised when a used ring changes.
+    pub interrupt: Arc<VirtioInterrupt>,
 }
 
 /// A virtio device behind a transport.
 pub trait VirtioDevice: Send {
+    /// The device's id (the drive or interface id of the configuration).
+    fn id(&self) -> &str;
     /// Virtio device id (VIRTIO_ID_BLOCK, VIRTIO_ID_NET, ...).
     fn device_type(&self) -> u32;
     /// Features the device offers (VERSION_1 included).

@@ -54,6 +54,7 @@ pub enum BlockError {
 struct Active {
     mem: GuestMemoryMmap,
     queue: Queue,
+    interrupt: Arc<VirtioInterrupt>,
 }
 
 /// A virtio-blk device.
@@ -63,7 +64,6 @@ pub struct Block {
     features: u64,
     config: [u8; CONFIG_SIZE],
     queue_evts: Vec<EventFd>,
-    interrupt: Arc<VirtioInterrupt>,
     active: Option<Active>,
     broken: bool,
     paused: Arc<AtomicBool>,
@@ -80,7 +80,6 @@ impl Block {
         id: &str,
         path: &Path,
         readonly: bool,
-        interrupt: Arc<VirtioInterrupt>,
         paused: Arc<AtomicBool>,
     ) -> Result<Self, BlockError> {
         let disk = DiskFile::open(path, readonly).map_err(|source| BlockError::Open {
@@ -130,7 +129,6 @@ impl Block {
             features,
             config,
             queue_evts,
-            interrupt,
             active: None,
             broken: false,
             paused,
@@ -190,12 +188,16 @@ impl Block {
             }
         }
         if used_any && queue.needs_notification(&mem).unwrap_or(true) {
-            self.interrupt.signal_used_queue();
+            active.interrupt.signal_used_queue();
         }
     }
 }
 
 impl VirtioDevice for Block {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
     fn device_type(&self) -> u32 {
         VIRTIO_ID_BLOCK
     }
@@ -228,6 +230,7 @@ impl VirtioDevice for Block {
         self.active = Some(Active {
             mem: ctx.mem,
             queue,
+            interrupt: ctx.interrupt,
         });
         self.broken = false;
         // This runs on the vCPU thread that wrote DRIVER_OK, which does no device I/O (its

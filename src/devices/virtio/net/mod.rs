@@ -63,6 +63,7 @@ struct Active {
     mem: GuestMemoryMmap,
     rx: Queue,
     tx: Queue,
+    interrupt: Arc<VirtioInterrupt>,
 }
 
 /// A virtio-net device backed by a TAP.
@@ -71,7 +72,6 @@ pub struct Net {
     tap: Tap,
     config: [u8; CONFIG_SIZE],
     queue_evts: Vec<EventFd>,
-    interrupt: Arc<VirtioInterrupt>,
     paused: Arc<AtomicBool>,
     active: Option<Active>,
     rx: Rx,
@@ -102,7 +102,6 @@ impl Net {
         id: &str,
         tap: &str,
         mac: MacAddr,
-        interrupt: Arc<VirtioInterrupt>,
         paused: Arc<AtomicBool>,
     ) -> Result<Self, NetError> {
         let tap = Tap::open(tap, id)?;
@@ -116,7 +115,6 @@ impl Net {
             tap,
             config,
             queue_evts,
-            interrupt,
             paused,
             active: None,
             rx: Rx::default(),
@@ -158,7 +156,7 @@ impl Net {
             self.broken = true;
         }
         if pass.used && active.rx.needs_notification(&active.mem).unwrap_or(true) {
-            self.interrupt.signal_used_queue();
+            active.interrupt.signal_used_queue();
         }
     }
 
@@ -180,7 +178,7 @@ impl Net {
             self.broken = true;
         }
         if pass.used && active.tx.needs_notification(&active.mem).unwrap_or(true) {
-            self.interrupt.signal_used_queue();
+            active.interrupt.signal_used_queue();
         }
     }
 
@@ -243,6 +241,10 @@ impl Net {
 }
 
 impl VirtioDevice for Net {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
     fn device_type(&self) -> u32 {
         VIRTIO_ID_NET
     }
@@ -287,6 +289,7 @@ impl VirtioDevice for Net {
             mem: ctx.mem,
             rx,
             tx,
+            interrupt: ctx.interrupt,
         });
         self.broken = false;
         self.rx_ready = true;
