@@ -469,6 +469,9 @@ impl Vmm {
         };
         Self::stop_vcpus(&mut controller.borrow_mut());
         log::debug!("VM ran for {:?}", started.elapsed());
+        for device in self.devices.virtio.virtio() {
+            log::debug!("{}: {}", device.name(), device.counters());
+        }
         if let Some(counters) = &self.syscall_repair {
             log::debug!(
                 "Software-nested KVM: SYSCALL repair: {} system calls repaired, {} faults passed ({} single-stepped), armed {} times",

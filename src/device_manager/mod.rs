@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::IoEventAddress;
+use serde::Serialize;
 use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -18,6 +19,7 @@ pub use self::resources::{MAX_VIRTIO_DEVICES, ResourceAllocator, VirtioSlot};
 use crate::arch::acpi::VirtioMmioDevice;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::counters::{CounterValues, DeviceCounters};
 use crate::devices::virtio::mmio::{MMIO_WINDOW_SIZE, MmioTransport};
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
@@ -44,7 +46,8 @@ pub enum DeviceManagerError {
 }
 
 /// The kinds of virtio device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum VirtioKind {
     /// virtio-blk.
     Block,
@@ -109,6 +112,17 @@ impl From<Net> for VirtioHandle {
     }
 }
 
+/// One device's counters with its id and kind (for the metrics endpoint).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeviceReport {
+    /// The device's id.
+    pub id: String,
+    /// Its kind.
+    pub kind: VirtioKind,
+    /// Its counters.
+    pub counters: CounterValues,
+}
+
 /// One attached virtio device and everything it was given.
 pub struct VirtioEntry {
     id: String,
@@ -117,6 +131,7 @@ pub struct VirtioEntry {
     handle: VirtioHandle,
     interrupt: Arc<VirtioInterrupt>,
     transport: Arc<MmioTransport>,
+    counters: Arc<DeviceCounters>,
 }
 
 impl VirtioEntry {
@@ -148,6 +163,11 @@ impl VirtioEntry {
     /// Its virtio-mmio transport (the register file on the MMIO bus).
     pub fn transport(&self) -> &Arc<MmioTransport> {
         &self.transport
+    }
+
+    /// Its counters as last published (read without the device's lock).
+    pub fn counters(&self) -> CounterValues {
+        self.counters.values()
     }
 }
 
@@ -185,7 +205,10 @@ impl DeviceManager {
             EventFd::new(EFD_NONBLOCK).map_err(|e| DeviceManagerError::EventFd(name.clone(), e))?;
         let interrupt = Arc::new(VirtioInterrupt::new(evt));
         let device = handle.device();
-        let id = device.lock().expect("new device lock").id().to_string();
+        let (id, counters) = {
+            let locked = device.lock().expect("new device lock");
+            (locked.id().to_string(), locked.counters())
+        };
         let transport = Arc::new(MmioTransport::new(
             device,
             interrupt.clone(),
@@ -199,6 +222,7 @@ impl DeviceManager {
             handle,
             interrupt,
             transport,
+            counters,
         });
         Ok(self.virtio.last().expect("an entry was just pushed"))
     }
@@ -246,6 +270,18 @@ impl DeviceManager {
             mmio.insert(entry.transport.clone(), entry.slot.base, MMIO_WINDOW_SIZE)?;
         }
         Ok(())
+    }
+
+    /// Every device's counters, in attach order.
+    pub fn counters(&self) -> Vec<DeviceReport> {
+        self.virtio
+            .iter()
+            .map(|e| DeviceReport {
+                id: e.id.clone(),
+                kind: e.kind(),
+                counters: e.counters(),
+            })
+            .collect()
     }
 
     /// The devices as event-loop subscribers.
@@ -332,6 +368,24 @@ mod tests {
         let acpi = f.manager.acpi_devices();
         assert_eq!(acpi.len(), 2);
         assert_eq!((acpi[1].base, acpi[1].irq), (0xd000_1000, 6));
+    }
+
+    #[test]
+    fn test_counters_are_collected_per_device_and_serialize() {
+        let mut f = fixture("counters");
+        let device = block(&f, "root");
+        f.manager
+            .attach(device, "disk root".into())
+            .expect("attach");
+
+        let reports = f.manager.counters();
+
+        assert_eq!(reports.len(), 1);
+        let json = serde_json::to_string(&reports[0]).expect("json");
+        assert_eq!(
+            json,
+            r#"{"id":"root","kind":"block","counters":{"ops":0,"read_bytes":0,"written_bytes":0,"errors":0,"drops":0}}"#
+        );
     }
 
     #[test]

@@ -384,6 +384,9 @@ mod tests {
         fn id(&self) -> &str {
             "dummy"
         }
+        fn counters(&self) -> Arc<crate::devices::virtio::counters::DeviceCounters> {
+            Arc::default()
+        }
         fn device_type(&self) -> u32 {
             42
         }

@@ -3,8 +3,11 @@
 //! offsets; the transport never looks inside a queue.
 
 pub mod block;
+pub mod counters;
 pub mod mmio;
 pub mod net;
+#[cfg(test)]
+pub(crate) mod test_utils;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -13,6 +16,8 @@ use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+
+use self::counters::DeviceCounters;
 
 /// Feature bit every Ember device offers: the modern (1.x) interface.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -99,6 +104,8 @@ pub struct ActivateContext {
 pub trait VirtioDevice: Send {
     /// The device's id (the drive or interface id of the configuration).
     fn id(&self) -> &str;
+    /// The device's counters, shared: the device publishes, anyone reads.
+    fn counters(&self) -> Arc<DeviceCounters>;
     /// Virtio device id (VIRTIO_ID_BLOCK, VIRTIO_ID_NET, ...).
     fn device_type(&self) -> u32;
     /// Features the device offers (VERSION_1 included).

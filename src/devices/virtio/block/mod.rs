@@ -3,6 +3,8 @@
 
 pub mod disk;
 pub mod request;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use self::disk::{DiskFile, SECTOR_SIZE};
 use self::request::{MAX_DISCARD_SEGMENTS, RequestStats};
+use super::counters::{CounterValues, DeviceCounters};
 use super::{
     ActivateContext, ActivateError, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioInterrupt, read_config_bytes,
@@ -68,6 +71,19 @@ pub struct Block {
     broken: bool,
     paused: Arc<AtomicBool>,
     stats: RequestStats,
+    counters: Arc<DeviceCounters>,
+}
+
+impl From<RequestStats> for CounterValues {
+    fn from(stats: RequestStats) -> Self {
+        CounterValues {
+            ops: stats.requests,
+            read_bytes: stats.read_bytes,
+            written_bytes: stats.written_bytes,
+            errors: stats.malformed + stats.io_errors + stats.unsupported,
+            drops: 0,
+        }
+    }
 }
 
 fn put_u32(config: &mut [u8], offset: usize, value: u32) {
@@ -133,6 +149,7 @@ impl Block {
             broken: false,
             paused,
             stats: RequestStats::default(),
+            counters: Arc::default(),
         })
     }
 
@@ -190,12 +207,17 @@ impl Block {
         if used_any && queue.needs_notification(&mem).unwrap_or(true) {
             active.interrupt.signal_used_queue();
         }
+        self.counters.publish(self.stats.into());
     }
 }
 
 impl VirtioDevice for Block {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn counters(&self) -> Arc<DeviceCounters> {
+        self.counters.clone()
     }
 
     fn device_type(&self) -> u32 {

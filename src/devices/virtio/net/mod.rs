@@ -27,6 +27,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use self::frame::{NetStats, offered_features, tap_offload_flags};
 use self::rxtx::{Rx, Tx};
 use self::tap::{Tap, TapError};
+use super::counters::{CounterValues, DeviceCounters};
 use super::{ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt, read_config_bytes};
 use crate::config::net::MacAddr;
 
@@ -85,6 +86,19 @@ pub struct Net {
     /// What the TAP is registered for in epoll (empty: not registered).
     tap_interest: EventSet,
     stats: NetStats,
+    counters: Arc<DeviceCounters>,
+}
+
+impl From<NetStats> for CounterValues {
+    fn from(stats: NetStats) -> Self {
+        CounterValues {
+            ops: stats.rx_frames + stats.tx_frames,
+            read_bytes: stats.rx_bytes,
+            written_bytes: stats.tx_bytes,
+            errors: stats.tx_malformed + stats.tx_errors + stats.rx_malformed,
+            drops: stats.rx_dropped,
+        }
+    }
 }
 
 /// `virtio_net_config` as far as Ember fills it: the MAC, then the status with the link up.
@@ -124,6 +138,7 @@ impl Net {
             broken: false,
             tap_interest: EventSet::empty(),
             stats: NetStats::default(),
+            counters: Arc::default(),
         })
     }
 
@@ -245,6 +260,10 @@ impl VirtioDevice for Net {
         &self.id
     }
 
+    fn counters(&self) -> Arc<DeviceCounters> {
+        self.counters.clone()
+    }
+
     fn device_type(&self) -> u32 {
         VIRTIO_ID_NET
     }
@@ -336,6 +355,7 @@ impl MutEventSubscriber for Net {
             log::debug!("{}: paused; event left for the resume", self.name());
         }
         self.update_tap_interest(ops);
+        self.counters.publish(self.stats.into());
         log::trace!("{}: {:?}", self.name(), self.stats);
     }
 
