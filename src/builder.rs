@@ -3,7 +3,6 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -103,17 +102,13 @@ fn open_host(config: &VmConfig) -> Result<KvmHost, StartError> {
 
 /// Step 2: every virtio device, disks then NICs, attached to the device manager, which gives
 /// each its interrupt line and register window. Everything after this reads them from there.
-fn attach_virtio_devices(
-    config: &VmConfig,
-    paused: &Arc<AtomicBool>,
-    devices: &mut DeviceManager,
-) -> Result<(), StartError> {
+fn attach_virtio_devices(config: &VmConfig, devices: &mut DeviceManager) -> Result<(), StartError> {
     for (index, drive) in config.drives.iter().enumerate() {
-        let block = Block::new(&drive.id, &drive.path, drive.readonly, paused.clone())?;
+        let block = Block::new(&drive.id, &drive.path, drive.readonly)?;
         devices.attach(block, format!("disk {} ({})", drive.id, disk_name(index)))?;
     }
     for (index, net) in config.nets.iter().enumerate() {
-        let nic = Net::new(&net.id, &net.tap, net.guest_mac(), paused.clone())?;
+        let nic = Net::new(&net.id, &net.tap, net.guest_mac())?;
         devices.attach(nic, format!("net {} (eth{index})", net.id))?;
     }
     Ok(())
@@ -278,8 +273,6 @@ pub struct Devices {
     pub console: Option<ConsoleInput>,
     /// The virtio devices, served by the event loop.
     pub virtio: Arc<DeviceManager>,
-    /// Set while the VM is paused: virtio devices leave their queues alone.
-    pub paused: Arc<AtomicBool>,
 }
 
 /// Legacy ports Linux probes that a microVM does not have (CMOS RTC, POST diagnostics, COM2-4,
@@ -301,7 +294,6 @@ fn create_devices(
     vm: &Vm,
     config: &VmConfig,
     virtio: DeviceManager,
-    paused: Arc<AtomicBool>,
 ) -> Result<Devices, StartError> {
     let mut pio = Bus::new("port");
     for (base, len) in QUIET_PORTS {
@@ -374,7 +366,6 @@ fn create_devices(
         acpi_reset_evt,
         console,
         virtio: Arc::new(virtio),
-        paused,
     })
 }
 
@@ -423,9 +414,8 @@ pub fn build_microvm(config: &VmConfig) -> Result<Vmm, StartError> {
     let host = open_host(config)?;
     let mem_size = config.machine.memory_bytes().map_err(ConfigError::from)?;
     let mem = memory::create_guest_memory(mem_size)?;
-    let paused = Arc::new(AtomicBool::new(false));
     let mut virtio = DeviceManager::new(mem.clone());
-    attach_virtio_devices(config, &paused, &mut virtio)?;
+    attach_virtio_devices(config, &mut virtio)?;
     let (policy, cmdline) = decide_policy(config, &virtio)?;
     log::info!("Guest command line: {cmdline}");
     let vm = Vm::new(&host)?;
@@ -440,7 +430,7 @@ pub fn build_microvm(config: &VmConfig) -> Result<Vmm, StartError> {
         initrd,
         cmdline.len(),
     )?;
-    let devices = create_devices(&vm, config, virtio, paused)?;
+    let devices = create_devices(&vm, config, virtio)?;
     let vcpus = create_vcpus(&host, &vm, &mem, config, policy, &kernel)?;
     let repair = arm_syscall_repair(&vm, policy);
     Ok(Vmm::new(vm, mem, vcpus, devices, policy, repair))

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
@@ -114,7 +114,6 @@ pub struct Vmm {
     mem: GuestMemoryMmap,
     policy: HostPolicy,
     syscall_repair: Option<Arc<RepairCounters>>,
-    paused: Arc<AtomicBool>,
 }
 
 /// What a front end hands the running VMM besides the VM itself; all optional.
@@ -160,7 +159,8 @@ struct Controller {
     exited: Vec<u8>,
     outcome: Option<VmOutcome>,
     api: Option<ApiChannel>,
-    paused: Arc<AtomicBool>,
+    /// Every vCPU is parked and every device quiesced.
+    paused: bool,
     devices: Arc<DeviceManager>,
     i8042: Arc<I8042>,
     config: Option<VmConfig>,
@@ -224,7 +224,7 @@ impl MutEventSubscriber for Controller {
                     let _ = timer.wait();
                 }
                 // A parked vCPU has nothing to sample.
-                if !self.paused.load(std::sync::atomic::Ordering::SeqCst) {
+                if !self.paused {
                     for handle in &self.handles {
                         handle.request_sample();
                     }
@@ -272,7 +272,6 @@ impl Vmm {
         policy: HostPolicy,
         syscall_repair: Option<Arc<RepairCounters>>,
     ) -> Self {
-        let devices_paused = devices.paused.clone();
         Vmm {
             vcpus,
             devices,
@@ -280,16 +279,7 @@ impl Vmm {
             mem,
             policy,
             syscall_repair,
-            paused: devices_paused,
         }
-    }
-
-    /// True while the VM is paused: every vCPU is parked outside KVM_RUN. Device event
-    /// handlers on the event loop (virtio queue subscribers) hold a clone and leave guest
-    /// queues alone while it is set; the pause sets it before kicking the vCPUs and resume
-    /// clears it once they all run again.
-    pub fn paused(&self) -> Arc<AtomicBool> {
-        self.paused.clone()
     }
 
     /// The VM (for tests and tools that inspect it).
@@ -392,7 +382,7 @@ impl Vmm {
             exited: Vec::new(),
             outcome: None,
             api: options.api,
-            paused: self.paused.clone(),
+            paused: false,
             devices: self.devices.virtio.clone(),
             i8042: self.devices.i8042.clone(),
             config: options.config,

@@ -289,15 +289,18 @@ impl DeviceManager {
         self.virtio.iter().map(|e| e.handle.subscriber()).collect()
     }
 
-    /// Writes every queue's notification eventfd once, so each device looks at its rings again
-    /// (a spurious kick is harmless).
-    pub fn kick_queues(&self) {
+    /// Quiesces every device (the VM is pausing): none serves its queues until `wake`.
+    pub fn quiesce(&self) {
         for entry in &self.virtio {
-            entry.handle.with_device(|device| {
-                for evt in device.queue_events() {
-                    let _ = evt.write(1);
-                }
-            });
+            entry.handle.with_device(|device| device.quiesce());
+        }
+    }
+
+    /// Wakes every device: each serves its queues again, starting with what the guest queued
+    /// while it was quiesced.
+    pub fn wake(&self) {
+        for entry in &self.virtio {
+            entry.handle.with_device(|device| device.wake());
         }
     }
 }
@@ -305,7 +308,6 @@ impl DeviceManager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
     use vm_memory::GuestAddress;
 
     struct Fixture {
@@ -330,7 +332,7 @@ mod tests {
     }
 
     fn block(f: &Fixture, id: &str) -> Block {
-        Block::new(id, &f.disk, true, Arc::new(AtomicBool::new(false))).expect("disk")
+        Block::new(id, &f.disk, true).expect("disk")
     }
 
     #[test]

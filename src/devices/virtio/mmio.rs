@@ -410,6 +410,8 @@ mod tests {
             self.activated = None;
             self.resets += 1;
         }
+        fn quiesce(&mut self) {}
+        fn wake(&mut self) {}
     }
 
     fn setup() -> (MmioTransport, Arc<Mutex<Dummy>>) {

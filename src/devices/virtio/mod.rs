@@ -127,6 +127,12 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stops the device and forgets the queues: the driver wrote 0 to Status.
     fn reset(&mut self);
+    /// Stops serving the guest (the VM is pausing): no descriptor is processed and no
+    /// interrupt raised until `wake`. Queue notifications that arrive meanwhile are consumed;
+    /// nothing is lost, the avail rings keep the requests.
+    fn quiesce(&mut self);
+    /// Serves the guest again and looks at every queue once, for what it queued meanwhile.
+    fn wake(&mut self);
 }
 
 /// Copies `data.len()` bytes of `config` at `offset` (zeroes past its end).

@@ -8,7 +8,6 @@ mod tests;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_bindings::virtio_blk::{
@@ -69,7 +68,8 @@ pub struct Block {
     queue_evts: Vec<EventFd>,
     active: Option<Active>,
     broken: bool,
-    paused: Arc<AtomicBool>,
+    /// Quiesced (the VM is paused): the queue is left alone until `wake`.
+    quiesced: bool,
     stats: RequestStats,
     counters: Arc<DeviceCounters>,
 }
@@ -91,13 +91,8 @@ fn put_u32(config: &mut [u8], offset: usize, value: u32) {
 }
 
 impl Block {
-    /// A disk backed by `path`; `paused` stops queue processing while the VM is paused.
-    pub fn new(
-        id: &str,
-        path: &Path,
-        readonly: bool,
-        paused: Arc<AtomicBool>,
-    ) -> Result<Self, BlockError> {
+    /// A disk backed by `path`.
+    pub fn new(id: &str, path: &Path, readonly: bool) -> Result<Self, BlockError> {
         let disk = DiskFile::open(path, readonly).map_err(|source| BlockError::Open {
             id: id.to_string(),
             path: path.display().to_string(),
@@ -147,7 +142,7 @@ impl Block {
             queue_evts,
             active: None,
             broken: false,
-            paused,
+            quiesced: false,
             stats: RequestStats::default(),
             counters: Arc::default(),
         })
@@ -271,6 +266,17 @@ impl VirtioDevice for Block {
         self.active = None;
         self.broken = false;
     }
+
+    fn quiesce(&mut self) {
+        self.quiesced = true;
+    }
+
+    fn wake(&mut self) {
+        self.quiesced = false;
+        if let Err(e) = self.queue_evts[0].write(1) {
+            log::error!("Disk {}: cannot wake its queue: {e}", self.id);
+        }
+    }
 }
 
 /// Event-loop tokens.
@@ -282,8 +288,8 @@ impl MutEventSubscriber for Block {
             return;
         }
         let _ = self.queue_evts[0].read();
-        if self.paused.load(Ordering::SeqCst) {
-            // Resumed VMs re-kick (see Vmm::resume); nothing is lost, the avail ring keeps it.
+        if self.quiesced {
+            // `wake` kicks the queue again; nothing is lost, the avail ring keeps it.
             return;
         }
         if self.broken {

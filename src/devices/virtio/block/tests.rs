@@ -1,8 +1,9 @@
 //! Device-level tests of `Block`: a real scratch disk, guest memory and a virtio-queue mock queue,
 //! requests posted as a driver would and processed as the event loop would.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
 
+use event_manager::{EventManager, SubscriberOps};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::mock::MockSplitQueue;
@@ -60,7 +61,7 @@ fn status(mem: &GuestMemoryMmap, n: u16) -> u8 {
 }
 
 fn new_block(disk: &Scratch) -> Block {
-    Block::new("test", &disk.path, false, Arc::new(AtomicBool::new(false))).expect("disk")
+    Block::new("test", &disk.path, false).expect("disk")
 }
 
 /// Activates `block` on the mock queue; returns the interrupt's eventfd.
@@ -106,4 +107,29 @@ fn test_block_counters_count_requests_bytes_and_errors() {
         }
     );
     assert_eq!([status(&mem, 0), status(&mem, 1)], [0, 0]);
+}
+
+#[test]
+fn test_block_quiesced_leaves_queue_until_wake() {
+    let disk = Scratch::new("blk-quiesce", &[0x33u8; DISK_SIZE]);
+    let mem = memory();
+    let mq = MockSplitQueue::new(&mem, 16);
+    let block = Arc::new(Mutex::new(new_block(&disk)));
+    let mut events: EventManager<Arc<Mutex<Block>>> = EventManager::new().expect("epoll");
+    events.add_subscriber(block.clone());
+    let _irq = activate(&mut block.lock().expect("lock"), &mem, &mq);
+    block.lock().expect("lock").quiesce();
+    post_request(&mem, &mq, 0, VIRTIO_BLK_T_IN, 0, 512);
+    block.lock().expect("lock").queue_evts[0]
+        .write(1)
+        .expect("notify");
+
+    events.run_with_timeout(0).expect("epoll");
+    let while_quiesced = mq.used().idx().load();
+    block.lock().expect("lock").wake();
+    events.run_with_timeout(0).expect("epoll");
+
+    assert_eq!(while_quiesced, 0, "nothing served while quiesced");
+    assert_eq!(mq.used().idx().load(), 1, "served after the wake-up");
+    assert_eq!(status(&mem, 0), 0);
 }

@@ -14,7 +14,6 @@ pub mod tap;
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
@@ -73,7 +72,8 @@ pub struct Net {
     tap: Tap,
     config: [u8; CONFIG_SIZE],
     queue_evts: Vec<EventFd>,
-    paused: Arc<AtomicBool>,
+    /// Quiesced (the VM is paused): queues and TAP are left alone until `wake`.
+    quiesced: bool,
     active: Option<Active>,
     rx: Rx,
     tx: Tx,
@@ -110,14 +110,8 @@ fn config_space(mac: MacAddr) -> [u8; CONFIG_SIZE] {
 }
 
 impl Net {
-    /// A NIC on the existing TAP `tap` with guest MAC `mac`; `paused` stops queue processing
-    /// while the VM is paused.
-    pub fn new(
-        id: &str,
-        tap: &str,
-        mac: MacAddr,
-        paused: Arc<AtomicBool>,
-    ) -> Result<Self, NetError> {
+    /// A NIC on the existing TAP `tap` with guest MAC `mac`.
+    pub fn new(id: &str, tap: &str, mac: MacAddr) -> Result<Self, NetError> {
         let tap = Tap::open(tap, id)?;
         let config = config_space(mac);
         let queue_evts = (0..QUEUE_SIZES.len())
@@ -129,7 +123,7 @@ impl Net {
             tap,
             config,
             queue_evts,
-            paused,
+            quiesced: false,
             active: None,
             rx: Rx::default(),
             tx: Tx::default(),
@@ -200,11 +194,7 @@ impl Net {
     /// What the TAP should be watched for now.
     fn wanted_interest(&self) -> EventSet {
         let mut set = EventSet::empty();
-        if self.active.is_none()
-            || self.broken
-            || self.tap_failed
-            || self.paused.load(Ordering::SeqCst)
-        {
+        if self.active.is_none() || self.broken || self.tap_failed || self.quiesced {
             return set;
         }
         if self.rx_ready && !self.rx.has_pending() {
@@ -328,6 +318,20 @@ impl VirtioDevice for Net {
         // The TAP stays registered until its next event, which then finds nothing to do and
         // drops the registration.
     }
+
+    fn quiesce(&mut self) {
+        // As after a reset, the TAP's next event finds nothing to do and drops its registration.
+        self.quiesced = true;
+    }
+
+    fn wake(&mut self) {
+        self.quiesced = false;
+        for evt in &self.queue_evts {
+            if let Err(e) = evt.write(1) {
+                log::error!("{}: cannot wake its queues: {e}", self.name());
+            }
+        }
+    }
 }
 
 impl MutEventSubscriber for Net {
@@ -336,7 +340,7 @@ impl MutEventSubscriber for Net {
         if token == Token::RxQueue as u32 || token == Token::TxQueue as u32 {
             let _ = self.queue_evts[token as usize].read();
         }
-        let runnable = self.active.is_some() && !self.broken && !self.paused.load(Ordering::SeqCst);
+        let runnable = self.active.is_some() && !self.broken && !self.quiesced;
         if runnable {
             match token {
                 t if t == Token::RxQueue as u32 => {
@@ -350,9 +354,9 @@ impl MutEventSubscriber for Net {
                 t if t == Token::Tap as u32 => self.handle_tap(events.event_set()),
                 other => log::warn!("{}: unexpected event token {other}", self.name()),
             }
-        } else if self.paused.load(Ordering::SeqCst) {
-            // Resuming kicks the queues (see the `paused` flag), which re-arms the TAP.
-            log::debug!("{}: paused; event left for the resume", self.name());
+        } else if self.quiesced {
+            // `wake` kicks the queues, which re-arms the TAP.
+            log::debug!("{}: quiesced; event left for the wake-up", self.name());
         }
         self.update_tap_interest(ops);
         self.counters.publish(self.stats.into());
