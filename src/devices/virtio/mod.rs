@@ -6,6 +6,7 @@ pub mod block;
 pub mod counters;
 pub mod mmio;
 pub mod net;
+pub mod state;
 #[cfg(test)]
 pub(crate) mod test_utils;
 
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -72,6 +73,12 @@ impl VirtioInterrupt {
     /// Clears everything (device reset).
     pub fn reset(&self) {
         self.status.store(0, Ordering::SeqCst);
+    }
+
+    /// Sets the status register to saved `bits`, raising nothing (a pending interrupt is
+    /// restored with the irqchip).
+    pub fn restore_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
     }
 
     /// The eventfd that raises the line, to register as the KVM irqfd of its GSI.
@@ -133,6 +140,10 @@ pub trait VirtioDevice: Send {
     fn quiesce(&mut self);
     /// Serves the guest again and looks at every queue once, for what it queued meanwhile.
     fn wake(&mut self);
+    /// The queues as the device uses them, ring positions included, while it is activated
+    /// (`None` before). A chain the device took but has not completed is given back (its
+    /// position rewound), so that a device restored from this state takes it again.
+    fn active_queues(&self) -> Option<Vec<QueueState>>;
 }
 
 /// Copies `data.len()` bytes of `config` at `offset` (zeroes past its end).

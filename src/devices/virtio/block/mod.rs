@@ -2,6 +2,7 @@
 //! loop). Request parsing and execution live in `request`, the file in `disk`.
 
 pub mod disk;
+pub mod persist;
 pub mod request;
 #[cfg(test)]
 mod tests;
@@ -15,7 +16,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -269,6 +270,11 @@ impl VirtioDevice for Block {
 
     fn quiesce(&mut self) {
         self.quiesced = true;
+    }
+
+    fn active_queues(&self) -> Option<Vec<QueueState>> {
+        // Requests complete before `process_queue` returns: none is ever half done.
+        self.active.as_ref().map(|a| vec![a.queue.state()])
     }
 
     fn wake(&mut self) {

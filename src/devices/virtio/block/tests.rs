@@ -10,8 +10,9 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
+use crate::devices::state::StateError;
 use crate::devices::virtio::counters::CounterValues;
-use crate::devices::virtio::test_utils::{Scratch, desc, memory, post};
+use crate::devices::virtio::test_utils::{Scratch, desc, memory, post, used};
 
 const W: u16 = VRING_DESC_F_WRITE as u16;
 /// Disk size: 64 sectors.
@@ -64,23 +65,24 @@ fn new_block(disk: &Scratch) -> Block {
     Block::new("test", &disk.path, false).expect("disk")
 }
 
-/// Activates `block` on the mock queue; returns the interrupt's eventfd.
-fn activate(
-    block: &mut Block,
-    mem: &GuestMemoryMmap,
-    mq: &MockSplitQueue<'_, GuestMemoryMmap>,
-) -> EventFd {
+/// Activates `block` with `queues` (fresh from a mock, or at saved positions as the transport's
+/// restore gives them); returns the interrupt's eventfd.
+fn activate(block: &mut Block, mem: &GuestMemoryMmap, queues: Vec<Queue>) -> EventFd {
     let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
     let interrupt = Arc::new(VirtioInterrupt::new(irq.try_clone().expect("clone")));
     block
         .activate(ActivateContext {
             mem: mem.clone(),
-            queues: vec![mq.create_queue().expect("queue")],
+            queues,
             acked_features: VIRTIO_F_VERSION_1,
             interrupt,
         })
         .expect("activates");
     irq
+}
+
+fn mock_queue(mq: &MockSplitQueue<'_, GuestMemoryMmap>) -> Vec<Queue> {
+    vec![mq.create_queue().expect("queue")]
 }
 
 #[test]
@@ -89,7 +91,7 @@ fn test_block_counters_count_requests_bytes_and_errors() {
     let mem = memory();
     let mq = MockSplitQueue::new(&mem, 16);
     let mut block = new_block(&disk);
-    let _irq = activate(&mut block, &mem, &mq);
+    let _irq = activate(&mut block, &mem, mock_queue(&mq));
     post_request(&mem, &mq, 0, VIRTIO_BLK_T_OUT, 1, 512);
     post_request(&mem, &mq, 1, VIRTIO_BLK_T_IN, 0, 1024);
     post_request(&mem, &mq, 2, T_UNKNOWN, 0, 512);
@@ -117,7 +119,7 @@ fn test_block_quiesced_leaves_queue_until_wake() {
     let block = Arc::new(Mutex::new(new_block(&disk)));
     let mut events: EventManager<Arc<Mutex<Block>>> = EventManager::new().expect("epoll");
     events.add_subscriber(block.clone());
-    let _irq = activate(&mut block.lock().expect("lock"), &mem, &mq);
+    let _irq = activate(&mut block.lock().expect("lock"), &mem, mock_queue(&mq));
     block.lock().expect("lock").quiesce();
     post_request(&mem, &mq, 0, VIRTIO_BLK_T_IN, 0, 512);
     block.lock().expect("lock").queue_evts[0]
@@ -132,4 +134,73 @@ fn test_block_quiesced_leaves_queue_until_wake() {
     assert_eq!(while_quiesced, 0, "nothing served while quiesced");
     assert_eq!(mq.used().idx().load(), 1, "served after the wake-up");
     assert_eq!(status(&mem, 0), 0);
+}
+
+#[test]
+fn test_block_state_round_trip_serves_the_next_request_only() {
+    let disk = Scratch::new("blk-state", &[0u8; DISK_SIZE]);
+    let mem = memory();
+    let mq = MockSplitQueue::new(&mem, 16);
+    let mut block = new_block(&disk);
+    let _irq = activate(&mut block, &mem, mock_queue(&mq));
+    mem.write_slice(&[0x5a; 512], GuestAddress(data_at(0)))
+        .expect("data");
+    post_request(&mem, &mq, 0, VIRTIO_BLK_T_OUT, 2, 512);
+    block.process_queue();
+    let json = serde_json::to_string(&block.save()).expect("serialize");
+    let queues = block
+        .active_queues()
+        .expect("activated")
+        .into_iter()
+        .map(|q| Queue::try_from(q).expect("saved queue"))
+        .collect();
+    drop(block);
+
+    let mut restored = new_block(&disk);
+    let _irq = activate(&mut restored, &mem, queues);
+    restored
+        .restore(&serde_json::from_str(&json).expect("deserialize"))
+        .expect("restore");
+    post_request(&mem, &mq, 1, VIRTIO_BLK_T_IN, 2, 512);
+    restored.process_queue();
+
+    assert_eq!(
+        restored.counters().values().ops,
+        1,
+        "request 0 not served again"
+    );
+    assert_eq!(mq.used().idx().load(), 2);
+    assert_eq!(used(&mq, 1), (3, 513));
+    let mut back = [0u8; 512];
+    mem.read_slice(&mut back, GuestAddress(data_at(1)))
+        .expect("read");
+    assert_eq!(back, [0x5a; 512]);
+    assert_eq!(serde_json::to_string(&restored.save()).expect("json"), json);
+}
+
+#[test]
+fn test_block_restore_refuses_another_disk() {
+    let disk = Scratch::new("blk-state-mismatch", &[0u8; DISK_SIZE]);
+    let bigger = Scratch::new("blk-state-bigger", &[0u8; 2 * DISK_SIZE]);
+    let saved = new_block(&disk).save();
+    let mut readonly = Block::new("test", &disk.path, true).expect("disk");
+    let mut other_size = new_block(&bigger);
+    let mut newer = saved.clone();
+    newer.version += 1;
+
+    assert!(matches!(
+        readonly.restore(&saved),
+        Err(StateError::Mismatch {
+            field: "read-only",
+            ..
+        })
+    ));
+    assert!(matches!(
+        other_size.restore(&saved),
+        Err(StateError::Mismatch { .. })
+    ));
+    assert!(matches!(
+        new_block(&disk).restore(&newer),
+        Err(StateError::Version { .. })
+    ));
 }

@@ -9,6 +9,7 @@
 //! and the TAP is watched for EPOLLOUT. Nothing is ever polled that cannot make progress.
 
 pub mod frame;
+pub mod persist;
 pub mod rxtx;
 pub mod tap;
 
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::VIRTIO_NET_S_LINK_UP;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -112,7 +113,11 @@ fn config_space(mac: MacAddr) -> [u8; CONFIG_SIZE] {
 impl Net {
     /// A NIC on the existing TAP `tap` with guest MAC `mac`.
     pub fn new(id: &str, tap: &str, mac: MacAddr) -> Result<Self, NetError> {
-        let tap = Tap::open(tap, id)?;
+        Self::with_tap(id, Tap::open(tap, id)?, mac)
+    }
+
+    /// A NIC on the open `tap`.
+    fn with_tap(id: &str, tap: Tap, mac: MacAddr) -> Result<Self, NetError> {
         let config = config_space(mac);
         let queue_evts = (0..QUEUE_SIZES.len())
             .map(|_| EventFd::new(EFD_NONBLOCK).map_err(|e| NetError::EventFd(id.to_string(), e)))
@@ -317,6 +322,17 @@ impl VirtioDevice for Net {
         self.tx.reset();
         // The TAP stays registered until its next event, which then finds nothing to do and
         // drops the registration.
+    }
+
+    fn active_queues(&self) -> Option<Vec<QueueState>> {
+        let active = self.active.as_ref()?;
+        let mut tx = active.tx.state();
+        if self.tx.is_blocked() {
+            // The frame the TAP refused is the last chain taken: give it back. (A frame read
+            // from the TAP and waiting for an RX buffer holds no chain; it is not saved.)
+            tx.next_avail = tx.next_avail.wrapping_sub(1);
+        }
+        Some(vec![active.rx.state(), tx])
     }
 
     fn quiesce(&mut self) {
