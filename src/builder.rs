@@ -12,7 +12,7 @@ use crate::arch::kernel::{self, BootProtocol, LoadedInitrd, LoadedKernel};
 use crate::arch::layout::{ACPI_PM1A_EVT_PORT, BOOT_TIMER_START, CMDLINE_START, SERIAL_IRQ};
 use crate::arch::{self, boot_params, mptable};
 use crate::config::{ConfigError, HostLimits, SerialConfig, VmConfig, boot};
-use crate::device_manager::{DeviceManager, DeviceManagerError};
+use crate::device_manager::{ConsoleInput, DeviceManager, DeviceManagerError, Devices};
 use crate::devices::acpi::{ACPI_PM_PORT_LEN, AcpiPm};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::EventFdTrigger;
@@ -22,7 +22,7 @@ use crate::devices::legacy::serial::{COM1_PORT_BASE, SERIAL_PORT_LEN, SerialDevi
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::net::{Net, NetError};
 use crate::host::{HostKind, HostPolicy};
-use crate::vmm::{ConsoleInput, Vmm};
+use crate::vmm::Vmm;
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::syscall_repair::{self, RepairCounters};
 use crate::vstate::vcpu::{Vcpu, VcpuError, supported_cpuid};
@@ -255,26 +255,6 @@ fn serial_output(config: &SerialConfig) -> Result<SerialOutput, StartError> {
     })
 }
 
-/// The legacy devices and the buses the vCPUs dispatch to.
-pub struct Devices {
-    /// Port I/O bus.
-    pub pio: Arc<Bus>,
-    /// MMIO bus.
-    pub mmio: Arc<Bus>,
-    /// Fired by the i8042 when the guest asks for a reset.
-    pub reset_evt: EventFd,
-    /// The i8042, for host-injected keys (Ctrl-Alt-Del).
-    pub i8042: Arc<I8042>,
-    /// Fired by the ACPI PM registers when the guest enters S5 (power off).
-    pub poweroff_evt: EventFd,
-    /// Fired by the ACPI reset register.
-    pub acpi_reset_evt: EventFd,
-    /// The console and where its input comes from, if it takes input.
-    pub console: Option<ConsoleInput>,
-    /// The virtio devices, served by the event loop.
-    pub virtio: Arc<DeviceManager>,
-}
-
 /// Legacy ports Linux probes that a microVM does not have (CMOS RTC, POST diagnostics, COM2-4,
 /// and the PCI configuration mechanism at 0xcf8-0xcff, which Linux probes on every boot): reads
 /// return all-ones and writes are ignored, which is the "nothing here" answer (for PCI: no
@@ -324,7 +304,7 @@ fn create_devices(
 
     let poweroff_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("the power-off eventfd"))?;
     let acpi_reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("the ACPI reset eventfd"))?;
-    let acpi_pm = AcpiPm::new(
+    let acpi_pm = Arc::new(AcpiPm::new(
         EventFdTrigger(
             poweroff_evt
                 .try_clone()
@@ -335,16 +315,16 @@ fn create_devices(
                 .try_clone()
                 .map_err(io_err("the ACPI reset eventfd"))?,
         ),
-    );
+    ));
     pio.insert(
-        Arc::new(acpi_pm),
+        acpi_pm.clone(),
         u64::from(ACPI_PM1A_EVT_PORT),
         ACPI_PM_PORT_LEN,
     )?;
 
     let console = match config.serial {
         SerialConfig::Stdio => Some(ConsoleInput {
-            serial,
+            serial: serial.clone(),
             space: space_listener,
         }),
         _ => None,
@@ -362,6 +342,8 @@ fn create_devices(
         mmio: Arc::new(mmio),
         reset_evt,
         i8042,
+        serial,
+        acpi_pm,
         poweroff_evt,
         acpi_reset_evt,
         console,

@@ -20,11 +20,10 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::api::{ApiCall, ApiChannel, ApiResponse};
-use crate::builder::Devices;
 use crate::config::VmConfig;
-use crate::device_manager::DeviceManager;
+use crate::device_manager::{DeviceManager, Devices};
 use crate::devices::legacy::i8042::I8042;
-use crate::devices::legacy::serial::{SerialDevice, SerialInput};
+use crate::devices::legacy::serial::SerialInput;
 use crate::devices::legacy::terminal::RawTerminal;
 use crate::events::{EventSink, LifecycleEvent};
 use crate::host::HostPolicy;
@@ -95,14 +94,6 @@ pub enum VmmError {
     /// A seccomp filter could not be installed.
     #[error("seccomp: {0}")]
     Seccomp(String),
-}
-
-/// The console's input side: the UART and the event telling that its FIFO has room.
-pub struct ConsoleInput {
-    /// The UART.
-    pub serial: Arc<SerialDevice>,
-    /// Written when the guest drains the receive FIFO.
-    pub space: EventFd,
 }
 
 /// A built microVM, ready to run.

@@ -4,6 +4,7 @@
 //! ioeventfds, the MMIO bus and the event loop are all derived by iterating the attached devices;
 //! adding a device kind is one constructor and one `attach` call in the builder.
 
+pub mod persist;
 mod resources;
 
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,10 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 pub use self::resources::{MAX_VIRTIO_DEVICES, ResourceAllocator, VirtioSlot};
 use crate::arch::acpi::VirtioMmioDevice;
+use crate::devices::acpi::AcpiPm;
 use crate::devices::bus::{Bus, BusError};
+use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::counters::{CounterValues, DeviceCounters};
 use crate::devices::virtio::mmio::{MMIO_WINDOW_SIZE, MmioTransport};
@@ -169,6 +173,38 @@ impl VirtioEntry {
     pub fn counters(&self) -> CounterValues {
         self.counters.values()
     }
+}
+
+/// Every device of the VM and the buses the vCPUs dispatch to.
+pub struct Devices {
+    /// Port I/O bus.
+    pub pio: Arc<Bus>,
+    /// MMIO bus.
+    pub mmio: Arc<Bus>,
+    /// Fired by the i8042 when the guest asks for a reset.
+    pub reset_evt: EventFd,
+    /// The i8042, for host-injected keys (Ctrl-Alt-Del).
+    pub i8042: Arc<I8042>,
+    /// The UART on COM1.
+    pub serial: Arc<SerialDevice>,
+    /// The ACPI power-management registers.
+    pub acpi_pm: Arc<AcpiPm>,
+    /// Fired by the ACPI PM registers when the guest enters S5 (power off).
+    pub poweroff_evt: EventFd,
+    /// Fired by the ACPI reset register.
+    pub acpi_reset_evt: EventFd,
+    /// The console and where its input comes from, if it takes input.
+    pub console: Option<ConsoleInput>,
+    /// The virtio devices, served by the event loop.
+    pub virtio: Arc<DeviceManager>,
+}
+
+/// The console's input side: the UART and the event telling that its FIFO has room.
+pub struct ConsoleInput {
+    /// The UART.
+    pub serial: Arc<SerialDevice>,
+    /// Written when the guest drains the receive FIFO.
+    pub space: EventFd,
 }
 
 /// Every virtio device of one VM.
