@@ -1,8 +1,10 @@
 //! The device manager: every virtio device of the VM, each kept with a typed handle, its id, kind
 //! and slot (interrupt line and register window, from `resources`) from the moment it is attached
 //! until the VMM exits. The command-line announcement, the DSDT entries, the irqfds, the
-//! ioeventfds, the MMIO bus and the event loop are all derived by iterating the attached devices;
-//! adding a device kind is one constructor and one `attach` call in the builder.
+//! ioeventfds, the MMIO bus and the event loop are all derived by iterating the attached devices,
+//! and so are quiesce/wake, the counters and the saved state (`persist`); adding a device kind
+//! is one constructor and one `attach` call in the builder. `Devices` is the whole set a running
+//! VM has: buses, legacy devices, their eventfds, and the manager.
 
 pub mod persist;
 mod resources;

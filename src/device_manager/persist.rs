@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{DeviceManager, Devices, VirtioHandle};
+use super::{DeviceManager, Devices, VirtioHandle, VirtioKind};
 use crate::devices::acpi::AcpiPmState;
 use crate::devices::legacy::i8042::I8042State;
 use crate::devices::legacy::serial::SerialDeviceState;
@@ -22,6 +22,16 @@ pub enum VirtioKindState {
     Block(BlockState),
     /// A network interface.
     Net(NetState),
+}
+
+impl VirtioKindState {
+    /// The kind of device this state belongs to.
+    pub fn kind(&self) -> VirtioKind {
+        match self {
+            VirtioKindState::Block(_) => VirtioKind::Block,
+            VirtioKindState::Net(_) => VirtioKind::Net,
+        }
+    }
 }
 
 /// One virtio device: its transport (with the queues) and its own state.
@@ -89,19 +99,16 @@ impl DeviceManager {
             if state.id != entry.id {
                 return Err(mismatch("the id"));
             }
-            let kind_matches = matches!(
-                (&entry.handle, &state.device),
-                (VirtioHandle::Block(_), VirtioKindState::Block(_))
-                    | (VirtioHandle::Net(_), VirtioKindState::Net(_))
-            );
-            if !kind_matches {
+            if state.device.kind() != entry.kind() {
                 return Err(mismatch("the kind"));
             }
             entry.transport.restore(&state.transport)?;
             match (&entry.handle, &state.device) {
                 (VirtioHandle::Block(d), VirtioKindState::Block(s)) => lock(d).restore(s)?,
                 (VirtioHandle::Net(d), VirtioKindState::Net(s)) => lock(d).restore(s)?,
-                _ => unreachable!("kinds checked above"),
+                (VirtioHandle::Block(_) | VirtioHandle::Net(_), _) => {
+                    return Err(mismatch("the kind"));
+                }
             }
         }
         Ok(())
