@@ -2,7 +2,7 @@
 //! returns, among several devices (the lookup, the device call), without KVM.
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -60,14 +60,7 @@ fn mmio_bus(disk: &std::path::Path) -> Bus {
         if i == 4 {
             let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
             let interrupt = Arc::new(VirtioInterrupt::new(irq));
-            let block = Block::new(
-                "bench",
-                disk,
-                false,
-                interrupt.clone(),
-                Arc::new(AtomicBool::new(false)),
-            )
-            .expect("disk");
+            let block = Block::new("bench", disk, false).expect("disk");
             let transport = MmioTransport::new(
                 Arc::new(Mutex::new(block)),
                 interrupt,

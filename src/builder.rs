@@ -2,22 +2,17 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
-
-use event_manager::MutEventSubscriber;
-use kvm_ioctls::IoEventAddress;
-use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
+use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::arch::acpi::{self, AcpiError, VirtioMmioDevice};
+use crate::arch::acpi::{self, AcpiError};
 use crate::arch::kernel::{self, BootProtocol, LoadedInitrd, LoadedKernel};
 use crate::arch::layout::{ACPI_PM1A_EVT_PORT, BOOT_TIMER_START, CMDLINE_START, SERIAL_IRQ};
 use crate::arch::{self, boot_params, mptable};
 use crate::config::{ConfigError, HostLimits, SerialConfig, VmConfig, boot};
-use crate::device_manager::{MAX_VIRTIO_DEVICES, VirtioSlot, allocate_virtio_slots};
+use crate::device_manager::{ConsoleInput, DeviceManager, DeviceManagerError, Devices};
 use crate::devices::acpi::{ACPI_PM_PORT_LEN, AcpiPm};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::EventFdTrigger;
@@ -25,11 +20,9 @@ use crate::devices::legacy::boot_timer::{BOOT_TIMER_LEN, BootTimer};
 use crate::devices::legacy::i8042::{I8042, I8042_KBD_IRQ, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{COM1_PORT_BASE, SERIAL_PORT_LEN, SerialDevice, SerialOutput};
 use crate::devices::virtio::block::{Block, BlockError};
-use crate::devices::virtio::mmio::{MMIO_WINDOW_SIZE, MmioTransport};
 use crate::devices::virtio::net::{Net, NetError};
-use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::host::{HostKind, HostPolicy};
-use crate::vmm::{ConsoleInput, Vmm};
+use crate::vmm::Vmm;
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::syscall_repair::{self, RepairCounters};
 use crate::vstate::vcpu::{Vcpu, VcpuError, supported_cpuid};
@@ -74,12 +67,9 @@ pub enum StartError {
     /// A network interface could not be set up.
     #[error(transparent)]
     Net(#[from] NetError),
-    /// More virtio devices than free interrupt lines.
-    #[error("Too many devices: at most {MAX_VIRTIO_DEVICES} disks and network interfaces together")]
-    TooManyDevices,
-    /// An ioeventfd could not be registered.
-    #[error("Failed to register the queue notification of {0}")]
-    Ioeventfd(String, #[source] kvm_ioctls::Error),
+    /// A virtio device could not be attached or wired.
+    #[error(transparent)]
+    Devices(#[from] DeviceManagerError),
     /// An eventfd, file or descriptor could not be created.
     #[error("Failed to create {what}")]
     Io {
@@ -103,22 +93,30 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError 
     move |source| StartError::Io { what, source }
 }
 
-/// Step 1: open KVM and check the configuration against this host.
+/// Step 1: open KVM and check the configuration against this host (guest memory follows).
 fn open_host(config: &VmConfig) -> Result<KvmHost, StartError> {
     let host = KvmHost::open()?;
     config.validate(&HostLimits::read(host.max_vcpus()))?;
     Ok(host)
 }
 
-/// Step 1b: the interrupt line and register window of every virtio device, in device order
-/// (disks, then NICs). Everything after this reads them from here.
-fn allocate_devices(config: &VmConfig) -> Result<Vec<VirtioSlot>, StartError> {
-    allocate_virtio_slots(config.drives.len() + config.nets.len()).ok_or(StartError::TooManyDevices)
+/// Step 2: every virtio device, disks then NICs, attached to the device manager, which gives
+/// each its interrupt line and register window. Everything after this reads them from there.
+fn attach_virtio_devices(config: &VmConfig, devices: &mut DeviceManager) -> Result<(), StartError> {
+    for (index, drive) in config.drives.iter().enumerate() {
+        let block = Block::with_sharing(&drive.id, &drive.path, (drive.readonly, drive.shared))?;
+        devices.attach(block, format!("disk {} ({})", drive.id, disk_name(index)))?;
+    }
+    for (index, net) in config.nets.iter().enumerate() {
+        let nic = Net::new(&net.id, &net.tap, net.guest_mac())?;
+        devices.attach(nic, format!("net {} (eth{index})", net.id))?;
+    }
+    Ok(())
 }
 
 /// The command-line additions for the devices: the root disk and, when `--virtio-discovery`
 /// says so (`cmdline`, `both`, or `auto` with `acpi=off`), one `virtio_mmio.device=` per device.
-fn device_cmdline(config: &VmConfig, slots: &[VirtioSlot], cmdline: &mut String) {
+fn device_cmdline(config: &VmConfig, devices: &DeviceManager, cmdline: &mut String) {
     if let Some((i, drive)) = config.drives.iter().enumerate().find(|(_, d)| d.root) {
         if cmdline.split_whitespace().any(|w| w.starts_with("root=")) {
             log::warn!(
@@ -132,18 +130,16 @@ fn device_cmdline(config: &VmConfig, slots: &[VirtioSlot], cmdline: &mut String)
         }
     }
     if !config.virtio_discovery.cmdline(&config.boot.cmdline) {
-        if !slots.is_empty() && cmdline.split_whitespace().any(|w| w == "acpi=off") {
+        if !devices.virtio().is_empty() && cmdline.split_whitespace().any(|w| w == "acpi=off") {
             log::warn!(
                 "Virtio devices are announced only in ACPI, but the command line has acpi=off"
             );
         }
         return;
     }
-    for slot in slots {
-        cmdline.push_str(&format!(
-            " virtio_mmio.device=4K@{:#x}:{}",
-            slot.base, slot.irq
-        ));
+    for announcement in devices.cmdline_announcements() {
+        cmdline.push(' ');
+        cmdline.push_str(&announcement);
     }
 }
 
@@ -159,10 +155,10 @@ pub fn disk_name(index: usize) -> String {
     format!("vd{suffix}")
 }
 
-/// Step 2: decide the compatibility policy and build the final command line.
+/// Step 3: decide the compatibility policy and build the final command line.
 fn decide_policy(
     config: &VmConfig,
-    slots: &[VirtioSlot],
+    devices: &DeviceManager,
 ) -> Result<(HostPolicy, String), StartError> {
     let kind = HostKind::detect();
     let policy = HostPolicy::decide(config.pvm_compat, kind);
@@ -174,13 +170,13 @@ fn decide_policy(
         );
     }
     let mut cmdline = config.boot.cmdline.clone();
-    device_cmdline(config, slots, &mut cmdline);
+    device_cmdline(config, devices, &mut cmdline);
     policy.extend_cmdline(&mut cmdline);
     boot::check_cmdline(&cmdline).map_err(ConfigError::from)?;
     Ok((policy, cmdline))
 }
 
-/// Step 3: load kernel, initrd and command line into guest memory.
+/// Step 4: load kernel, initrd and command line into guest memory.
 fn load_boot_payload(
     mem: &GuestMemoryMmap,
     mem_size: u64,
@@ -210,25 +206,19 @@ fn load_boot_payload(
     Ok((kernel, initrd))
 }
 
-/// Step 4: the boot information the entry protocol expects, the MP table and the ACPI tables.
+/// Step 5: the boot information the entry protocol expects, the MP table and the ACPI tables.
 fn write_boot_info(
     mem: &GuestMemoryMmap,
     mem_size: u64,
     config: &VmConfig,
-    slots: &[VirtioSlot],
+    devices: &DeviceManager,
     kernel: &LoadedKernel,
     initrd: Option<LoadedInitrd>,
     cmdline_len: usize,
 ) -> Result<(), StartError> {
     let e820 = arch::e820_map(mem_size);
-    let announced: Vec<VirtioMmioDevice> = if config.virtio_discovery.acpi(&config.boot.cmdline) {
-        slots
-            .iter()
-            .map(|s| VirtioMmioDevice {
-                base: s.base,
-                irq: s.irq,
-            })
-            .collect()
+    let announced = if config.virtio_discovery.acpi(&config.boot.cmdline) {
+        devices.acpi_devices()
     } else {
         Vec::new()
     };
@@ -265,30 +255,6 @@ fn serial_output(config: &SerialConfig) -> Result<SerialOutput, StartError> {
     })
 }
 
-/// The legacy devices and the buses the vCPUs dispatch to.
-pub struct Devices {
-    /// Port I/O bus.
-    pub pio: Arc<Bus>,
-    /// MMIO bus.
-    pub mmio: Arc<Bus>,
-    /// Fired by the i8042 when the guest asks for a reset.
-    pub reset_evt: EventFd,
-    /// The i8042, for host-injected keys (Ctrl-Alt-Del).
-    pub i8042: Arc<I8042>,
-    /// Fired by the ACPI PM registers when the guest enters S5 (power off).
-    pub poweroff_evt: EventFd,
-    /// Fired by the ACPI reset register.
-    pub acpi_reset_evt: EventFd,
-    /// The console and where its input comes from, if it takes input.
-    pub console: Option<ConsoleInput>,
-    /// Virtio devices, served by the event loop.
-    pub virtio: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
-    /// Set while the VM is paused: virtio devices leave their queues alone.
-    pub paused: Arc<AtomicBool>,
-    /// A handle on every virtio queue's notification eventfd, to re-kick queues on resume.
-    pub queue_kicks: Vec<EventFd>,
-}
-
 /// Legacy ports Linux probes that a microVM does not have (CMOS RTC, POST diagnostics, COM2-4,
 /// and the PCI configuration mechanism at 0xcf8-0xcff, which Linux probes on every boot): reads
 /// return all-ones and writes are ignored, which is the "nothing here" answer (for PCI: no
@@ -302,9 +268,13 @@ const QUIET_PORTS: [(u64, u64); 6] = [
     (0xcf8, 8),
 ];
 
-/// Step 5: legacy devices on the port bus (UART, i8042, ACPI PM registers), their interrupts
-/// wired through irqfds.
-fn create_devices(vm: &Vm, config: &VmConfig) -> Result<Devices, StartError> {
+/// Step 6: legacy devices on the port bus (UART, i8042, ACPI PM registers), their interrupts
+/// wired through irqfds; the boot timer and the virtio devices on the MMIO bus.
+fn create_devices(
+    vm: &Vm,
+    config: &VmConfig,
+    virtio: DeviceManager,
+) -> Result<Devices, StartError> {
     let mut pio = Bus::new("port");
     for (base, len) in QUIET_PORTS {
         pio.add_quiet_range(base, len);
@@ -334,7 +304,7 @@ fn create_devices(vm: &Vm, config: &VmConfig) -> Result<Devices, StartError> {
 
     let poweroff_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("the power-off eventfd"))?;
     let acpi_reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("the ACPI reset eventfd"))?;
-    let acpi_pm = AcpiPm::new(
+    let acpi_pm = Arc::new(AcpiPm::new(
         EventFdTrigger(
             poweroff_evt
                 .try_clone()
@@ -345,134 +315,40 @@ fn create_devices(vm: &Vm, config: &VmConfig) -> Result<Devices, StartError> {
                 .try_clone()
                 .map_err(io_err("the ACPI reset eventfd"))?,
         ),
-    );
+    ));
     pio.insert(
-        Arc::new(acpi_pm),
+        acpi_pm.clone(),
         u64::from(ACPI_PM1A_EVT_PORT),
         ACPI_PM_PORT_LEN,
     )?;
 
     let console = match config.serial {
         SerialConfig::Stdio => Some(ConsoleInput {
-            serial,
+            serial: serial.clone(),
             space: space_listener,
         }),
         _ => None,
     };
-    Ok(Devices {
-        pio: Arc::new(pio),
-        mmio: Arc::new(Bus::new("MMIO")),
-        reset_evt,
-        i8042,
-        poweroff_evt,
-        acpi_reset_evt,
-        console,
-        virtio: Vec::new(),
-        paused: Arc::new(AtomicBool::new(false)),
-        queue_kicks: Vec::new(),
-    })
-}
 
-/// What attaching virtio devices needs: the VM (ioeventfds), guest memory, the MMIO bus being
-/// built, and the list of queue eventfds to re-kick on resume.
-struct VirtioAttach<'a> {
-    vm: &'a Vm,
-    mem: &'a GuestMemoryMmap,
-    mmio: &'a mut Bus,
-    kicks: &'a mut Vec<EventFd>,
-}
-
-impl VirtioAttach<'_> {
-    /// Puts `device` behind a virtio-mmio transport in `slot`: register window on the MMIO bus,
-    /// queue notifications through ioeventfds, interrupt through an irqfd.
-    fn attach<D>(
-        &mut self,
-        slot: VirtioSlot,
-        name: String,
-        device: Arc<Mutex<D>>,
-        interrupt: Arc<VirtioInterrupt>,
-    ) -> Result<(), StartError>
-    where
-        D: VirtioDevice + 'static,
-    {
-        let base = slot.base;
-        {
-            let dev = device.lock().expect("new device lock");
-            for (q, evt) in dev.queue_events().iter().enumerate() {
-                let addr = IoEventAddress::Mmio(base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY));
-                self.vm
-                    .fd()
-                    .register_ioevent(evt, &addr, q as u32)
-                    .map_err(|e| StartError::Ioeventfd(name.clone(), e))?;
-                self.kicks
-                    .push(evt.try_clone().map_err(io_err("a queue eventfd"))?);
-            }
-        }
-        let transport = MmioTransport::new(device, interrupt, self.mem.clone(), name);
-        self.mmio
-            .insert(Arc::new(transport), base, MMIO_WINDOW_SIZE)?;
-        Ok(())
-    }
-}
-
-/// The interrupt of virtio `slot`, wired to its GSI.
-fn virtio_interrupt(vm: &Vm, slot: VirtioSlot) -> Result<Arc<VirtioInterrupt>, StartError> {
-    let evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("a virtio irq eventfd"))?;
-    vm.register_irqfd(&evt, slot.irq)?;
-    Ok(Arc::new(VirtioInterrupt::new(evt)))
-}
-
-/// Step 6: the virtio devices in their allocated slots (disks, then NICs).
-fn create_virtio_devices(
-    vm: &Vm,
-    mem: &GuestMemoryMmap,
-    config: &VmConfig,
-    slots: &[VirtioSlot],
-    devices: &mut Devices,
-) -> Result<(), StartError> {
     let mut mmio = Bus::new("MMIO");
     mmio.insert(
         Arc::new(BootTimer::default()),
         BOOT_TIMER_START,
         BOOT_TIMER_LEN,
     )?;
-    let mut kicks = Vec::new();
-    let mut attach = VirtioAttach {
-        vm,
-        mem,
-        mmio: &mut mmio,
-        kicks: &mut kicks,
-    };
-    let (disk_slots, net_slots) = slots.split_at(config.drives.len());
-    for (index, (drive, &slot)) in config.drives.iter().zip(disk_slots).enumerate() {
-        let interrupt = virtio_interrupt(vm, slot)?;
-        let block = Arc::new(Mutex::new(Block::with_sharing(
-            &drive.id,
-            &drive.path,
-            (drive.readonly, drive.shared),
-            interrupt.clone(),
-            devices.paused.clone(),
-        )?));
-        let name = format!("disk {} ({})", drive.id, disk_name(index));
-        attach.attach(slot, name, block.clone(), interrupt)?;
-        devices.virtio.push(block);
-    }
-    for (i, (net, &slot)) in config.nets.iter().zip(net_slots).enumerate() {
-        let interrupt = virtio_interrupt(vm, slot)?;
-        let device = Arc::new(Mutex::new(Net::new(
-            &net.id,
-            &net.tap,
-            net.guest_mac(),
-            interrupt.clone(),
-            devices.paused.clone(),
-        )?));
-        let name = format!("net {} (eth{i})", net.id);
-        attach.attach(slot, name, device.clone(), interrupt)?;
-        devices.virtio.push(device);
-    }
-    devices.queue_kicks = kicks;
-    devices.mmio = Arc::new(mmio);
-    Ok(())
+    virtio.register(vm, &mut mmio)?;
+    Ok(Devices {
+        pio: Arc::new(pio),
+        mmio: Arc::new(mmio),
+        reset_evt,
+        i8042,
+        serial,
+        acpi_pm,
+        poweroff_evt,
+        acpi_reset_evt,
+        console,
+        virtio: Arc::new(virtio),
+    })
 }
 
 /// Step 7: one configured vCPU per requested CPU; vCPU 0 gets the entry registers.
@@ -518,11 +394,12 @@ fn arm_syscall_repair(vm: &Vm, policy: HostPolicy) -> Option<Arc<RepairCounters>
 /// vCPU runs yet.
 pub fn build_microvm(config: &VmConfig) -> Result<Vmm, StartError> {
     let host = open_host(config)?;
-    let slots = allocate_devices(config)?;
-    let (policy, cmdline) = decide_policy(config, &slots)?;
-    log::info!("Guest command line: {cmdline}");
     let mem_size = config.machine.memory_bytes().map_err(ConfigError::from)?;
     let mem = memory::create_guest_memory(mem_size)?;
+    let mut virtio = DeviceManager::new(mem.clone());
+    attach_virtio_devices(config, &mut virtio)?;
+    let (policy, cmdline) = decide_policy(config, &virtio)?;
+    log::info!("Guest command line: {cmdline}");
     let vm = Vm::new(&host)?;
     vm.register_memory(&mem)?;
     let (kernel, initrd) = load_boot_payload(&mem, mem_size, config, &cmdline)?;
@@ -530,13 +407,12 @@ pub fn build_microvm(config: &VmConfig) -> Result<Vmm, StartError> {
         &mem,
         mem_size,
         config,
-        &slots,
+        &virtio,
         &kernel,
         initrd,
         cmdline.len(),
     )?;
-    let mut devices = create_devices(&vm, config)?;
-    create_virtio_devices(&vm, &mem, config, &slots, &mut devices)?;
+    let devices = create_devices(&vm, config, virtio)?;
     let vcpus = create_vcpus(&host, &vm, &mem, config, policy, &kernel)?;
     let repair = arm_syscall_repair(&vm, policy);
     Ok(Vmm::new(vm, mem, vcpus, devices, policy, repair))

@@ -11,7 +11,7 @@ pub mod arch;
 pub mod builder;
 /// `VmConfig`, its resources, validation and the command-line front end.
 pub mod config;
-/// Interrupt lines and MMIO windows of the virtio devices, from allocators.
+/// Every device of the VM: virtio devices with typed handles and slots, lifecycle, counters, state.
 pub mod device_manager;
 /// Emulated devices and the port/MMIO buses.
 pub mod devices;

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
@@ -20,11 +20,11 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::api::{ApiCall, ApiChannel, ApiResponse};
-use crate::builder::Devices;
 use crate::config::VmConfig;
+use crate::device_manager::{DeviceManager, Devices};
 use crate::devices::legacy::console_output::ConsoleOutputError;
 use crate::devices::legacy::i8042::I8042;
-use crate::devices::legacy::serial::{SerialDevice, SerialInput};
+use crate::devices::legacy::serial::SerialInput;
 use crate::devices::legacy::terminal::RawTerminal;
 use crate::events::{EventSink, LifecycleEvent};
 use crate::host::HostPolicy;
@@ -100,14 +100,6 @@ pub enum VmmError {
     ConsoleOutput(#[from] ConsoleOutputError),
 }
 
-/// The console's input side: the UART and the event telling that its FIFO has room.
-pub struct ConsoleInput {
-    /// The UART.
-    pub serial: Arc<SerialDevice>,
-    /// Written when the guest drains the receive FIFO.
-    pub space: EventFd,
-}
-
 /// A built microVM, ready to run.
 pub struct Vmm {
     // Field order is drop order: the VM (and its memory slots) goes before guest memory.
@@ -117,7 +109,6 @@ pub struct Vmm {
     mem: GuestMemoryMmap,
     policy: HostPolicy,
     syscall_repair: Option<Arc<RepairCounters>>,
-    paused: Arc<AtomicBool>,
 }
 
 /// What a front end hands the running VMM besides the VM itself; all optional.
@@ -186,8 +177,9 @@ struct Controller {
     exited: Vec<u8>,
     outcome: Option<VmOutcome>,
     api: Option<ApiChannel>,
-    paused: Arc<AtomicBool>,
-    queue_kicks: Vec<EventFd>,
+    /// Every vCPU is parked and every device quiesced.
+    paused: bool,
+    devices: Arc<DeviceManager>,
     i8042: Arc<I8042>,
     config: Option<VmConfig>,
     events: EventSink,
@@ -250,7 +242,7 @@ impl MutEventSubscriber for Controller {
                     let _ = timer.wait();
                 }
                 // A parked vCPU has nothing to sample.
-                if !self.paused.load(std::sync::atomic::Ordering::SeqCst) {
+                if !self.paused {
                     for handle in &self.handles {
                         handle.request_sample();
                     }
@@ -310,7 +302,6 @@ impl Vmm {
         policy: HostPolicy,
         syscall_repair: Option<Arc<RepairCounters>>,
     ) -> Self {
-        let devices_paused = devices.paused.clone();
         Vmm {
             vcpus,
             devices,
@@ -318,16 +309,7 @@ impl Vmm {
             mem,
             policy,
             syscall_repair,
-            paused: devices_paused,
         }
-    }
-
-    /// True while the VM is paused: every vCPU is parked outside KVM_RUN. Device event
-    /// handlers on the event loop (virtio queue subscribers) hold a clone and leave guest
-    /// queues alone while it is set; the pause sets it before kicking the vCPUs and resume
-    /// clears it once they all run again.
-    pub fn paused(&self) -> Arc<AtomicBool> {
-        self.paused.clone()
     }
 
     /// The VM (for tests and tools that inspect it).
@@ -418,7 +400,7 @@ impl Vmm {
             }
         }
 
-        for device in std::mem::take(&mut self.devices.virtio) {
+        for device in self.devices.virtio.subscribers() {
             let sub: Subscriber = Rc::new(RefCell::new(device));
             manager.add_subscriber(sub);
         }
@@ -472,8 +454,8 @@ impl Vmm {
             exited: Vec::new(),
             outcome: None,
             api: options.api,
-            paused: self.paused.clone(),
-            queue_kicks: std::mem::take(&mut self.devices.queue_kicks),
+            paused: false,
+            devices: self.devices.virtio.clone(),
             i8042: self.devices.i8042.clone(),
             config: options.config,
             events: options.events,
@@ -529,6 +511,9 @@ impl Vmm {
         };
         Self::stop_vcpus(&mut controller.borrow_mut());
         log::debug!("VM ran for {:?}", started.elapsed());
+        for device in self.devices.virtio.virtio() {
+            log::debug!("{}: {}", device.name(), device.counters());
+        }
         if let Some(counters) = &self.syscall_repair {
             log::debug!(
                 "Software-nested KVM: SYSCALL repair: {} system calls repaired, {} faults passed ({} single-stepped), armed {} times",

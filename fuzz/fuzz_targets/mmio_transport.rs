@@ -4,7 +4,6 @@
 //! driver initialisation as one step so that request processing is reached too.
 #![no_main]
 
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use arbitrary::Arbitrary;
@@ -83,16 +82,8 @@ fuzz_target!(|input: Input| {
     let disk = Scratch::new("mmio", &disk_image());
     let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
     let interrupt = Arc::new(VirtioInterrupt::new(irq.try_clone().expect("eventfd")));
-    let paused = Arc::new(AtomicBool::new(false));
     let block = Arc::new(Mutex::new(
-        Block::new(
-            "fuzz",
-            &disk.path,
-            input.readonly,
-            interrupt.clone(),
-            paused,
-        )
-        .expect("block device on a scratch file"),
+        Block::new("fuzz", &disk.path, input.readonly).expect("block device on a scratch file"),
     ));
     let mut events: EventManager<Arc<Mutex<Block>>> = EventManager::new().expect("epoll");
     events.add_subscriber(block.clone());

@@ -4,7 +4,6 @@
 //! through the event loop, as a guest driver would post requests.
 #![no_main]
 
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use arbitrary::Arbitrary;
@@ -66,10 +65,8 @@ fuzz_target!(|input: Input| {
     let disk = Scratch::new("vq", &disk_image());
     let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
     let interrupt = Arc::new(VirtioInterrupt::new(irq));
-    let paused = Arc::new(AtomicBool::new(false));
     let block = Arc::new(Mutex::new(
-        Block::new("fuzz", &disk.path, input.readonly, interrupt, paused)
-            .expect("block device on a scratch file"),
+        Block::new("fuzz", &disk.path, input.readonly).expect("block device on a scratch file"),
     ));
     let mut features = VIRTIO_F_VERSION_1;
     if input.event_idx {
@@ -81,6 +78,7 @@ fuzz_target!(|input: Input| {
         mem: mem.clone(),
         queues: vec![q],
         acked_features: features,
+        interrupt,
     });
     assert!(activated.is_ok(), "a ready, valid queue activates");
 

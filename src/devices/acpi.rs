@@ -8,9 +8,12 @@
 
 use std::sync::Mutex;
 
+use serde::{Deserialize, Serialize};
+use vm_superio::Trigger;
+
 use super::bus::BusDevice;
 use super::legacy::EventFdTrigger;
-use vm_superio::Trigger;
+use super::state::{StateError, check_version};
 
 /// Ports covered: PM1_STS, PM1_EN, PM1_CNT (two bytes each), then the reset register.
 pub const ACPI_PM_PORT_LEN: u64 = 7;
@@ -36,6 +39,22 @@ pub const SLP_EN: u16 = 1 << 13;
 /// The value the FADT tells the guest to write to the reset register.
 pub const RESET_VALUE: u8 = 0x01;
 
+/// Saved state of the power-management registers (PM1_STS never holds anything).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcpiPmState {
+    /// Layout version (`AcpiPmState::VERSION`).
+    pub version: u16,
+    /// PM1_EN.
+    pub pm1_enable: u16,
+    /// PM1_CNT as the guest last wrote it (SLP_EN, being write-only, never saved).
+    pub pm1_control: u16,
+}
+
+impl AcpiPmState {
+    /// The layout this build writes and reads.
+    pub const VERSION: u16 = 1;
+}
+
 /// The power-management register block on the port bus.
 pub struct AcpiPm {
     /// PM1_STS, PM1_EN and PM1_CNT as the guest last wrote them (little-endian bytes).
@@ -52,6 +71,25 @@ impl AcpiPm {
             poweroff,
             reset,
         }
+    }
+
+    /// The enable and control registers.
+    pub fn save(&self) -> AcpiPmState {
+        let regs = self.regs.lock().expect("ACPI PM lock poisoned");
+        AcpiPmState {
+            version: AcpiPmState::VERSION,
+            pm1_enable: u16::from_le_bytes([regs[PM1_EN], regs[PM1_EN + 1]]),
+            pm1_control: u16::from_le_bytes([regs[PM1_CNT], regs[PM1_CNT + 1]]),
+        }
+    }
+
+    /// Puts the enable and control registers where `state` had them; enters no sleep state.
+    pub fn restore(&self, state: &AcpiPmState) -> Result<(), StateError> {
+        check_version("ACPI PM", state.version, AcpiPmState::VERSION)?;
+        let mut regs = self.regs.lock().expect("ACPI PM lock poisoned");
+        regs[PM1_EN..PM1_EN + 2].copy_from_slice(&state.pm1_enable.to_le_bytes());
+        regs[PM1_CNT..PM1_CNT + 2].copy_from_slice(&(state.pm1_control & !SLP_EN).to_le_bytes());
+        Ok(())
     }
 
     fn sleep(&self, control: u16) {
@@ -174,5 +212,25 @@ mod tests {
         assert!(off.read().is_err());
         dev.write(RESET, &[0x06]);
         assert!(reset.read().is_err());
+    }
+
+    #[test]
+    fn test_acpi_pm_state_round_trip_reads_the_same_and_sleeps_not() {
+        let (dev, _, _) = device();
+        dev.write(2, &[0x21, 0x01]);
+        dev.write(4, &(S5 | SCI_EN).to_le_bytes());
+        let json = serde_json::to_string(&dev.save()).expect("serialize");
+        let (fresh, off, _) = device();
+
+        fresh
+            .restore(&serde_json::from_str(&json).expect("deserialize"))
+            .expect("restore");
+
+        let (mut a, mut b) = ([0u8; 6], [0u8; 6]);
+        dev.read(0, &mut a);
+        fresh.read(0, &mut b);
+        assert_eq!(a, b);
+        assert_eq!(fresh.save(), dev.save());
+        assert!(off.read().is_err(), "restoring enters no sleep state");
     }
 }

@@ -3,4 +3,5 @@
 pub mod acpi;
 pub mod bus;
 pub mod legacy;
+pub mod state;
 pub mod virtio;

@@ -1,7 +1,6 @@
 //! API requests while the VM runs: state queries, pause and resume of every vCPU, and
 //! Ctrl-Alt-Del. Configuration changes are refused once the VM has started.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::Controller;
@@ -28,7 +27,7 @@ impl Controller {
     }
 
     fn is_paused(&self) -> bool {
-        self.paused.load(Ordering::SeqCst)
+        self.paused
     }
 
     fn handle_api(&mut self, request: &ApiRequest) -> ApiResponse {
@@ -100,8 +99,8 @@ impl Controller {
         if self.outcome.is_some() || !self.exited.is_empty() {
             return ApiResponse::bad_request("The microVM is shutting down.");
         }
-        // Set first: device handlers stop serving guest queues before the vCPUs stop.
-        self.paused.store(true, Ordering::SeqCst);
+        // Devices first: they stop serving guest queues before the vCPUs stop.
+        self.devices.quiesce();
         let result = self
             .handles
             .iter()
@@ -113,6 +112,7 @@ impl Controller {
             });
         match result {
             Ok(()) => {
+                self.paused = true;
                 log::info!("VM paused");
                 self.events.emit(LifecycleEvent::Paused);
                 ApiResponse::no_content()
@@ -122,7 +122,7 @@ impl Controller {
                 for h in &self.handles {
                     let _ = h.request_resume();
                 }
-                self.paused.store(false, Ordering::SeqCst);
+                self.devices.wake();
                 Self::control_error(e)
             }
         }
@@ -143,13 +143,10 @@ impl Controller {
                     .iter()
                     .try_for_each(|h| h.wait_ack(VcpuAck::Resumed, VCPU_ACK_TIMEOUT))
             });
-        self.paused.store(false, Ordering::SeqCst);
-        // Queue notifications that arrived while paused were consumed and left unserved: kick
-        // every queue once so the devices look at their rings again (a spurious kick is
-        // harmless).
-        for kick in &self.queue_kicks {
-            let _ = kick.write(1);
-        }
+        self.paused = false;
+        // Queue notifications that arrived while paused were consumed and left unserved: waking
+        // kicks every queue once, so the devices look at their rings again.
+        self.devices.wake();
         match result {
             Ok(()) => {
                 log::info!("VM resumed");

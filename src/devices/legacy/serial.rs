@@ -1,5 +1,6 @@
 //! The 16550 UART console (vm-superio) on COM1, its output sink (buffered by `console_output`
-//! where it can stall) and the event-loop handler that feeds host input into it.
+//! where it can stall), the event-loop handler that feeds host input into it, and the save and
+//! restore of its registers.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -8,14 +9,16 @@ use std::os::unix::fs::FileTypeExt;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use serde::{Deserialize, Serialize};
 use vm_superio::Serial;
-use vm_superio::serial::SerialEvents;
+use vm_superio::serial::{SerialEvents, SerialState};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::EventFdTrigger;
 use super::console_output::{BufferedOutput, ConsoleOutputError};
 use crate::devices::bus::BusDevice;
+use crate::devices::state::{StateError, check_version};
 
 /// I/O port of COM1.
 pub const COM1_PORT_BASE: u64 = 0x3f8;
@@ -88,6 +91,38 @@ impl SerialEvents for InputSpaceEvents {
 
 type Uart = Serial<EventFdTrigger, InputSpaceEvents, SerialOutput>;
 
+/// vm-superio's `SerialState`, field by field, for serde's remote derive.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "SerialState")]
+struct SerialStateDef {
+    baud_divisor_low: u8,
+    baud_divisor_high: u8,
+    interrupt_enable: u8,
+    interrupt_identification: u8,
+    line_control: u8,
+    line_status: u8,
+    modem_control: u8,
+    modem_status: u8,
+    scratch: u8,
+    in_buffer: Vec<u8>,
+}
+
+/// Saved state of the UART: its registers and the input the guest has not read yet
+/// (vm-superio's `SerialState`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialDeviceState {
+    /// Layout version (`SerialDeviceState::VERSION`).
+    pub version: u16,
+    /// The registers and the receive FIFO.
+    #[serde(with = "SerialStateDef")]
+    pub uart: SerialState,
+}
+
+impl SerialDeviceState {
+    /// The layout this build writes and reads.
+    pub const VERSION: u16 = 1;
+}
+
 /// The UART on the port bus.
 pub struct SerialDevice {
     uart: Mutex<Uart>,
@@ -132,6 +167,44 @@ impl SerialDevice {
             .lock()
             .expect("serial lock poisoned")
             .fifo_capacity()
+    }
+
+    /// The registers and the unread input.
+    pub fn save(&self) -> SerialDeviceState {
+        SerialDeviceState {
+            version: SerialDeviceState::VERSION,
+            uart: self.uart.lock().expect("serial lock poisoned").state(),
+        }
+    }
+
+    /// Puts the registers and unread input where `state` had them; the interrupt, the input
+    /// event and the output stay this device's.
+    pub fn restore(&self, state: &SerialDeviceState) -> Result<(), StateError> {
+        check_version("serial", state.version, SerialDeviceState::VERSION)?;
+        let io = |source| StateError::Io {
+            what: "the serial console",
+            source,
+        };
+        let mut uart = self.uart.lock().expect("serial lock poisoned");
+        let irq = uart.interrupt_evt().try_clone().map_err(io)?;
+        let events = InputSpaceEvents {
+            space: uart.events().space.try_clone().map_err(io)?,
+        };
+        // The output (a file, or the console thread's buffer) moves to the restored UART.
+        let placeholder = Serial::with_events(
+            irq.try_clone().map_err(io)?,
+            InputSpaceEvents {
+                space: events.space.try_clone().map_err(io)?,
+            },
+            SerialOutput::Sink,
+        );
+        let out = std::mem::replace(&mut *uart, placeholder).into_writer();
+        *uart =
+            Serial::from_state(&state.uart, irq, events, out).map_err(|e| StateError::Invalid {
+                what: "serial".into(),
+                reason: format!("{e:?}"),
+            })?;
+        Ok(())
     }
 }
 
@@ -387,5 +460,53 @@ mod tests {
         let n = dev.enqueue_input(&big);
         assert!(n < big.len());
         assert_eq!(dev.input_capacity(), 0);
+    }
+
+    /// The side-effect-free registers: IER, LCR, MCR, LSR, MSR, scratch.
+    fn registers(dev: &SerialDevice) -> Vec<u8> {
+        [1u64, 3, 4, 5, 6, 7]
+            .iter()
+            .map(|&offset| {
+                let mut b = [0u8];
+                dev.read(offset, &mut b);
+                b[0]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn test_serial_state_round_trip_reads_the_same() {
+        let (dev, _irq) = device();
+        dev.write(3, &[0x80]); // DLAB: the divisor latch
+        dev.write(0, &[0x03]);
+        dev.write(3, &[0x1b]); // 8 bits, even parity
+        dev.write(1, &[0x01]); // receive interrupt on
+        dev.write(4, &[0x0b]);
+        dev.write(7, &[0x42]);
+        dev.enqueue_input(b"hi");
+        let json = serde_json::to_string(&dev.save()).expect("serialize");
+
+        let (fresh, _irq2) = device();
+        fresh
+            .restore(&serde_json::from_str(&json).expect("deserialize"))
+            .expect("restore");
+
+        assert_eq!(registers(&fresh), registers(&dev));
+        assert_eq!(fresh.save(), dev.save());
+        let mut data = [0u8; 2];
+        fresh.read(0, &mut data[..1]);
+        fresh.read(0, &mut data[1..]);
+        assert_eq!(&data, b"hi");
+    }
+
+    #[test]
+    fn test_serial_restore_refuses_an_overfull_fifo() {
+        let (dev, _irq) = device();
+        let mut state = dev.save();
+        state.uart.in_buffer = vec![b'x'; 65];
+        assert!(matches!(
+            dev.restore(&state),
+            Err(StateError::Invalid { .. })
+        ));
     }
 }

@@ -1,5 +1,6 @@
 //! The virtio-mmio transport (virtio 1.x, "version 2" register layout): feature negotiation,
-//! queue setup, device status and reset, interrupt status/acknowledge, and the config window.
+//! queue setup, device status and reset, interrupt status/acknowledge, the config window, and
+//! the save and restore of all of it.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,10 +12,12 @@ use virtio_bindings::virtio_mmio::*;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+use super::state::{QueueSnapshot, TransportState};
 use super::{
     ActivateContext, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice, VirtioInterrupt,
 };
 use crate::devices::bus::BusDevice;
+use crate::devices::state::{StateError, check_version};
 
 /// Size of one transport's register window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
@@ -305,6 +308,7 @@ impl MmioTransport {
             mem: self.mem.clone(),
             queues,
             acked_features: state.acked_features,
+            interrupt: self.interrupt.clone(),
         };
         match self.device().activate(ctx) {
             Ok(()) => {
@@ -320,6 +324,90 @@ impl MmioTransport {
                 self.needs_reset(state);
             }
         }
+    }
+}
+
+impl MmioTransport {
+    /// The register file and every queue; once the device is activated, the queues as the
+    /// device uses them (ring positions included).
+    pub fn save(&self) -> TransportState {
+        let state = self.state.lock().expect("transport lock poisoned");
+        let live = if state.activated {
+            self.device().active_queues()
+        } else {
+            None
+        };
+        let queues = live.unwrap_or_else(|| state.queues.iter().map(|q| q.state()).collect());
+        TransportState {
+            version: TransportState::VERSION,
+            status: state.status,
+            device_features_sel: state.device_features_sel,
+            driver_features_sel: state.driver_features_sel,
+            acked_features: state.acked_features,
+            queue_sel: state.queue_sel,
+            queues: queues.into_iter().map(QueueSnapshot).collect(),
+            bad_size: state.bad_size.clone(),
+            interrupt_status: self.interrupt.status(),
+            config_generation: state.config_generation,
+            activated: state.activated,
+        }
+    }
+
+    /// Puts this transport where `saved` was: registers, queues and interrupt status; a device
+    /// that was activated is activated again with its queues at their saved positions. Every
+    /// queue is validated as at DRIVER_OK.
+    pub fn restore(&self, saved: &TransportState) -> Result<(), StateError> {
+        check_version(
+            "virtio-mmio transport",
+            saved.version,
+            TransportState::VERSION,
+        )?;
+        let invalid = |reason: String| StateError::Invalid {
+            what: self.name.clone(),
+            reason,
+        };
+        let max_sizes = self.device().queue_max_sizes().to_vec();
+        if saved.queues.len() != max_sizes.len() || saved.bad_size.len() != max_sizes.len() {
+            return Err(invalid(format!(
+                "{} queues saved, the device has {}",
+                saved.queues.len(),
+                max_sizes.len()
+            )));
+        }
+        let mut queues = Vec::with_capacity(saved.queues.len());
+        for (i, (q, max)) in saved.queues.iter().zip(&max_sizes).enumerate() {
+            if q.0.max_size != *max {
+                return Err(invalid(format!(
+                    "queue {i} has maximum size {}",
+                    q.0.max_size
+                )));
+            }
+            let queue = Queue::try_from(q.0).map_err(|e| invalid(format!("queue {i}: {e}")))?;
+            queues.push(queue);
+        }
+        let mut state = self.state.lock().expect("transport lock poisoned");
+        if state.activated {
+            self.device().reset();
+        }
+        *state = State {
+            status: saved.status,
+            device_features_sel: saved.device_features_sel,
+            driver_features_sel: saved.driver_features_sel,
+            acked_features: saved.acked_features,
+            queue_sel: saved.queue_sel,
+            queues,
+            bad_size: saved.bad_size.clone(),
+            config_generation: saved.config_generation,
+            activated: false,
+        };
+        self.interrupt.restore_status(saved.interrupt_status);
+        if saved.activated {
+            self.activate(&mut state);
+            if !state.activated {
+                return Err(invalid("the device refused its saved queues".into()));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -370,16 +458,24 @@ impl BusDevice for MmioTransport {
 mod tests {
     use super::*;
     use crate::devices::virtio::ActivateError;
+    use virtio_queue::QueueState;
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
     struct Dummy {
         evts: Vec<EventFd>,
         activated: Option<(usize, u64)>,
+        live: Option<Vec<QueueState>>,
         resets: usize,
     }
 
     impl VirtioDevice for Dummy {
+        fn id(&self) -> &str {
+            "dummy"
+        }
+        fn counters(&self) -> Arc<crate::devices::virtio::counters::DeviceCounters> {
+            Arc::default()
+        }
         fn device_type(&self) -> u32 {
             42
         }
@@ -397,11 +493,18 @@ mod tests {
         }
         fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
             self.activated = Some((ctx.queues.len(), ctx.acked_features));
+            self.live = Some(ctx.queues.iter().map(|q| q.state()).collect());
             Ok(())
         }
         fn reset(&mut self) {
             self.activated = None;
+            self.live = None;
             self.resets += 1;
+        }
+        fn quiesce(&mut self) {}
+        fn wake(&mut self) {}
+        fn active_queues(&self) -> Option<Vec<QueueState>> {
+            self.live.clone()
         }
     }
 
@@ -410,6 +513,7 @@ mod tests {
         let dummy = Arc::new(Mutex::new(Dummy {
             evts: vec![EventFd::new(EFD_NONBLOCK).expect("evt")],
             activated: None,
+            live: None,
             resets: 0,
         }));
         let irq = Arc::new(VirtioInterrupt::new(
@@ -559,5 +663,96 @@ mod tests {
                 .expect("notified"),
             1
         );
+    }
+
+    /// Every register a driver reads, for each queue and feature word (selecting them).
+    fn registers(t: &MmioTransport) -> Vec<u32> {
+        let mut values = Vec::new();
+        for sel in 0..2 {
+            wr(t, VIRTIO_MMIO_QUEUE_SEL, sel);
+            wr(t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
+            for off in [
+                VIRTIO_MMIO_DEVICE_FEATURES,
+                VIRTIO_MMIO_QUEUE_NUM_MAX,
+                VIRTIO_MMIO_QUEUE_READY,
+                VIRTIO_MMIO_INTERRUPT_STATUS,
+                VIRTIO_MMIO_STATUS,
+                VIRTIO_MMIO_CONFIG_GENERATION,
+            ] {
+                values.push(rd(t, off));
+            }
+        }
+        values
+    }
+
+    /// Saves `t`, sends the state through JSON, restores it into a fresh transport.
+    fn round_trip(t: &MmioTransport) -> (MmioTransport, Arc<Mutex<Dummy>>) {
+        let json = serde_json::to_string(&t.save()).expect("serialize");
+        let saved: TransportState = serde_json::from_str(&json).expect("deserialize");
+        let (fresh, dummy) = setup();
+        fresh.restore(&saved).expect("restore");
+        (fresh, dummy)
+    }
+
+    #[test]
+    fn test_mmio_state_round_trip_during_setup_reads_the_same() {
+        let (t, _) = setup();
+        negotiate(&t);
+        setup_queue(&t);
+        t.write(0x100, &[1]);
+        let before = registers(&t);
+
+        let (restored, dummy) = round_trip(&t);
+
+        assert_eq!(registers(&restored), before);
+        assert_eq!(restored.save(), t.save());
+        assert!(dummy.lock().expect("lock").activated.is_none());
+    }
+
+    #[test]
+    fn test_mmio_state_round_trip_activated_reactivates_at_saved_positions() {
+        let (t, dummy) = setup();
+        negotiate(&t);
+        setup_queue(&t);
+        wr(&t, VIRTIO_MMIO_STATUS, 15);
+        // The device moved along its queue since activation.
+        if let Some(live) = dummy.lock().expect("lock").live.as_mut() {
+            live[0].next_avail = 7;
+            live[0].next_used = 5;
+        }
+        t.interrupt.signal_used_queue();
+        let saved = t.save();
+
+        let (restored, fresh) = round_trip(&t);
+
+        let device = fresh.lock().expect("lock");
+        let features = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | 1;
+        assert_eq!(device.activated, Some((1, features)));
+        let live = device.live.as_ref().expect("activated");
+        assert_eq!((live[0].next_avail, live[0].next_used), (7, 5));
+        drop(device);
+        assert_eq!(rd(&restored, VIRTIO_MMIO_STATUS), 15);
+        assert_eq!(rd(&restored, VIRTIO_MMIO_INTERRUPT_STATUS), 1);
+        assert_eq!(restored.save(), saved);
+    }
+
+    #[test]
+    fn test_mmio_restore_refuses_rings_outside_memory_and_other_versions() {
+        let (t, _) = setup();
+        negotiate(&t);
+        setup_queue(&t);
+        wr(&t, VIRTIO_MMIO_STATUS, 15);
+        let mut outside = t.save();
+        outside.queues[0].0.used_ring = 0xffff_f000;
+        let mut newer = t.save();
+        newer.version += 1;
+        let (fresh, dummy) = setup();
+
+        assert!(fresh.restore(&outside).is_err());
+        assert!(dummy.lock().expect("lock").activated.is_none());
+        assert!(matches!(
+            fresh.restore(&newer),
+            Err(StateError::Version { .. })
+        ));
     }
 }

@@ -3,15 +3,22 @@
 //! offsets; the transport never looks inside a queue.
 
 pub mod block;
+pub mod counters;
 pub mod mmio;
 pub mod net;
+pub mod state;
+#[cfg(test)]
+pub(crate) mod test_utils;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+
+use self::counters::DeviceCounters;
 
 /// Feature bit every Ember device offers: the modern (1.x) interface.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -67,6 +74,17 @@ impl VirtioInterrupt {
     pub fn reset(&self) {
         self.status.store(0, Ordering::SeqCst);
     }
+
+    /// Sets the status register to saved `bits`, raising nothing (a pending interrupt is
+    /// restored with the irqchip).
+    pub fn restore_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+    }
+
+    /// The eventfd that raises the line, to register as the KVM irqfd of its GSI.
+    pub fn eventfd(&self) -> &EventFd {
+        &self.irq
+    }
 }
 
 /// Why a device refused to activate.
@@ -85,10 +103,16 @@ pub struct ActivateContext {
     pub queues: Vec<Queue>,
     /// Features the driver accepted.
     pub acked_features: u64,
+    /// The transport's interrupt, raised when a used ring changes.
+    pub interrupt: Arc<VirtioInterrupt>,
 }
 
 /// A virtio device behind a transport.
 pub trait VirtioDevice: Send {
+    /// The device's id (the drive or interface id of the configuration).
+    fn id(&self) -> &str;
+    /// The device's counters, shared: the device publishes, anyone reads.
+    fn counters(&self) -> Arc<DeviceCounters>;
     /// Virtio device id (VIRTIO_ID_BLOCK, VIRTIO_ID_NET, ...).
     fn device_type(&self) -> u32;
     /// Features the device offers (VERSION_1 included).
@@ -110,6 +134,16 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stops the device and forgets the queues: the driver wrote 0 to Status.
     fn reset(&mut self);
+    /// Stops serving the guest (the VM is pausing): no descriptor is processed and no
+    /// interrupt raised until `wake`. Queue notifications that arrive meanwhile are consumed;
+    /// nothing is lost, the avail rings keep the requests.
+    fn quiesce(&mut self);
+    /// Serves the guest again and looks at every queue once, for what it queued meanwhile.
+    fn wake(&mut self);
+    /// The queues as the device uses them, ring positions included, while it is activated
+    /// (`None` before). A chain the device took but has not completed is given back (its
+    /// position rewound), so that a device restored from this state takes it again.
+    fn active_queues(&self) -> Option<Vec<QueueState>>;
 }
 
 /// Copies `data.len()` bytes of `config` at `offset` (zeroes past its end).

@@ -2,12 +2,14 @@
 //! loop). Request parsing and execution live in `request`, the file in `disk`.
 
 pub mod disk;
+pub mod persist;
 pub mod request;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -16,13 +18,14 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use self::disk::{DiskError, DiskFile, SECTOR_SIZE};
 use self::request::{HostIoError, MAX_DISCARD_SEGMENTS, RequestStats};
+use super::counters::{CounterValues, DeviceCounters};
 use super::{
     ActivateContext, ActivateError, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioInterrupt, read_config_bytes,
@@ -87,6 +90,7 @@ impl HostErrorLog {
 struct Active {
     mem: GuestMemoryMmap,
     queue: Queue,
+    interrupt: Arc<VirtioInterrupt>,
 }
 
 /// A virtio-blk device.
@@ -97,12 +101,25 @@ pub struct Block {
     features: u64,
     config: [u8; CONFIG_SIZE],
     queue_evts: Vec<EventFd>,
-    interrupt: Arc<VirtioInterrupt>,
     active: Option<Active>,
     broken: bool,
-    paused: Arc<AtomicBool>,
+    /// Quiesced (the VM is paused): the queue is left alone until `wake`.
+    quiesced: bool,
     stats: RequestStats,
     host_errors: HostErrorLog,
+    counters: Arc<DeviceCounters>,
+}
+
+impl From<RequestStats> for CounterValues {
+    fn from(stats: RequestStats) -> Self {
+        CounterValues {
+            ops: stats.requests,
+            read_bytes: stats.read_bytes,
+            written_bytes: stats.written_bytes,
+            errors: stats.malformed + stats.io_errors + stats.unsupported,
+            drops: 0,
+        }
+    }
 }
 
 fn put_u32(config: &mut [u8], offset: usize, value: u32) {
@@ -110,15 +127,9 @@ fn put_u32(config: &mut [u8], offset: usize, value: u32) {
 }
 
 impl Block {
-    /// A disk backed by `path`; `paused` stops queue processing while the VM is paused.
-    pub fn new(
-        id: &str,
-        path: &Path,
-        readonly: bool,
-        interrupt: Arc<VirtioInterrupt>,
-        paused: Arc<AtomicBool>,
-    ) -> Result<Self, BlockError> {
-        Self::with_sharing(id, path, (readonly, false), interrupt, paused)
+    /// A disk backed by `path`.
+    pub fn new(id: &str, path: &Path, readonly: bool) -> Result<Self, BlockError> {
+        Self::with_sharing(id, path, (readonly, false))
     }
 
     /// `new`, where `(readonly, shared)` with `shared` takes a shared lock on a writable image
@@ -127,8 +138,6 @@ impl Block {
         id: &str,
         path: &Path,
         (readonly, shared): (bool, bool),
-        interrupt: Arc<VirtioInterrupt>,
-        paused: Arc<AtomicBool>,
     ) -> Result<Self, BlockError> {
         let disk =
             DiskFile::open_locked(path, readonly, shared).map_err(|source| BlockError::Open {
@@ -179,12 +188,12 @@ impl Block {
             features,
             config,
             queue_evts,
-            interrupt,
             active: None,
             broken: false,
-            paused,
+            quiesced: false,
             stats: RequestStats::default(),
             host_errors: HostErrorLog::default(),
+            counters: Arc::default(),
         })
     }
 
@@ -251,12 +260,21 @@ impl Block {
             }
         }
         if used_any && queue.needs_notification(&mem).unwrap_or(true) {
-            self.interrupt.signal_used_queue();
+            active.interrupt.signal_used_queue();
         }
+        self.counters.publish(self.stats.into());
     }
 }
 
 impl VirtioDevice for Block {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn counters(&self) -> Arc<DeviceCounters> {
+        self.counters.clone()
+    }
+
     fn device_type(&self) -> u32 {
         VIRTIO_ID_BLOCK
     }
@@ -289,6 +307,7 @@ impl VirtioDevice for Block {
         self.active = Some(Active {
             mem: ctx.mem,
             queue,
+            interrupt: ctx.interrupt,
         });
         self.broken = false;
         // This runs on the vCPU thread that wrote DRIVER_OK, which does no device I/O (its
@@ -307,6 +326,22 @@ impl VirtioDevice for Block {
         self.active = None;
         self.broken = false;
     }
+
+    fn quiesce(&mut self) {
+        self.quiesced = true;
+    }
+
+    fn active_queues(&self) -> Option<Vec<QueueState>> {
+        // Requests complete before `process_queue` returns: none is ever half done.
+        self.active.as_ref().map(|a| vec![a.queue.state()])
+    }
+
+    fn wake(&mut self) {
+        self.quiesced = false;
+        if let Err(e) = self.queue_evts[0].write(1) {
+            log::error!("Disk {}: cannot wake its queue: {e}", self.id);
+        }
+    }
 }
 
 /// Event-loop tokens.
@@ -318,8 +353,8 @@ impl MutEventSubscriber for Block {
             return;
         }
         let _ = self.queue_evts[0].read();
-        if self.paused.load(Ordering::SeqCst) {
-            // Resumed VMs re-kick (see Vmm::resume); nothing is lost, the avail ring keeps it.
+        if self.quiesced {
+            // `wake` kicks the queue again; nothing is lost, the avail ring keeps it.
             return;
         }
         if self.broken {
@@ -344,7 +379,7 @@ impl MutEventSubscriber for Block {
 }
 
 #[cfg(test)]
-mod tests {
+mod host_error_tests {
     use super::*;
     use crate::devices::virtio::block::request::HostOp;
 

@@ -22,9 +22,15 @@ pub const MAX_REQUEST_BYTES: usize = 32 << 20;
 /// Most discard / write-zeroes segments in one request (advertised in config space).
 pub const MAX_DISCARD_SEGMENTS: u32 = 32;
 
-/// Counters of what went wrong, for logs and tests.
+/// Counters of requests, their data and what went wrong, for the device counters and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RequestStats {
+    /// Chains taken from the queue.
+    pub requests: u64,
+    /// Data bytes read from the disk into guest buffers.
+    pub read_bytes: u64,
+    /// Data bytes written from guest buffers to the disk.
+    pub written_bytes: u64,
     /// Chains that could not even carry a status byte.
     pub malformed: u64,
     /// Requests completed with VIRTIO_BLK_S_IOERR.
@@ -217,6 +223,7 @@ fn execute(
     id: &[u8],
     reader: &mut Reader<'_>,
     data: &mut Writer<'_>,
+    stats: &mut RequestStats,
 ) -> Result<usize, RequestError> {
     let mut header = [0u8; 16];
     reader
@@ -231,6 +238,7 @@ fn execute(
             let bufs = data_slices(mem, chain, true, 0, len)?;
             disk.read_volatile_at(offset, &bufs)
                 .map_err(|e| RequestError::Io(HostOp::Read, e))?;
+            stats.read_bytes += len as u64;
             Ok(len)
         }
         VIRTIO_BLK_T_OUT => {
@@ -242,6 +250,7 @@ fn execute(
             let bufs = data_slices(mem, chain, false, reader.bytes_read(), len)?;
             disk.write_volatile_at(offset, &bufs)
                 .map_err(|e| RequestError::Io(HostOp::Write, e))?;
+            stats.written_bytes += len as u64;
             Ok(0)
         }
         VIRTIO_BLK_T_FLUSH => {
@@ -314,6 +323,7 @@ pub fn process(
     id: &[u8],
     stats: &mut RequestStats,
 ) -> Completion {
+    stats.requests += 1;
     let data_chain = chain.clone();
     let readers = Reader::new(mem, chain.clone()).and_then(|r| Ok((r, Writer::new(mem, chain)?)));
     let (mut reader, mut writer) = match readers {
@@ -346,7 +356,7 @@ pub fn process(
         }
     };
     let mut direct = 0;
-    let status = match execute(mem, data_chain, disk, id, &mut reader, &mut writer) {
+    let status = match execute(mem, data_chain, disk, id, &mut reader, &mut writer, stats) {
         Ok(written) => {
             direct = written;
             VIRTIO_BLK_S_OK as u8

@@ -9,17 +9,17 @@
 //! and the TAP is watched for EPOLLOUT. Nothing is ever polled that cannot make progress.
 
 pub mod frame;
+pub mod persist;
 pub mod rxtx;
 pub mod tap;
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::VIRTIO_NET_S_LINK_UP;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -27,6 +27,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use self::frame::{NetStats, offered_features, tap_offload_flags};
 use self::rxtx::{Rx, Tx};
 use self::tap::{Tap, TapError};
+use super::counters::{CounterValues, DeviceCounters};
 use super::{ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt, read_config_bytes};
 use crate::config::net::MacAddr;
 
@@ -63,6 +64,7 @@ struct Active {
     mem: GuestMemoryMmap,
     rx: Queue,
     tx: Queue,
+    interrupt: Arc<VirtioInterrupt>,
 }
 
 /// A virtio-net device backed by a TAP.
@@ -71,8 +73,8 @@ pub struct Net {
     tap: Tap,
     config: [u8; CONFIG_SIZE],
     queue_evts: Vec<EventFd>,
-    interrupt: Arc<VirtioInterrupt>,
-    paused: Arc<AtomicBool>,
+    /// Quiesced (the VM is paused): queues and TAP are left alone until `wake`.
+    quiesced: bool,
     active: Option<Active>,
     rx: Rx,
     tx: Tx,
@@ -85,6 +87,19 @@ pub struct Net {
     /// What the TAP is registered for in epoll (empty: not registered).
     tap_interest: EventSet,
     stats: NetStats,
+    counters: Arc<DeviceCounters>,
+}
+
+impl From<NetStats> for CounterValues {
+    fn from(stats: NetStats) -> Self {
+        CounterValues {
+            ops: stats.rx_frames + stats.tx_frames,
+            read_bytes: stats.rx_bytes,
+            written_bytes: stats.tx_bytes,
+            errors: stats.tx_malformed + stats.tx_errors + stats.rx_malformed,
+            drops: stats.rx_dropped,
+        }
+    }
 }
 
 /// `virtio_net_config` as far as Ember fills it: the MAC, then the status with the link up.
@@ -96,16 +111,13 @@ fn config_space(mac: MacAddr) -> [u8; CONFIG_SIZE] {
 }
 
 impl Net {
-    /// A NIC on the existing TAP `tap` with guest MAC `mac`; `paused` stops queue processing
-    /// while the VM is paused.
-    pub fn new(
-        id: &str,
-        tap: &str,
-        mac: MacAddr,
-        interrupt: Arc<VirtioInterrupt>,
-        paused: Arc<AtomicBool>,
-    ) -> Result<Self, NetError> {
-        let tap = Tap::open(tap, id)?;
+    /// A NIC on the existing TAP `tap` with guest MAC `mac`.
+    pub fn new(id: &str, tap: &str, mac: MacAddr) -> Result<Self, NetError> {
+        Self::with_tap(id, Tap::open(tap, id)?, mac)
+    }
+
+    /// A NIC on the open `tap`.
+    fn with_tap(id: &str, tap: Tap, mac: MacAddr) -> Result<Self, NetError> {
         let config = config_space(mac);
         let queue_evts = (0..QUEUE_SIZES.len())
             .map(|_| EventFd::new(EFD_NONBLOCK).map_err(|e| NetError::EventFd(id.to_string(), e)))
@@ -116,8 +128,7 @@ impl Net {
             tap,
             config,
             queue_evts,
-            interrupt,
-            paused,
+            quiesced: false,
             active: None,
             rx: Rx::default(),
             tx: Tx::default(),
@@ -126,6 +137,7 @@ impl Net {
             broken: false,
             tap_interest: EventSet::empty(),
             stats: NetStats::default(),
+            counters: Arc::default(),
         })
     }
 
@@ -158,7 +170,7 @@ impl Net {
             self.broken = true;
         }
         if pass.used && active.rx.needs_notification(&active.mem).unwrap_or(true) {
-            self.interrupt.signal_used_queue();
+            active.interrupt.signal_used_queue();
         }
     }
 
@@ -180,18 +192,14 @@ impl Net {
             self.broken = true;
         }
         if pass.used && active.tx.needs_notification(&active.mem).unwrap_or(true) {
-            self.interrupt.signal_used_queue();
+            active.interrupt.signal_used_queue();
         }
     }
 
     /// What the TAP should be watched for now.
     fn wanted_interest(&self) -> EventSet {
         let mut set = EventSet::empty();
-        if self.active.is_none()
-            || self.broken
-            || self.tap_failed
-            || self.paused.load(Ordering::SeqCst)
-        {
+        if self.active.is_none() || self.broken || self.tap_failed || self.quiesced {
             return set;
         }
         if self.rx_ready && !self.rx.has_pending() {
@@ -243,6 +251,14 @@ impl Net {
 }
 
 impl VirtioDevice for Net {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn counters(&self) -> Arc<DeviceCounters> {
+        self.counters.clone()
+    }
+
     fn device_type(&self) -> u32 {
         VIRTIO_ID_NET
     }
@@ -287,6 +303,7 @@ impl VirtioDevice for Net {
             mem: ctx.mem,
             rx,
             tx,
+            interrupt: ctx.interrupt,
         });
         self.broken = false;
         self.rx_ready = true;
@@ -306,6 +323,31 @@ impl VirtioDevice for Net {
         // The TAP stays registered until its next event, which then finds nothing to do and
         // drops the registration.
     }
+
+    fn active_queues(&self) -> Option<Vec<QueueState>> {
+        let active = self.active.as_ref()?;
+        let mut tx = active.tx.state();
+        if self.tx.is_blocked() {
+            // The frame the TAP refused is the last chain taken: give it back. (A frame read
+            // from the TAP and waiting for an RX buffer holds no chain; it is not saved.)
+            tx.next_avail = tx.next_avail.wrapping_sub(1);
+        }
+        Some(vec![active.rx.state(), tx])
+    }
+
+    fn quiesce(&mut self) {
+        // As after a reset, the TAP's next event finds nothing to do and drops its registration.
+        self.quiesced = true;
+    }
+
+    fn wake(&mut self) {
+        self.quiesced = false;
+        for evt in &self.queue_evts {
+            if let Err(e) = evt.write(1) {
+                log::error!("{}: cannot wake its queues: {e}", self.name());
+            }
+        }
+    }
 }
 
 impl MutEventSubscriber for Net {
@@ -314,7 +356,7 @@ impl MutEventSubscriber for Net {
         if token == Token::RxQueue as u32 || token == Token::TxQueue as u32 {
             let _ = self.queue_evts[token as usize].read();
         }
-        let runnable = self.active.is_some() && !self.broken && !self.paused.load(Ordering::SeqCst);
+        let runnable = self.active.is_some() && !self.broken && !self.quiesced;
         if runnable {
             match token {
                 t if t == Token::RxQueue as u32 => {
@@ -328,11 +370,12 @@ impl MutEventSubscriber for Net {
                 t if t == Token::Tap as u32 => self.handle_tap(events.event_set()),
                 other => log::warn!("{}: unexpected event token {other}", self.name()),
             }
-        } else if self.paused.load(Ordering::SeqCst) {
-            // Resuming kicks the queues (see the `paused` flag), which re-arms the TAP.
-            log::debug!("{}: paused; event left for the resume", self.name());
+        } else if self.quiesced {
+            // `wake` kicks the queues, which re-arms the TAP.
+            log::debug!("{}: quiesced; event left for the wake-up", self.name());
         }
         self.update_tap_interest(ops);
+        self.counters.publish(self.stats.into());
         log::trace!("{}: {:?}", self.name(), self.stats);
     }
 

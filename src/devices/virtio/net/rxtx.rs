@@ -448,14 +448,13 @@ impl Rx {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::test_utils::{desc, memory, post, used};
     use std::collections::VecDeque;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::RawDescriptor;
     use virtio_queue::desc::split::Descriptor as SplitDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
 
-    const MEM_SIZE: u64 = 0x40_0000;
     const BUF: u64 = 0x10_0000;
     const W: u16 = VRING_DESC_F_WRITE as u16;
 
@@ -485,44 +484,6 @@ mod tests {
             self.written.push(buf.to_vec());
             Ok(buf.len())
         }
-    }
-
-    fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).expect("mem")
-    }
-
-    fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
-    }
-
-    /// Posts one chain made of `descs` at descriptor index `first` (NEXT links filled in).
-    fn post(mq: &MockSplitQueue<'_, GuestMemoryMmap>, first: u16, descs: &[RawDescriptor]) {
-        let linked: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let d = SplitDescriptor::from(*d);
-                let last = i == descs.len() - 1;
-                let flags = if last {
-                    d.flags() & !(VRING_DESC_F_NEXT as u16)
-                } else {
-                    d.flags() | VRING_DESC_F_NEXT as u16
-                };
-                let next = if last { 0 } else { first + i as u16 + 1 };
-                RawDescriptor::from(SplitDescriptor::new(d.addr().0, d.len(), flags, next))
-            })
-            .collect();
-        mq.add_desc_chains(&linked, first).expect("post chain");
-    }
-
-    fn used(mq: &MockSplitQueue<'_, GuestMemoryMmap>, i: u16) -> (u32, u32) {
-        let e = mq
-            .used()
-            .ring()
-            .ref_at(usize::from(i))
-            .expect("slot")
-            .load();
-        (e.id(), e.len())
     }
 
     fn frame(len: usize, seed: u8) -> Vec<u8> {

@@ -201,6 +201,15 @@ impl Tap {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// A stand-in for tests: `file` (one end of a datagram socket pair) carries the frames.
+    #[cfg(test)]
+    pub(crate) fn from_file(file: File, name: &str) -> Tap {
+        Tap {
+            file,
+            name: name.to_string(),
+        }
+    }
 }
 
 impl AsRawFd for Tap {

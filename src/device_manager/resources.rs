@@ -1,7 +1,6 @@
-//! Where each virtio-mmio device lives: its interrupt line and register window, allocated in one
-//! step before anything announces or wires a device, from vm-allocator's allocators with every
-//! fixed legacy line reserved. The command line, the DSDT, the irqfds, the ioeventfds and the
-//! MMIO bus all read the result; nothing computes a line or an address from a device's index.
+//! Where each virtio-mmio device lives: its interrupt line and register window, from
+//! vm-allocator's allocators with every fixed legacy line reserved. A device gets its slot when it
+//! is attached to the device manager; nothing computes a line or an address from an index.
 
 use vm_allocator::{AddressAllocator, AllocPolicy, IdAllocator};
 
@@ -72,16 +71,16 @@ impl ResourceAllocator {
     }
 }
 
-/// The slots of `count` virtio-mmio devices, in device order; `None` past `MAX_VIRTIO_DEVICES`.
-pub fn allocate_virtio_slots(count: usize) -> Option<Vec<VirtioSlot>> {
-    let mut allocator = ResourceAllocator::new();
-    (0..count).map(|_| allocator.allocate_virtio()).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::arch::layout::{ACPI_SCI_IRQ, SERIAL_IRQ};
+
+    /// The slots of `count` devices, in order; `None` past `MAX_VIRTIO_DEVICES`.
+    fn allocate_virtio_slots(count: usize) -> Option<Vec<VirtioSlot>> {
+        let mut allocator = ResourceAllocator::new();
+        (0..count).map(|_| allocator.allocate_virtio()).collect()
+    }
 
     #[test]
     fn test_virtio_slots_for_eight_devices_skip_every_legacy_line() {
