@@ -1,5 +1,5 @@
 //! Debian's stock cloud kernel (a bzImage built elsewhere, fetched by
-//! scripts/fetch-distro-kernel, which scripts/test runs) under Ember with the reference busybox
+//! scripts/fetch-distro-kernel) under Ember with the reference busybox
 //! initramfs: ACPI tables, 2 vCPUs from the MADT, userspace (init's report) and an ACPI power-off.
 //!
 //! Ignored in the regular suite: on this project's software-nested hosts this kernel's boot
