@@ -23,6 +23,7 @@ use crate::devices::bus::Bus;
 use crate::host::{EmulationFixup, HostPolicy, KVM_ENOSYS_RETURN, VMCALL};
 use crate::seccomp::{StartGate, ThreadKind};
 use crate::vstate::syscall_repair::{self, DebugOutcome, RepairCounters, SyscallRepair};
+use crate::vstate::vcpu_state::{VcpuState, VcpuStateError};
 
 /// Errors while creating or configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +230,17 @@ impl Vcpu {
         }
         lapic::set_lint(&self.fd).map_err(|e| VcpuError::Lapic(i, e))?;
         Ok(())
+    }
+
+    /// The whole state of this vCPU (not running yet, or parked); `msrs` from
+    /// `vcpu_state::saveable_msrs`.
+    pub fn save_state(&self, msrs: &[u32]) -> Result<VcpuState, VcpuStateError> {
+        VcpuState::save(&self.fd, msrs)
+    }
+
+    /// Puts `state` into this vCPU, configured (CPUID set) and not started.
+    pub fn restore_state(&self, state: &VcpuState) -> Result<(), VcpuStateError> {
+        state.restore(&self.fd)
     }
 
     /// Starts the vCPU thread `ember_vcpu{index}`. Its exit reason goes to `exits`, then
