@@ -21,10 +21,12 @@ pub fn sock_path(name: &str) -> PathBuf {
 /// Waits until `path` exists (the API thread has bound it).
 pub fn wait_for_socket(path: &Path, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    while !path.exists() {
+    // The file appears at bind(2), a moment before listen(2): until then a connection is
+    // refused, so wait for one that is accepted.
+    while !(path.exists() && UnixStream::connect(path).is_ok()) {
         assert!(
             Instant::now() < deadline,
-            "{} never appeared",
+            "{} never appeared or never accepted a connection",
             path.display()
         );
         std::thread::sleep(Duration::from_millis(10));
