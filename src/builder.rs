@@ -21,6 +21,7 @@ use crate::devices::legacy::i8042::{I8042, I8042_KBD_IRQ, I8042_PORT_BASE, I8042
 use crate::devices::legacy::serial::{COM1_PORT_BASE, SERIAL_PORT_LEN, SerialDevice, SerialOutput};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::net::{Net, NetError};
+use crate::devices::virtio::rng::{Rng, RngError};
 use crate::host::{HostKind, HostPolicy};
 use crate::vmm::Vmm;
 use crate::vstate::memory::{self, MemoryError};
@@ -67,6 +68,12 @@ pub enum StartError {
     /// A network interface could not be set up.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The entropy device could not be set up.
+    #[error(transparent)]
+    Rng(#[from] RngError),
+    /// A configured feature this build does not have.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// A virtio device could not be attached or wired.
     #[error(transparent)]
     Devices(#[from] DeviceManagerError),
@@ -110,6 +117,14 @@ fn attach_virtio_devices(config: &VmConfig, devices: &mut DeviceManager) -> Resu
     for (index, net) in config.nets.iter().enumerate() {
         let nic = Net::new(&net.id, &net.tap, net.guest_mac())?;
         devices.attach(nic, format!("net {} (eth{index})", net.id))?;
+    }
+    if config.vsock.is_some() {
+        return Err(StartError::Unsupported(
+            "vsock: the device is not built yet",
+        ));
+    }
+    if config.entropy.is_some() {
+        devices.attach(Rng::new("rng0")?, "rng rng0".into())?;
     }
     Ok(())
 }

@@ -275,6 +275,8 @@ pub fn handle_preboot(draft: &mut VmConfigDraft, request: &ApiRequest) -> ApiRes
         ApiRequest::PutBootSource(body) => applied(draft.put_boot(body)),
         ApiRequest::PutDrive(body) => applied(draft.put_drive(body)),
         ApiRequest::PutNet(body) => applied(draft.put_net(body)),
+        ApiRequest::PutEntropy(body) => applied(draft.put_entropy(body)),
+        ApiRequest::PutVsock(body) => applied(draft.put_vsock(body)),
         ApiRequest::Action(ActionType::InstanceStart) => {
             ApiResponse::error(500, "InstanceStart is handled by the launcher.")
         }

@@ -15,8 +15,10 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::config::boot::BootSourceBody;
 use crate::config::cli::LogLevel;
 use crate::config::drive::DriveBody;
+use crate::config::entropy::EntropyBody;
 use crate::config::machine::MachineConfigBody;
 use crate::config::net::NetBody;
+use crate::config::vsock::VsockBody;
 
 pub use routes::{ActionType, VmStateChange};
 
@@ -42,6 +44,10 @@ pub enum ApiRequest {
     PutDrive(DriveBody),
     /// `PUT /network-interfaces/{id}`.
     PutNet(NetBody),
+    /// `PUT /entropy`.
+    PutEntropy(EntropyBody),
+    /// `PUT /vsock`.
+    PutVsock(VsockBody),
     /// `PUT /actions`.
     Action(ActionType),
     /// `PATCH /vm`.

@@ -62,6 +62,7 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         [] => Some("GET"),
         ["machine-config"] => Some("GET, PUT"),
         ["boot-source"] | ["actions"] | ["drives", _] | ["network-interfaces", _] => Some("PUT"),
+        ["entropy"] | ["vsock"] => Some("PUT"),
         ["vm"] => Some("PATCH"),
         ["vm", "config"] => Some("GET"),
         _ => None,
@@ -87,6 +88,8 @@ pub fn route(method: &str, target: &str, bytes: &[u8]) -> Result<ApiRequest, Api
             check_id("network interface", id, &net.iface_id)?;
             Ok(ApiRequest::PutNet(net))
         }
+        ("PUT", ["entropy"]) => Ok(ApiRequest::PutEntropy(body(bytes)?)),
+        ("PUT", ["vsock"]) => Ok(ApiRequest::PutVsock(body(bytes)?)),
         ("PUT", ["actions"]) => Ok(ApiRequest::Action(body::<ActionBody>(bytes)?.action_type)),
         ("PATCH", ["vm"]) => Ok(ApiRequest::SetVmState(body::<VmStateBody>(bytes)?.state)),
         ("GET", ["vm", "config"]) => Ok(ApiRequest::GetVmConfig),
@@ -187,6 +190,24 @@ mod tests {
         let body = br#"{"drive_id": "b", "path_on_host": "/x", "is_root_device": false}"#;
         assert_eq!(status(route("PUT", "/drives/a", body)), 400);
         assert_eq!(status(route("PUT", "/drives/b", body)), 200);
+    }
+
+    #[test]
+    fn test_route_entropy_and_vsock_bodies() {
+        assert!(matches!(
+            route("PUT", "/entropy", b"{}"),
+            Ok(ApiRequest::PutEntropy(_))
+        ));
+        assert!(matches!(
+            route(
+                "PUT",
+                "/vsock",
+                br#"{"guest_cid": 3, "uds_path": "/tmp/v"}"#
+            ),
+            Ok(ApiRequest::PutVsock(_))
+        ));
+        assert_eq!(status(route("PUT", "/vsock", br#"{"guest_cid": 3}"#)), 400);
+        assert_eq!(status(route("GET", "/vsock", b"")), 405);
     }
 
     #[test]

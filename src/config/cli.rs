@@ -8,8 +8,8 @@ use super::ConfigError;
 use super::boot::DEFAULT_CMDLINE;
 use super::machine::{DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
 use super::{
-    BootConfig, DriveConfig, MachineConfig, NetConfig, SerialConfig, VirtioDiscovery, VmConfig,
-    VmConfigDraft,
+    BootConfig, DriveConfig, EntropyConfig, MachineConfig, NetConfig, SerialConfig,
+    VirtioDiscovery, VmConfig, VmConfigDraft, VsockConfig,
 };
 use crate::arch::kernel::ProtocolChoice;
 use crate::host::CompatMode;
@@ -132,6 +132,16 @@ pub struct Cli {
     #[arg(long, value_name = "tap=NAME[,mac=MAC][,id=NAME]")]
     pub net: Vec<NetConfig>,
 
+    /// A virtio-rng entropy device fed from the host's getrandom(2). Example: --rng
+    #[arg(long)]
+    pub rng: bool,
+
+    /// A virtio-vsock device with Firecracker's hybrid Unix-socket host side (docs/vsock.md):
+    /// the guest's context id and the socket Ember listens on for host-initiated connections;
+    /// guest-initiated ones go to PATH_<port>. Example: --vsock cid=3,uds=/tmp/ember.vsock
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    pub vsock: Option<VsockConfig>,
+
     /// Run without seccomp filters. For debugging only: it removes the system-call allowlists
     /// that contain a compromised VMM thread (see docs/security.md). Example: --no-seccomp
     #[arg(long)]
@@ -178,7 +188,7 @@ pub struct Cli {
 }
 
 /// Flags that describe the VM, and so conflict with --config-file.
-const VM_FLAGS: [&str; 10] = [
+const VM_FLAGS: [&str; 12] = [
     "kernel",
     "initrd",
     "cmdline",
@@ -187,6 +197,8 @@ const VM_FLAGS: [&str; 10] = [
     "serial",
     "disk",
     "net",
+    "rng",
+    "vsock",
     "boot_protocol",
     "pvm_compat",
 ];
@@ -204,6 +216,9 @@ impl Cli {
         super::drive::finalize_drives(&mut drives)?;
         let mut nets = self.net.clone();
         super::net::finalize_nets(&mut nets)?;
+        if let Some(vsock) = &self.vsock {
+            vsock.validate()?;
+        }
         Ok(VmConfigDraft {
             machine: MachineConfig {
                 vcpus: self.vcpus,
@@ -222,6 +237,8 @@ impl Cli {
             serial: self.serial.clone(),
             drives,
             nets,
+            entropy: self.rng.then_some(EntropyConfig),
+            vsock: self.vsock.clone(),
             pvm_compat: match self.pvm_compat {
                 CompatArg::Auto => CompatMode::Auto,
                 CompatArg::On => CompatMode::On,

@@ -3,11 +3,13 @@
 
 use super::boot::BootSourceBody;
 use super::drive::{self, DriveBody};
+use super::entropy::EntropyBody;
 use super::machine::MachineConfigBody;
 use super::net::{self, NetBody};
+use super::vsock::VsockBody;
 use super::{
-    BootConfig, ConfigError, DriveConfig, HostLimits, MachineConfig, NetConfig, SerialConfig,
-    VirtioDiscovery, VmConfig,
+    BootConfig, ConfigError, DriveConfig, EntropyConfig, HostLimits, MachineConfig, NetConfig,
+    SerialConfig, VirtioDiscovery, VmConfig, VsockConfig,
 };
 use crate::host::CompatMode;
 
@@ -24,6 +26,10 @@ pub struct VmConfigDraft {
     pub drives: Vec<DriveConfig>,
     /// Network interfaces, in guest order.
     pub nets: Vec<NetConfig>,
+    /// The entropy device, if any.
+    pub entropy: Option<EntropyConfig>,
+    /// The vsock device, if any.
+    pub vsock: Option<VsockConfig>,
     /// Software-nested KVM compatibility policy.
     pub pvm_compat: CompatMode,
     /// Where the guest learns about its virtio devices.
@@ -38,6 +44,8 @@ impl From<&VmConfig> for VmConfigDraft {
             serial: config.serial.clone(),
             drives: config.drives.clone(),
             nets: config.nets.clone(),
+            entropy: config.entropy,
+            vsock: config.vsock.clone(),
             pvm_compat: config.pvm_compat,
             virtio_discovery: config.virtio_discovery,
         }
@@ -59,6 +67,8 @@ impl VmConfigDraft {
             serial: self.serial.clone(),
             drives,
             nets,
+            entropy: self.entropy,
+            vsock: self.vsock.clone(),
             pvm_compat: self.pvm_compat,
             virtio_discovery: self.virtio_discovery,
         })
@@ -106,6 +116,20 @@ impl VmConfigDraft {
         }
         net::validate_nets(&nets)?;
         self.nets = nets;
+        Ok(())
+    }
+
+    /// `PUT /entropy`: adds the entropy device (or replaces its settings).
+    pub fn put_entropy(&mut self, body: &EntropyBody) -> Result<(), ConfigError> {
+        self.entropy = Some(EntropyConfig::try_from(body)?);
+        Ok(())
+    }
+
+    /// `PUT /vsock`: adds the vsock device (or replaces it).
+    pub fn put_vsock(&mut self, body: &VsockBody) -> Result<(), ConfigError> {
+        let vsock = VsockConfig::from(body);
+        vsock.validate()?;
+        self.vsock = Some(vsock);
         Ok(())
     }
 }

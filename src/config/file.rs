@@ -14,11 +14,16 @@ use serde::{Deserialize, Serialize};
 use super::boot::BootSourceBody;
 use super::cli::LogLevel;
 use super::drive::DriveBody;
+use super::entropy::EntropyBody;
 use super::logger::LoggerBody;
 use super::machine::MachineConfigBody;
 use super::net::NetBody;
 use super::serial::SerialBody;
-use super::{BootConfig, ConfigError, DriveConfig, NetConfig, SerialConfig, VmConfigDraft};
+use super::vsock::VsockBody;
+use super::{
+    BootConfig, ConfigError, DriveConfig, EntropyConfig, NetConfig, SerialConfig, VmConfigDraft,
+    VsockConfig,
+};
 
 /// Largest config file Ember reads.
 const MAX_FILE_SIZE: usize = 1 << 20;
@@ -50,6 +55,12 @@ pub struct ConfigDocument {
     /// Network interfaces.
     #[serde(rename = "network-interfaces", default)]
     pub network_interfaces: Vec<NetBody>,
+    /// The entropy device (virtio-rng).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<EntropyBody>,
+    /// The vsock device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockBody>,
     /// Serial console (default: stdio).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialBody>,
@@ -136,6 +147,15 @@ impl ConfigDocument {
             .iter()
             .map(NetConfig::from)
             .collect();
+        draft.entropy = self
+            .entropy
+            .as_ref()
+            .map(EntropyConfig::try_from)
+            .transpose()?;
+        draft.vsock = self.vsock.as_ref().map(VsockConfig::from);
+        if let Some(vsock) = &draft.vsock {
+            vsock.validate()?;
+        }
         Ok((draft, self.logger.map(|l| l.level)))
     }
 
@@ -149,6 +169,8 @@ impl ConfigDocument {
             )),
             drives: draft.drives.iter().map(DriveBody::from).collect(),
             network_interfaces: draft.nets.iter().map(NetBody::from).collect(),
+            entropy: draft.entropy.as_ref().map(EntropyBody::from),
+            vsock: draft.vsock.as_ref().map(VsockBody::from),
             serial: Some(SerialBody::from(&draft.serial)),
             logger: log_level.map(|level| LoggerBody { level }),
         }
@@ -261,6 +283,8 @@ mod tests {
         "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0",
                                 "guest_mac": "02:00:00:00:00:01"}],
         "serial": {"mode": "none"},
+        "entropy": {},
+        "vsock": {"guest_cid": 3, "uds_path": "/tmp/v.sock"},
         "logger": {"level": "Debug"}
     }"#;
 
@@ -278,7 +302,29 @@ mod tests {
         assert!(config.drives[0].readonly && config.drives[0].root);
         assert_eq!(config.nets[0].tap, "tap0");
         assert_eq!(config.serial, SerialConfig::None);
+        assert_eq!(config.entropy, Some(EntropyConfig));
+        let vsock = config.vsock.expect("vsock");
+        assert_eq!(
+            (vsock.guest_cid, vsock.uds_path),
+            (3, PathBuf::from("/tmp/v.sock"))
+        );
         assert_eq!(level, Some(LogLevel::Debug));
+    }
+
+    #[test]
+    fn test_file_vsock_reserved_cid_and_entropy_limiter_rejected() {
+        let doc =
+            |extra: &str| format!(r#"{{"boot-source": {{"kernel_image_path": "/k"}}, {extra}}}"#);
+        let vsock = doc(r#""vsock": {"guest_cid": 2, "uds_path": "/v"}"#);
+        assert!(matches!(
+            parse(vsock.as_bytes()),
+            Err(ParseError::Invalid(_))
+        ));
+        let entropy = doc(r#""entropy": {"rate_limiter": {"ops": {"size": 1, "refill_time": 1}}}"#);
+        assert!(matches!(
+            parse(entropy.as_bytes()),
+            Err(ParseError::Invalid(_))
+        ));
     }
 
     #[test]

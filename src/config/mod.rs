@@ -6,19 +6,23 @@ pub mod cli;
 pub mod discovery;
 pub mod draft;
 pub mod drive;
+pub mod entropy;
 pub mod file;
 pub mod logger;
 pub mod machine;
 pub mod net;
 pub mod serial;
+pub mod vsock;
 
 pub use boot::BootConfig;
 pub use discovery::VirtioDiscovery;
 pub use draft::VmConfigDraft;
 pub use drive::DriveConfig;
+pub use entropy::EntropyConfig;
 pub use machine::MachineConfig;
 pub use net::NetConfig;
 pub use serial::SerialConfig;
+pub use vsock::VsockConfig;
 
 use crate::host::CompatMode;
 
@@ -35,6 +39,10 @@ pub struct VmConfig {
     pub drives: Vec<DriveConfig>,
     /// virtio-net interfaces, in guest order (eth0, eth1, ...).
     pub nets: Vec<NetConfig>,
+    /// The entropy device (virtio-rng), if any.
+    pub entropy: Option<EntropyConfig>,
+    /// The vsock device, if any.
+    pub vsock: Option<VsockConfig>,
     /// Software-nested KVM compatibility policy.
     pub pvm_compat: CompatMode,
     /// Where virtio-mmio devices are announced (default: command line and ACPI).
@@ -90,6 +98,12 @@ pub enum ConfigError {
     /// Network interface problems.
     #[error(transparent)]
     Net(#[from] net::NetError),
+    /// Entropy device problems.
+    #[error(transparent)]
+    Entropy(#[from] entropy::EntropyError),
+    /// Vsock problems.
+    #[error(transparent)]
+    Vsock(#[from] vsock::VsockError),
     /// No boot source was given.
     #[error(
         "boot-source: no kernel given (set --kernel, boot-source in the config file, or PUT /boot-source)"
@@ -108,6 +122,9 @@ impl VmConfig {
             d.validate()?;
         }
         net::validate_nets(&self.nets)?;
+        if let Some(vsock) = &self.vsock {
+            vsock.validate()?;
+        }
         Ok(())
     }
 }

@@ -28,6 +28,7 @@ use crate::devices::virtio::block::Block;
 use crate::devices::virtio::counters::{CounterValues, DeviceCounters};
 use crate::devices::virtio::mmio::{MMIO_WINDOW_SIZE, MmioTransport};
 use crate::devices::virtio::net::Net;
+use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -35,7 +36,9 @@ use crate::vstate::vm::{Vm, VmError};
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceManagerError {
     /// More virtio devices than free interrupt lines.
-    #[error("Too many devices: at most {MAX_VIRTIO_DEVICES} disks and network interfaces together")]
+    #[error(
+        "Too many devices: at most {MAX_VIRTIO_DEVICES} virtio devices (disks, network interfaces, entropy and vsock) together"
+    )]
     TooManyDevices,
     /// The interrupt eventfd of a device could not be created.
     #[error("Failed to create the interrupt eventfd of {0}")]
@@ -59,6 +62,8 @@ pub enum VirtioKind {
     Block,
     /// virtio-net.
     Net,
+    /// virtio-rng.
+    Rng,
 }
 
 /// A typed handle on an attached virtio device: what kind-specific operations (a kind's state,
@@ -69,6 +74,8 @@ pub enum VirtioHandle {
     Block(Arc<Mutex<Block>>),
     /// A network interface.
     Net(Arc<Mutex<Net>>),
+    /// An entropy device.
+    Rng(Arc<Mutex<Rng>>),
 }
 
 impl VirtioHandle {
@@ -77,6 +84,7 @@ impl VirtioHandle {
         match self {
             VirtioHandle::Block(_) => VirtioKind::Block,
             VirtioHandle::Net(_) => VirtioKind::Net,
+            VirtioHandle::Rng(_) => VirtioKind::Rng,
         }
     }
 
@@ -85,6 +93,7 @@ impl VirtioHandle {
         match self {
             VirtioHandle::Block(device) => device.clone(),
             VirtioHandle::Net(device) => device.clone(),
+            VirtioHandle::Rng(device) => device.clone(),
         }
     }
 
@@ -94,6 +103,7 @@ impl VirtioHandle {
         match self {
             VirtioHandle::Block(device) => f(&mut *device.lock().expect(POISONED)),
             VirtioHandle::Net(device) => f(&mut *device.lock().expect(POISONED)),
+            VirtioHandle::Rng(device) => f(&mut *device.lock().expect(POISONED)),
         }
     }
 
@@ -102,6 +112,7 @@ impl VirtioHandle {
         match self {
             VirtioHandle::Block(device) => device.clone(),
             VirtioHandle::Net(device) => device.clone(),
+            VirtioHandle::Rng(device) => device.clone(),
         }
     }
 }
@@ -115,6 +126,12 @@ impl From<Block> for VirtioHandle {
 impl From<Net> for VirtioHandle {
     fn from(device: Net) -> Self {
         VirtioHandle::Net(Arc::new(Mutex::new(device)))
+    }
+}
+
+impl From<Rng> for VirtioHandle {
+    fn from(device: Rng) -> Self {
+        VirtioHandle::Rng(Arc::new(Mutex::new(device)))
     }
 }
 

@@ -12,6 +12,7 @@ use crate::devices::legacy::serial::SerialDeviceState;
 use crate::devices::state::{StateError, check_version};
 use crate::devices::virtio::block::persist::BlockState;
 use crate::devices::virtio::net::persist::NetState;
+use crate::devices::virtio::rng::persist::RngState;
 use crate::devices::virtio::state::TransportState;
 
 /// A virtio device's own state, by kind.
@@ -22,6 +23,8 @@ pub enum VirtioKindState {
     Block(BlockState),
     /// A network interface.
     Net(NetState),
+    /// An entropy device.
+    Rng(RngState),
 }
 
 impl VirtioKindState {
@@ -30,6 +33,7 @@ impl VirtioKindState {
         match self {
             VirtioKindState::Block(_) => VirtioKind::Block,
             VirtioKindState::Net(_) => VirtioKind::Net,
+            VirtioKindState::Rng(_) => VirtioKind::Rng,
         }
     }
 }
@@ -76,6 +80,7 @@ impl DeviceManager {
                 device: match &entry.handle {
                     VirtioHandle::Block(d) => VirtioKindState::Block(lock(d).save()),
                     VirtioHandle::Net(d) => VirtioKindState::Net(lock(d).save()),
+                    VirtioHandle::Rng(d) => VirtioKindState::Rng(lock(d).save()),
                 },
             })
             .collect()
@@ -106,7 +111,8 @@ impl DeviceManager {
             match (&entry.handle, &state.device) {
                 (VirtioHandle::Block(d), VirtioKindState::Block(s)) => lock(d).restore(s)?,
                 (VirtioHandle::Net(d), VirtioKindState::Net(s)) => lock(d).restore(s)?,
-                (VirtioHandle::Block(_) | VirtioHandle::Net(_), _) => {
+                (VirtioHandle::Rng(d), VirtioKindState::Rng(s)) => lock(d).restore(s)?,
+                (VirtioHandle::Block(_) | VirtioHandle::Net(_) | VirtioHandle::Rng(_), _) => {
                     return Err(mismatch("the kind"));
                 }
             }

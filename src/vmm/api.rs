@@ -55,7 +55,9 @@ impl Controller {
             ApiRequest::PutMachineConfig(_)
             | ApiRequest::PutBootSource(_)
             | ApiRequest::PutDrive(_)
-            | ApiRequest::PutNet(_) => ApiResponse::bad_request(MSG_AFTER_START),
+            | ApiRequest::PutNet(_)
+            | ApiRequest::PutEntropy(_)
+            | ApiRequest::PutVsock(_) => ApiResponse::bad_request(MSG_AFTER_START),
             ApiRequest::Action(ActionType::InstanceStart) => {
                 ApiResponse::bad_request("The microVM is already running.")
             }

@@ -216,7 +216,8 @@ pub struct TestVm {
 }
 
 impl TestVm {
-    /// Starts `ember` with `args` and `--serial stdio`; the log level is info.
+    /// Starts `ember` with `args` and `--serial stdio`; the log level is info unless `args`
+    /// set one.
     pub fn start(args: VmArgs) -> Self {
         let mut cmd = match &args.netns {
             Some(ns) => {
@@ -226,9 +227,12 @@ impl TestVm {
             }
             None => Command::new(ember_bin()),
         };
-        cmd.args(args.to_vec())
-            .args(["--log-level", "info"])
-            .stdin(Stdio::piped())
+        let args = args.to_vec();
+        cmd.args(&args);
+        if !args.iter().any(|a| a == "--log-level") {
+            cmd.args(["--log-level", "info"]);
+        }
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = spawn(&mut cmd);

@@ -6,6 +6,7 @@ pub mod block;
 pub mod counters;
 pub mod mmio;
 pub mod net;
+pub mod rng;
 pub mod state;
 #[cfg(test)]
 pub(crate) mod test_utils;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
-use virtio_queue::{Queue, QueueState};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -144,6 +145,54 @@ pub trait VirtioDevice: Send {
     /// (`None` before). A chain the device took but has not completed is given back (its
     /// position rewound), so that a device restored from this state takes it again.
     fn active_queues(&self) -> Option<Vec<QueueState>>;
+}
+
+/// The guest corrupted a queue: the device stops serving it until the driver resets it.
+#[derive(Debug)]
+pub struct QueueBroken(pub String);
+
+/// Serves every chain the driver made available on `queue`: `serve` handles one chain and
+/// returns the used length (or `None` to stop, the queue broken), then the chain goes to the
+/// used ring. With EVENT_IDX the loop re-checks after re-enabling notifications, so a chain
+/// posted meanwhile is not missed. Returns whether any chain was used; the caller raises the
+/// interrupt when `needs_notification` says so.
+pub fn serve_chains(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    mut serve: impl FnMut(DescriptorChain<&GuestMemoryMmap>) -> Option<u32>,
+) -> Result<bool, QueueBroken> {
+    let broken = |e: &dyn std::fmt::Display| QueueBroken(e.to_string());
+    let mut used_any = false;
+    loop {
+        if queue.event_idx_enabled() {
+            queue.disable_notification(mem).map_err(|e| broken(&e))?;
+        }
+        let chains: Vec<_> = queue.iter(mem).map_err(|e| broken(&e))?.collect();
+        for chain in chains {
+            let head = chain.head_index();
+            let len =
+                serve(chain).ok_or_else(|| QueueBroken("a request broke the queue".into()))?;
+            queue
+                .add_used(mem, head, len)
+                .map_err(|e| broken(&format!("cannot complete request {head}: {e}")))?;
+            used_any = true;
+        }
+        if !queue.event_idx_enabled() || !queue.enable_notification(mem).map_err(|e| broken(&e))? {
+            return Ok(used_any);
+        }
+    }
+}
+
+/// The one queue of a single-queue device, checked ready (at activation).
+pub fn single_queue(queues: Vec<Queue>) -> Result<Queue, ActivateError> {
+    let queue = queues
+        .into_iter()
+        .next()
+        .ok_or_else(|| ActivateError::BadQueue(0, "missing".into()))?;
+    if !queue.ready() {
+        return Err(ActivateError::BadQueue(0, "not ready".into()));
+    }
+    Ok(queue)
 }
 
 /// Copies `data.len()` bytes of `config` at `offset` (zeroes past its end).

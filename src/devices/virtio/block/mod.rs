@@ -18,7 +18,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -28,7 +28,8 @@ use self::request::{HostIoError, MAX_DISCARD_SEGMENTS, RequestStats};
 use super::counters::{CounterValues, DeviceCounters};
 use super::{
     ActivateContext, ActivateError, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioInterrupt, read_config_bytes,
+    VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioInterrupt, read_config_bytes, serve_chains,
+    single_queue,
 };
 
 /// Size of the one request queue.
@@ -209,56 +210,34 @@ impl Block {
         let mem = active.mem.clone();
         let queue = &mut active.queue;
         let id = self.id.as_bytes();
-        let mut used_any = false;
-        loop {
-            if queue.event_idx_enabled() && queue.disable_notification(&mem).is_err() {
+        let (disk, stats, host_errors) = (&self.disk, &mut self.stats, &mut self.host_errors);
+        let (name, path) = (&self.id, &self.path);
+        let served = serve_chains(&mem, queue, |chain| {
+            let done = request::process(&mem, chain, disk, id, stats);
+            if let Some(error) = stats.last_host_error.take()
+                && let Some(count) = host_errors.note(error, Instant::now())
+            {
+                log::warn!(
+                    "Disk {name}: host {} of {} failed: {error}; the guest gets an I/O error ({count} time(s) since the last report; {} host failure(s) in all)",
+                    error.op,
+                    path.display(),
+                    stats.host_errors
+                );
+            }
+            Some(done.used_len)
+        });
+        let used_any = match served {
+            Ok(used_any) => used_any,
+            Err(e) => {
+                log::warn!(
+                    "Disk {}: the guest corrupted its queue ({}); stopping it",
+                    self.id,
+                    e.0
+                );
                 self.broken = true;
-                break;
+                true
             }
-            let chains: Vec<_> = match queue.iter(&mem) {
-                Ok(iter) => iter.collect(),
-                Err(e) => {
-                    log::warn!(
-                        "Disk {}: the guest corrupted its queue ({e}); stopping it",
-                        self.id
-                    );
-                    self.broken = true;
-                    break;
-                }
-            };
-            for chain in chains {
-                let head = chain.head_index();
-                let done = request::process(&mem, chain, &self.disk, id, &mut self.stats);
-                if let Some(error) = self.stats.last_host_error.take()
-                    && let Some(count) = self.host_errors.note(error, Instant::now())
-                {
-                    log::warn!(
-                        "Disk {}: host {} of {} failed: {error}; the guest gets an I/O error ({count} time(s) since the last report; {} host failure(s) in all)",
-                        self.id,
-                        error.op,
-                        self.path.display(),
-                        self.stats.host_errors
-                    );
-                }
-                if let Err(e) = queue.add_used(&mem, head, done.used_len) {
-                    log::warn!("Disk {}: cannot complete request {head}: {e}", self.id);
-                    self.broken = true;
-                    break;
-                }
-                used_any = true;
-            }
-            if self.broken || !queue.event_idx_enabled() {
-                break;
-            }
-            match queue.enable_notification(&mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(_) => {
-                    self.broken = true;
-                    break;
-                }
-            }
-        }
+        };
         if used_any && queue.needs_notification(&mem).unwrap_or(true) {
             active.interrupt.signal_used_queue();
         }
@@ -296,14 +275,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let queue = ctx
-            .queues
-            .into_iter()
-            .next()
-            .ok_or_else(|| ActivateError::BadQueue(0, "missing".into()))?;
-        if !queue.ready() {
-            return Err(ActivateError::BadQueue(0, "not ready".into()));
-        }
+        let queue = single_queue(ctx.queues)?;
         self.active = Some(Active {
             mem: ctx.mem,
             queue,
