@@ -22,6 +22,7 @@ use crate::devices::legacy::serial::{COM1_PORT_BASE, SERIAL_PORT_LEN, SerialDevi
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::{Rng, RngError};
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::host::{HostKind, HostPolicy};
 use crate::vmm::Vmm;
 use crate::vstate::memory::{self, MemoryError};
@@ -71,9 +72,9 @@ pub enum StartError {
     /// The entropy device could not be set up.
     #[error(transparent)]
     Rng(#[from] RngError),
-    /// A configured feature this build does not have.
-    #[error("{0}")]
-    Unsupported(&'static str),
+    /// The vsock device could not be set up.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     /// A virtio device could not be attached or wired.
     #[error(transparent)]
     Devices(#[from] DeviceManagerError),
@@ -118,13 +119,12 @@ fn attach_virtio_devices(config: &VmConfig, devices: &mut DeviceManager) -> Resu
         let nic = Net::new(&net.id, &net.tap, net.guest_mac())?;
         devices.attach(nic, format!("net {} (eth{index})", net.id))?;
     }
-    if config.vsock.is_some() {
-        return Err(StartError::Unsupported(
-            "vsock: the device is not built yet",
-        ));
-    }
     if config.entropy.is_some() {
         devices.attach(Rng::new("rng0")?, "rng rng0".into())?;
+    }
+    if let Some(vsock) = &config.vsock {
+        let device = Vsock::new("vsock0", vsock.guest_cid, &vsock.uds_path)?;
+        devices.attach(device, "vsock vsock0".into())?;
     }
     Ok(())
 }

@@ -76,7 +76,9 @@ const COMMON: &[libc::c_long] = &[
 ];
 
 /// The main thread, after the VM is built: epoll, eventfds, timerfd, signalfd, disk and TAP
-/// I/O, terminal ioctls, vCPU kicks, teardown.
+/// I/O, terminal ioctls, vCPU kicks, teardown; for vsock, accepting host clients on the
+/// listener bound at build time, connecting to `<uds_path>_<port>` (`socket` only for AF_UNIX,
+/// see `filter`) and half-closing streams.
 const VMM: &[libc::c_long] = &[
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
@@ -103,6 +105,10 @@ const VMM: &[libc::c_long] = &[
     libc::SYS_recvfrom,
     libc::SYS_poll,
     libc::SYS_ppoll,
+    libc::SYS_accept4,
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_shutdown,
 ];
 
 /// A vCPU thread: KVM_RUN and the register ioctls of the exit handlers.
@@ -152,6 +158,20 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         rules.insert(
             libc::SYS_ioctl,
             vec![SeccompRule::new(vec![fionbio]).map_err(build)?],
+        );
+    }
+    if kind == ThreadKind::Vmm {
+        // vsock connects to Unix sockets only: no network socket from the main thread.
+        let unix = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_UNIX as u64,
+        )
+        .map_err(build)?;
+        rules.insert(
+            libc::SYS_socket,
+            vec![SeccompRule::new(vec![unix]).map_err(build)?],
         );
     }
     // Decided by `open_refusal`, stacked on this filter: ENOENT, never allowed.

@@ -107,3 +107,102 @@ fn wait_with_timeout(mut child: std::process::Child, timeout: Duration) -> (Opti
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Runs `call` in a forked child under `kind`'s filters (as Ember installs them) and returns
+/// how the child ended: `Ok(true)` the call succeeded, `Ok(false)` it failed with an errno,
+/// `Err(signal)` the filter killed the child.
+fn in_filtered_child(kind: ember::seccomp::ThreadKind, call: fn() -> bool) -> Result<bool, i32> {
+    let program = ember::seccomp::filter(kind).expect("filter");
+    let refusal = ember::seccomp::open_refusal().expect("refusal");
+    // SAFETY: the child only applies the prepared filters, makes one system call and exits
+    // with _exit; it touches no lock another thread could hold.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let ok = seccompiler::apply_filter(&refusal).is_ok()
+            && seccompiler::apply_filter(&program).is_ok();
+        let code = if !ok {
+            2
+        } else if call() {
+            0
+        } else {
+            1
+        };
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    if libc::WIFSIGNALED(status) {
+        return Err(libc::WTERMSIG(status));
+    }
+    match libc::WEXITSTATUS(status) {
+        0 => Ok(true),
+        1 => Ok(false),
+        other => panic!("the child could not install the filter (status {other})"),
+    }
+}
+
+fn socket(domain: i32) -> bool {
+    // SAFETY: socket(2) with constant arguments; the descriptor is left to the exiting child.
+    unsafe { libc::socket(domain, libc::SOCK_STREAM, 0) >= 0 }
+}
+
+fn connect_nowhere() -> bool {
+    // SAFETY: connect(2) on an invalid descriptor with a null address fails with EBADF; only
+    // whether the filter lets the call through matters.
+    unsafe { libc::connect(-1, std::ptr::null(), 0) == 0 }
+}
+
+/// vsock pins: the main thread may create Unix sockets and connect (guest-initiated
+/// connections to `<uds_path>_<port>`), and nothing else socket-wise; the vCPU threads may
+/// do neither.
+#[test]
+fn test_vmm_filter_allows_unix_sockets_only_and_vcpu_filter_none() {
+    use ember::seccomp::ThreadKind;
+    assert_eq!(
+        in_filtered_child(ThreadKind::Vmm, || socket(libc::AF_UNIX)),
+        Ok(true)
+    );
+    assert_eq!(
+        in_filtered_child(ThreadKind::Vmm, connect_nowhere),
+        Ok(false)
+    );
+    for domain in [
+        libc::AF_INET,
+        libc::AF_INET6,
+        libc::AF_NETLINK,
+        libc::AF_VSOCK,
+    ] {
+        let call = match domain {
+            libc::AF_INET => || socket(libc::AF_INET),
+            libc::AF_INET6 => || socket(libc::AF_INET6),
+            libc::AF_NETLINK => || socket(libc::AF_NETLINK),
+            _ => || socket(libc::AF_VSOCK),
+        };
+        assert_eq!(
+            in_filtered_child(ThreadKind::Vmm, call),
+            Err(libc::SIGSYS),
+            "domain {domain}"
+        );
+    }
+    assert_eq!(
+        in_filtered_child(ThreadKind::Vcpu, || socket(libc::AF_UNIX)),
+        Err(libc::SIGSYS)
+    );
+    assert_eq!(
+        in_filtered_child(ThreadKind::Vcpu, connect_nowhere),
+        Err(libc::SIGSYS)
+    );
+    let vmm = ember::seccomp::allowed(ThreadKind::Vmm);
+    for nr in [
+        libc::SYS_accept4,
+        libc::SYS_connect,
+        libc::SYS_shutdown,
+        libc::SYS_socket,
+    ] {
+        assert!(vmm.contains(&nr), "{nr}");
+    }
+    assert!(!vmm.contains(&libc::SYS_bind) && !vmm.contains(&libc::SYS_listen));
+}

@@ -29,6 +29,7 @@ use crate::devices::virtio::counters::{CounterValues, DeviceCounters};
 use crate::devices::virtio::mmio::{MMIO_WINDOW_SIZE, MmioTransport};
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -64,6 +65,8 @@ pub enum VirtioKind {
     Net,
     /// virtio-rng.
     Rng,
+    /// virtio-vsock.
+    Vsock,
 }
 
 /// A typed handle on an attached virtio device: what kind-specific operations (a kind's state,
@@ -76,6 +79,8 @@ pub enum VirtioHandle {
     Net(Arc<Mutex<Net>>),
     /// An entropy device.
     Rng(Arc<Mutex<Rng>>),
+    /// The vsock device.
+    Vsock(Arc<Mutex<Vsock>>),
 }
 
 impl VirtioHandle {
@@ -85,6 +90,7 @@ impl VirtioHandle {
             VirtioHandle::Block(_) => VirtioKind::Block,
             VirtioHandle::Net(_) => VirtioKind::Net,
             VirtioHandle::Rng(_) => VirtioKind::Rng,
+            VirtioHandle::Vsock(_) => VirtioKind::Vsock,
         }
     }
 
@@ -94,6 +100,7 @@ impl VirtioHandle {
             VirtioHandle::Block(device) => device.clone(),
             VirtioHandle::Net(device) => device.clone(),
             VirtioHandle::Rng(device) => device.clone(),
+            VirtioHandle::Vsock(device) => device.clone(),
         }
     }
 
@@ -104,6 +111,7 @@ impl VirtioHandle {
             VirtioHandle::Block(device) => f(&mut *device.lock().expect(POISONED)),
             VirtioHandle::Net(device) => f(&mut *device.lock().expect(POISONED)),
             VirtioHandle::Rng(device) => f(&mut *device.lock().expect(POISONED)),
+            VirtioHandle::Vsock(device) => f(&mut *device.lock().expect(POISONED)),
         }
     }
 
@@ -113,6 +121,7 @@ impl VirtioHandle {
             VirtioHandle::Block(device) => device.clone(),
             VirtioHandle::Net(device) => device.clone(),
             VirtioHandle::Rng(device) => device.clone(),
+            VirtioHandle::Vsock(device) => device.clone(),
         }
     }
 }
@@ -132,6 +141,12 @@ impl From<Net> for VirtioHandle {
 impl From<Rng> for VirtioHandle {
     fn from(device: Rng) -> Self {
         VirtioHandle::Rng(Arc::new(Mutex::new(device)))
+    }
+}
+
+impl From<Vsock> for VirtioHandle {
+    fn from(device: Vsock) -> Self {
+        VirtioHandle::Vsock(Arc::new(Mutex::new(device)))
     }
 }
 

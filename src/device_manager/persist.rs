@@ -14,6 +14,7 @@ use crate::devices::virtio::block::persist::BlockState;
 use crate::devices::virtio::net::persist::NetState;
 use crate::devices::virtio::rng::persist::RngState;
 use crate::devices::virtio::state::TransportState;
+use crate::devices::virtio::vsock::persist::VsockState;
 
 /// A virtio device's own state, by kind.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +26,8 @@ pub enum VirtioKindState {
     Net(NetState),
     /// An entropy device.
     Rng(RngState),
+    /// The vsock device.
+    Vsock(VsockState),
 }
 
 impl VirtioKindState {
@@ -34,6 +37,7 @@ impl VirtioKindState {
             VirtioKindState::Block(_) => VirtioKind::Block,
             VirtioKindState::Net(_) => VirtioKind::Net,
             VirtioKindState::Rng(_) => VirtioKind::Rng,
+            VirtioKindState::Vsock(_) => VirtioKind::Vsock,
         }
     }
 }
@@ -81,6 +85,7 @@ impl DeviceManager {
                     VirtioHandle::Block(d) => VirtioKindState::Block(lock(d).save()),
                     VirtioHandle::Net(d) => VirtioKindState::Net(lock(d).save()),
                     VirtioHandle::Rng(d) => VirtioKindState::Rng(lock(d).save()),
+                    VirtioHandle::Vsock(d) => VirtioKindState::Vsock(lock(d).save()),
                 },
             })
             .collect()
@@ -112,7 +117,14 @@ impl DeviceManager {
                 (VirtioHandle::Block(d), VirtioKindState::Block(s)) => lock(d).restore(s)?,
                 (VirtioHandle::Net(d), VirtioKindState::Net(s)) => lock(d).restore(s)?,
                 (VirtioHandle::Rng(d), VirtioKindState::Rng(s)) => lock(d).restore(s)?,
-                (VirtioHandle::Block(_) | VirtioHandle::Net(_) | VirtioHandle::Rng(_), _) => {
+                (VirtioHandle::Vsock(d), VirtioKindState::Vsock(s)) => lock(d).restore(s)?,
+                (
+                    VirtioHandle::Block(_)
+                    | VirtioHandle::Net(_)
+                    | VirtioHandle::Rng(_)
+                    | VirtioHandle::Vsock(_),
+                    _,
+                ) => {
                     return Err(mismatch("the kind"));
                 }
             }

@@ -10,6 +10,7 @@ pub mod rng;
 pub mod state;
 #[cfg(test)]
 pub(crate) mod test_utils;
+pub mod vsock;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
