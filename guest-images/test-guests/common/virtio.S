@@ -82,13 +82,13 @@ virtio_setup:
 8:      leaq    e_vreset(%rip), %rdi
         jmp     test_fail
 
-/* vq_post(RDI = queue memory, ESI = descriptor index, RDX = buffer address,
+/* vq_post(RDI = queue memory, ESI = descriptor index (taken mod VQ_SIZE), RDX = buffer address,
  * ECX = length, R8D = descriptor flags (2 = device writes)): one-descriptor
  * chain published in the avail ring (the device is not notified). */
         .globl  vq_post
 vq_post:
+        andl    $VQ_SIZE - 1, %esi              /* descriptor index mod the size */
         movl    %esi, %eax
-        andl    $VQ_SIZE - 1, %eax
         shll    $4, %eax
         movq    %rdx, (%rdi,%rax)
         movl    %ecx, 8(%rdi,%rax)
