@@ -198,10 +198,7 @@ recv_pkt:
         call    is_current
         testl   %eax, %eax
         jz      2f
-        movl    36(%rbx), %eax
-        movq    %rax, peer_buf(%rip)
-        movl    40(%rbx), %eax
-        movq    %rax, peer_fwd(%rip)
+        call    recv_credit_from_header
 2:      movq    h_op(%rip), %rax
         popq    %rbx
         ret
@@ -366,16 +363,8 @@ close:
 /* fnv_update(RDI = data, RSI = length): FNV-1a 64 over the stream so far. */
 fnv_update:
         movq    hash(%rip), %rax
-        movabsq $0x100000001b3, %r8
-        addq    %rdi, %rsi
-1:      cmpq    %rsi, %rdi
-        jae     2f
-        movzbl  (%rdi), %ecx
-        xorq    %rcx, %rax
-        imulq   %r8, %rax
-        incq    %rdi
-        jmp     1b
-2:      movq    %rax, hash(%rip)
+        call    fnv1a64_more
+        movq    %rax, hash(%rip)
         ret
 
 hash_reset:

@@ -466,6 +466,10 @@ parse_dec:
         .globl  fnv1a64
 fnv1a64:
         movabsq $0xcbf29ce484222325, %rax
+/* fnv1a64_more(RDI = data, RSI = length, RAX = hash so far) -> RAX: the hash
+ * of a stream that continues with these bytes. */
+        .globl  fnv1a64_more
+fnv1a64_more:
         movabsq $0x100000001b3, %r8
         addq    %rdi, %rsi
 1:      cmpq    %rsi, %rdi
