@@ -225,3 +225,54 @@ fn test_vsock_guest_16_mib_each_way_through_a_small_buffer() {
         "main thread used {idle_ticks} ticks while blocked"
     );
 }
+
+/// A connection survives pause and resume: bytes the host writes while the VM is paused arrive
+/// after it resumes, nothing is lost, and the paused Ember does not spin on the readable stream.
+#[test]
+fn test_vsock_connection_survives_pause_and_resume() {
+    const MIB: usize = 2;
+    let uds = uds("pause");
+    let api = common::api::sock_path("vsock-pause");
+    let guest_side = accept(UnixListener::bind(port_path(&uds, 53)).expect("bind _53"));
+    let mut vm = TestVm::start(
+        VmArgs::device_guest("vsock")
+            .arg("--vsock", format!("cid=3,uds={}", uds.display()))
+            .arg("--cmdline", format!("vsock=bulk mib={MIB}"))
+            .arg("--api-sock", api.display()),
+    );
+    let mut stream = guest_side
+        .recv_timeout(GUEST_TIMEOUT)
+        .expect("Ember connected to _53");
+    vm.wait_for_line("VSOCK connected port=53", GUEST_TIMEOUT);
+    common::api::wait_for_socket(&api, GUEST_TIMEOUT);
+    let (status, body) = common::api::http(&api, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+    assert_eq!(status, 204, "{body}");
+
+    let data: Vec<u8> = (0..MIB << 20).map(|i| (i * 13 + i / 4099) as u8).collect();
+    let mut writer = stream.try_clone().expect("clone");
+    let payload = data.clone();
+    let sender = thread::spawn(move || writer.write_all(&payload).expect("host writes"));
+    thread::sleep(Duration::from_millis(300));
+    let pid = vm.pid();
+    let before = thread_cpu_ticks(pid, pid);
+    thread::sleep(Duration::from_secs(1));
+    let paused_ticks = thread_cpu_ticks(pid, pid) - before;
+    let (status, body) = common::api::http(&api, "PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    assert_eq!(status, 204, "{body}");
+
+    let line = vm.wait_for_line("VSOCK bulk recv bytes=", GUEST_TIMEOUT);
+    sender.join().expect("sender");
+    assert_eq!(value(&line, "fnv="), format!("{:#x}", fnv1a64(&data)));
+    let mut got = vec![0u8; MIB << 20];
+    stream.read_exact(&mut got).expect("guest sends");
+    assert!(
+        (0..got.len()).all(|p| got[p] == pattern(p as u64)),
+        "guest data differs"
+    );
+    vm.wait_for_line("EMBER-TEST vsock done", GUEST_TIMEOUT);
+    assert_eq!(vm.exit_code(GUEST_TIMEOUT), 0, "{}", vm.log());
+    assert!(
+        paused_ticks < 20,
+        "main thread used {paused_ticks} ticks while paused"
+    );
+}
