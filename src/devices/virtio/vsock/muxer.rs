@@ -17,7 +17,7 @@ use super::packet::{
 };
 use super::{
     CONNECT_TIMEOUT, EVQ, FIRST_CONN_TOKEN, FIRST_LOCAL_PORT, MAX_CONNECTIONS, MAX_PENDING_RST, RX,
-    TX, Vsock,
+    TX, Vsock, VsockStats,
 };
 
 /// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.
@@ -265,14 +265,14 @@ impl Vsock {
                     continue;
                 }
             };
-            let len = self.fill_rx(&mut writer);
-            if len == 0 {
+            let Some(len) = self.fill_rx(&mut writer) else {
                 // Nothing after all (a stream had no bytes): give the chain back.
                 if let Some(active) = self.active.as_mut() {
                     active.queues[RX].go_to_previous_position();
                 }
                 continue;
-            }
+            };
+            // (0: guest memory refused the packet; the chain is used empty, never retried.)
             self.finish_rx(head, len, &mut used_any);
         }
         if used_any && let Some(active) = self.active.as_ref() {
@@ -292,11 +292,12 @@ impl Vsock {
         *used_any = true;
     }
 
-    /// Writes the next packet for the guest into `writer`; returns its length (0: nothing).
-    fn fill_rx(&mut self, writer: &mut Writer<'_>) -> u32 {
+    /// Writes the next packet for the guest into `writer`; returns its length (`None`: nothing
+    /// to send after all).
+    fn fill_rx(&mut self, writer: &mut Writer<'_>) -> Option<u32> {
         if let Some(hdr) = self.rst_queue.pop_front() {
             self.stats.rst_sent += 1;
-            return self.put_packet(writer, &hdr, &[]);
+            return Some(put_packet(writer, &hdr, &[], &mut self.stats));
         }
         let tokens: Vec<u32> = self
             .conns
@@ -316,7 +317,7 @@ impl Vsock {
                     c.done = true;
                     self.stats.rst_sent += 1;
                 }
-                return self.put_packet(writer, &hdr, &[]);
+                return Some(put_packet(writer, &hdr, &[], &mut self.stats));
             }
             if !data_possible {
                 continue;
@@ -326,30 +327,25 @@ impl Vsock {
                 Ok(0) => {
                     c.host_eof = true;
                     let hdr = c.header(guest_cid, Op::Shutdown, 0, SHUTDOWN_SEND);
-                    return self.put_packet(writer, &hdr, &[]);
+                    return Some(put_packet(writer, &hdr, &[], &mut self.stats));
                 }
                 Ok(n) => {
                     c.rx_cnt += Wrapping(n as u32);
                     let hdr = c.header(guest_cid, Op::Rw, n as u32, 0);
                     self.stats.rx_bytes += n as u64;
-                    let data = self.scratch[..n].to_vec();
-                    return self.put_packet(writer, &hdr, &data);
+                    return Some(put_packet(
+                        writer,
+                        &hdr,
+                        &self.scratch[..n],
+                        &mut self.stats,
+                    ));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => c.reset(),
             }
         }
-        0
-    }
-
-    fn put_packet(&mut self, writer: &mut Writer<'_>, hdr: &Header, data: &[u8]) -> u32 {
-        if writer.write_all(&hdr.to_bytes()).is_err() || writer.write_all(data).is_err() {
-            self.stats.malformed += 1;
-            return 0;
-        }
-        self.stats.rx_packets += 1;
-        (HDR_LEN + data.len()) as u32
+        None
     }
 
     /// Accepts the host clients waiting on the listener (at most a few per event, so one
@@ -464,4 +460,14 @@ impl Vsock {
             self.transport_reset_owed = written.is_none();
         }
     }
+}
+
+/// Writes `hdr` and `data` into the chain; 0 when guest memory refuses them (counted).
+fn put_packet(writer: &mut Writer<'_>, hdr: &Header, data: &[u8], stats: &mut VsockStats) -> u32 {
+    if writer.write_all(&hdr.to_bytes()).is_err() || writer.write_all(data).is_err() {
+        stats.malformed += 1;
+        return 0;
+    }
+    stats.rx_packets += 1;
+    (HDR_LEN + data.len()) as u32
 }

@@ -509,3 +509,24 @@ fn test_vsock_restore_owes_a_transport_reset_event() {
     other.guest_cid = 9;
     assert!(h.vsock.lock().expect("lock").restore(&other).is_err());
 }
+
+#[test]
+fn test_vsock_guest_that_never_reads_cannot_grow_the_rst_queue() {
+    let mut h = Harness::new("rst-flood");
+    let bad = Header {
+        op: 42,
+        ..h.header(Op::Rw, 1, 2, 0)
+    };
+    let sent = QSIZE as usize + MAX_PENDING_RST + 28;
+    for _ in 0..sent {
+        h.send(bad, &[]);
+    }
+    let stats = h.stats();
+    assert_eq!(stats.malformed, sent as u64);
+    assert_eq!(stats.rst_sent, u64::from(QSIZE), "one per receive buffer");
+    assert_eq!(stats.rst_dropped, 28);
+    assert_eq!(
+        h.vsock.lock().expect("lock").rst_queue.len(),
+        MAX_PENDING_RST
+    );
+}
