@@ -46,7 +46,9 @@ pub mod owed {
     pub const CREDIT: u8 = 4;
     /// SHUTDOWN (the host will send no more).
     pub const SHUTDOWN: u8 = 8;
-    /// RST: the connection ends once it is sent.
+    /// The connection ends: the loop closes the host stream at once and queues the RST for
+    /// the guest with the device's other resets (so a guest without receive buffers cannot
+    /// keep a dead connection's stream open).
     pub const RST: u8 = 16;
 }
 
@@ -135,7 +137,7 @@ impl Connection {
         self.done
     }
 
-    /// Ends the connection with a RST to the guest (sent when a receive buffer comes).
+    /// Ends the connection with a RST to the guest (see `owed::RST`).
     pub fn reset(&mut self) {
         self.owed = owed::RST;
         self.tx_buf = VecDeque::new();
@@ -201,9 +203,7 @@ impl Connection {
 
     /// The next control packet owed, if any (data goes between REQUEST/RESPONSE and the rest).
     pub fn next_control(&mut self, guest_cid: u64, data_possible: bool) -> Option<Header> {
-        let (op, bit, flags) = if self.owed & owed::RST != 0 {
-            (Op::Rst, owed::RST, 0)
-        } else if self.owed & owed::REQUEST != 0 {
+        let (op, bit, flags) = if self.owed & owed::REQUEST != 0 {
             (Op::Request, owed::REQUEST, 0)
         } else if self.owed & owed::RESPONSE != 0 {
             (Op::Response, owed::RESPONSE, 0)

@@ -33,7 +33,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::timerfd::TimerFd;
 
-use self::conn::Connection;
+use self::conn::{Connection, owed};
 use self::packet::{Header, MAX_PAYLOAD};
 use super::counters::{CounterValues, DeviceCounters};
 use super::{ActivateContext, ActivateError, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt};
@@ -205,30 +205,44 @@ impl Vsock {
         self.active.is_some() && !self.quiesced && !self.broken
     }
 
-    /// Brings every epoll registration (listener, streams, timer) in line with what can make
-    /// progress now, and drops the connections that ended (through `ops`, while their fds are
-    /// still open).
-    fn update_registrations(&mut self, ops: &mut EventOps) {
-        let runnable = self.runnable();
+    /// Drops the connections that ended (through `ops`, while their fds are still open): the
+    /// host stream closes now; a reset one leaves its RST in the queue for the guest.
+    fn drop_finished(&mut self, ops: &mut EventOps) {
         let doomed: Vec<u32> = self
             .conns
             .iter()
-            .filter(|(_, c)| self.drop_all || c.is_done())
+            .filter(|(_, c)| self.drop_all || c.is_done() || c.owed & owed::RST != 0)
             .map(|(&t, _)| t)
             .collect();
         for token in doomed {
-            if let Some(c) = self.conns.remove(&token) {
-                if !c.interest.is_empty() {
-                    let _ = ops.remove(Events::with_data_raw(
-                        c.stream.as_raw_fd(),
-                        token,
-                        c.interest,
-                    ));
-                }
-                self.by_port.remove(&(c.local_port, c.peer_port));
+            let Some(c) = self.conns.remove(&token) else {
+                continue;
+            };
+            if !c.interest.is_empty() {
+                let _ = ops.remove(Events::with_data_raw(
+                    c.stream.as_raw_fd(),
+                    token,
+                    c.interest,
+                ));
+            }
+            self.by_port.remove(&(c.local_port, c.peer_port));
+            if !self.drop_all && !c.done && c.state != conn::State::AwaitingLine {
+                // As if the guest had sent a packet on it: the answer goes to its port.
+                self.queue_rst(&Header {
+                    src_port: c.peer_port,
+                    dst_port: c.local_port,
+                    ..Header::default()
+                });
             }
         }
         self.drop_all = false;
+    }
+
+    /// Brings every epoll registration (listener, streams, timer) in line with what can make
+    /// progress now, after dropping the connections that ended.
+    fn update_registrations(&mut self, ops: &mut EventOps) {
+        self.drop_finished(ops);
+        let runnable = self.runnable();
         for (&token, c) in self.conns.iter_mut() {
             let want = if runnable {
                 c.wanted_interest()
@@ -264,7 +278,9 @@ impl Vsock {
                 Err(e) => log::error!("vsock {}: cannot watch its socket: {e:?}", self.id),
             }
         }
-        let tick = self.listener_backoff || self.conns.values().any(|c| c.deadline.is_some());
+        // Deadlines wait while the VM is paused (the guest cannot answer then).
+        let tick = runnable
+            && (self.listener_backoff || self.conns.values().any(|c| c.deadline.is_some()));
         if tick != self.timer_armed {
             let result = if tick {
                 self.timer.reset(TICK, Some(TICK))
@@ -392,9 +408,8 @@ impl MutEventSubscriber for Vsock {
                 t => self.connection_event(t, events.event_set()),
             }
             self.deliver_transport_reset();
+            self.drop_finished(ops);
             self.process_rx();
-        } else if token == TOKEN_TIMER {
-            self.check_deadlines();
         }
         self.update_registrations(ops);
         self.counters.publish(self.stats.into());

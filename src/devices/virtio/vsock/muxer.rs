@@ -91,7 +91,7 @@ impl Vsock {
     }
 
     /// Queues a RST answering `hdr` (bounded; beyond the bound it is dropped and counted).
-    fn queue_rst(&mut self, hdr: &Header) {
+    pub(super) fn queue_rst(&mut self, hdr: &Header) {
         if self.rst_queue.len() >= MAX_PENDING_RST {
             self.stats.rst_dropped += 1;
             return;
@@ -313,10 +313,6 @@ impl Vsock {
             let c = self.conns.get_mut(&token).expect("token from the table");
             let data_possible = c.readable && c.wants_host_read();
             if let Some(hdr) = c.next_control(guest_cid, data_possible) {
-                if hdr.op == Op::Rst as u16 {
-                    c.done = true;
-                    self.stats.rst_sent += 1;
-                }
                 return Some(put_packet(writer, &hdr, &[], &mut self.stats));
             }
             if !data_possible {

@@ -530,3 +530,40 @@ fn test_vsock_guest_that_never_reads_cannot_grow_the_rst_queue() {
         MAX_PENDING_RST
     );
 }
+
+#[test]
+fn test_vsock_unanswered_host_connect_times_out_closed_and_cancelled() {
+    let mut h = Harness::new("timeout");
+    let mut client = UnixStream::connect(&h.path).expect("connect");
+    client.write_all(b"CONNECT 52\n").expect("line");
+    h.run();
+    let (req, _) = h.recv().expect("request");
+    assert_eq!(req.op, Op::Request as u16);
+    // The guest never answers: within the deadline (plus a tick) the host stream is closed
+    // without an OK and the guest gets a RST cancelling the request.
+    client
+        .set_read_timeout(Some(CONNECT_TIMEOUT * 3))
+        .expect("timeout");
+    let waiter = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        client.read_to_end(&mut buf).map(|_| buf)
+    });
+    let deadline = std::time::Instant::now() + CONNECT_TIMEOUT * 2;
+    let mut rst = None;
+    while rst.is_none() && std::time::Instant::now() < deadline {
+        h.events.run_with_timeout(100).expect("epoll");
+        rst = h.recv();
+    }
+    let (rst, _) = rst.expect("a RST after the deadline");
+    assert_eq!(
+        (rst.op, rst.src_port, rst.dst_port),
+        (Op::Rst as u16, req.src_port, 52)
+    );
+    assert_eq!(
+        waiter.join().expect("reader").expect("EOF"),
+        b"",
+        "no OK line"
+    );
+    assert_eq!(h.vsock.lock().expect("lock").connection_count(), 0);
+    assert_eq!(h.run(), 0, "the timer is disarmed once no deadline is left");
+}
