@@ -276,3 +276,58 @@ fn test_vsock_connection_survives_pause_and_resume() {
         "main thread used {paused_ticks} ticks while paused"
     );
 }
+
+/// Configured over the API as a Firecracker client does it: `PUT /vsock` (a reserved CID and a
+/// rate-limited `PUT /entropy` refused with the reason), `GET /vm/config` shows the device,
+/// InstanceStart, and the guest's connection reaches the host.
+#[test]
+fn test_vsock_configured_over_the_api() {
+    let uds = uds("api");
+    let api = common::api::sock_path("vsock-api");
+    let guest_side = accept(UnixListener::bind(port_path(&uds, 53)).expect("bind _53"));
+    let mut vm = TestVm::start(
+        VmArgs::default()
+            .arg("--api-sock", api.display())
+            .arg("--virtio-discovery", "cmdline"),
+    );
+    common::api::wait_for_socket(&api, GUEST_TIMEOUT);
+    let put = |target: &str, body: &str| common::api::http(&api, "PUT", target, body);
+    let boot = format!(
+        r#"{{"kernel_image_path": "{}", "boot_args": "vsock=bulk mib=1"}}"#,
+        common::test_guest("vsock").display()
+    );
+    assert_eq!(put("/boot-source", &boot).0, 204);
+    let (status, fault) = put("/vsock", r#"{"guest_cid": 2, "uds_path": "/tmp/x"}"#);
+    assert_eq!(status, 400);
+    assert!(fault.contains("guest_cid 2 is reserved"), "{fault}");
+    let (status, fault) = put(
+        "/entropy",
+        r#"{"rate_limiter": {"bandwidth": {"size": 1024, "refill_time": 100}}}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(fault.contains("rate_limiter is not supported"), "{fault}");
+    let body = format!(
+        r#"{{"vsock_id": "vsock0", "guest_cid": 3, "uds_path": "{}"}}"#,
+        uds.display()
+    );
+    assert_eq!(put("/vsock", &body).0, 204);
+    let (_, config) = common::api::http(&api, "GET", "/vm/config", "");
+    assert!(config.contains(r#""vsock":{"guest_cid":3"#), "{config}");
+    assert!(!config.contains("entropy"), "{config}");
+    assert_eq!(
+        put("/actions", r#"{"action_type": "InstanceStart"}"#).0,
+        204
+    );
+
+    let mut stream = guest_side
+        .recv_timeout(GUEST_TIMEOUT)
+        .expect("Ember connected to _53");
+    stream
+        .write_all(&vec![7u8; 1 << 20])
+        .expect("host writes 1 MiB");
+    vm.wait_for_line("VSOCK bulk recv bytes=1048576", GUEST_TIMEOUT);
+    let mut got = vec![0u8; 1 << 20];
+    stream.read_exact(&mut got).expect("guest sends 1 MiB");
+    vm.wait_for_line("EMBER-TEST vsock done", GUEST_TIMEOUT);
+    assert_eq!(vm.exit_code(GUEST_TIMEOUT), 0, "{}", vm.log());
+}
