@@ -392,7 +392,10 @@ impl Vsock {
             }
             return;
         }
-        if set.contains(EventSet::OUT)
+        // A hang-up or error with guest bytes waiting: the write tells (EPIPE) and the
+        // connection ends, rather than the event coming back on every wait.
+        if set.intersects(EventSet::OUT | EventSet::HANG_UP | EventSet::ERROR)
+            && !c.tx_buf.is_empty()
             && let Err(e) = c.flush_to_host()
         {
             log::debug!("vsock {}: host side ended: {e:?}", self.id);

@@ -567,3 +567,28 @@ fn test_vsock_unanswered_host_connect_times_out_closed_and_cancelled() {
     assert_eq!(h.vsock.lock().expect("lock").connection_count(), 0);
     assert_eq!(h.run(), 0, "the timer is disarmed once no deadline is left");
 }
+
+#[test]
+fn test_vsock_host_gone_with_guest_bytes_waiting_resets_without_spinning() {
+    let mut h = Harness::new("host-gone");
+    let (_l, host) = h.guest_connect(52);
+    // Fill the host socket so that guest bytes wait in Ember, then the host goes away.
+    let chunk = vec![3u8; 32 * 1024];
+    while h
+        .vsock
+        .lock()
+        .expect("lock")
+        .conns
+        .values()
+        .all(|c| c.tx_buf.is_empty())
+    {
+        h.send(h.header(Op::Rw, 1024, 52, chunk.len() as u32), &chunk);
+        while h.recv().is_some() {}
+    }
+    drop(host);
+    let events = h.run();
+    assert!(events < 10, "{events} events for one hang-up");
+    let rst = std::iter::from_fn(|| h.recv()).find(|(p, _)| p.op == Op::Rst as u16);
+    assert!(rst.is_some(), "the guest is told");
+    assert_eq!(h.vsock.lock().expect("lock").connection_count(), 0);
+}
