@@ -1,14 +1,55 @@
-//! The reference Linux kernel drives Ember's virtio-rng and virtio-vsock devices: both drivers
-//! probe and set DRIVER_OK (the transport's "activated" lines), the kernel's hwrng core reads
-//! entropy from the device (its counters at exit), and the VM powers off cleanly. One boot
-//! (30-120 s on software-nested hosts); skipped when the images are not built.
+//! The reference Linux kernel with Ember's virtio-rng and virtio-vsock: both drivers probe and
+//! set DRIVER_OK (the transport's "activated" lines), the kernel's hwrng core reads entropy from
+//! the device (its counters at exit), and `ember-agent` in the guest answers a host `CONNECT`
+//! through Firecracker's protocol and runs `uname -a`, then a `poweroff -f` that ends the VM.
+//! One boot (about 100 s on software-nested hosts); skipped when the images are not built.
 
 mod common;
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
 use common::{LINUX_TIMEOUT, TestVm, VmArgs, linux_image, scratch_dir};
 
+/// Connects to the vsock socket, asks for guest port 52 and has the agent run `command`;
+/// returns (stdout, stderr, exit status).
+fn agent_run(uds: &Path, command: &str) -> (String, String, Option<u32>) {
+    let mut stream = UnixStream::connect(uds).expect("connect to the vsock socket");
+    stream
+        .set_read_timeout(Some(LINUX_TIMEOUT))
+        .expect("timeout");
+    stream.write_all(b"CONNECT 52\n").expect("CONNECT");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut ok = String::new();
+    reader.read_line(&mut ok).expect("OK line");
+    assert!(ok.starts_with("OK "), "{ok:?}");
+    stream
+        .write_all(format!("RUN {command}\n").as_bytes())
+        .expect("RUN");
+    stream.write_all(&[0, 0, 0, 0, 0]).expect("end of stdin");
+    let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), None);
+    loop {
+        let mut head = [0u8; 5];
+        if reader.read_exact(&mut head).is_err() {
+            break;
+        }
+        let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
+        let mut data = vec![0u8; len];
+        reader.read_exact(&mut data).expect("frame payload");
+        match head[0] {
+            1 => out.extend_from_slice(&data),
+            2 => err.extend_from_slice(&data),
+            3 => status = Some(u32::from_le_bytes(data[..4].try_into().expect("status"))),
+            kind => panic!("unknown frame kind {kind}"),
+        }
+    }
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (text(out), text(err), status)
+}
+
 #[test]
-fn test_linux_probes_rng_and_vsock() {
+fn test_linux_probes_rng_and_vsock_and_agent_runs_uname() {
     let (Some(kernel), Some(initrd)) = (linux_image("vmlinux"), linux_image("initramfs.cpio"))
     else {
         return;
@@ -19,13 +60,24 @@ fn test_linux_probes_rng_and_vsock() {
         .arg("--initrd", initrd.display())
         .arg(
             "--cmdline",
-            "console=ttyS0 reboot=k panic=1 ember.test=vsock-linux",
+            "console=ttyS0 reboot=k panic=1 ember.test=vsock-linux ember.agent",
         )
         .arg("--log-level", "debug")
         .flag("--rng")
         .arg("--vsock", format!("cid=42,uds={}", uds.display()));
     let mut vm = TestVm::start(args);
     vm.wait_for_line("EMBER-INIT-OK", LINUX_TIMEOUT);
+    vm.wait_for_line("ember-agent: listening", LINUX_TIMEOUT);
+
+    let (out, err, status) = agent_run(&uds, "uname -a");
+    eprintln!("guest: {out}");
+    assert_eq!(status, Some(0), "stdout {out:?} stderr {err:?}");
+    assert!(out.starts_with("Linux "), "{out:?}");
+    let (_, _, status) = agent_run(&uds, "echo to-stderr >&2; exit 7");
+    assert_eq!(status, Some(7));
+    // The last command ends the VM: the connection may end before its status arrives.
+    let _ = agent_run(&uds, "poweroff -f");
+
     assert_eq!(vm.exit_code(LINUX_TIMEOUT), 0, "{}", vm.log());
     let log = vm.log();
     for device in ["rng rng0", "vsock vsock0"] {
@@ -46,5 +98,11 @@ fn test_linux_probes_rng_and_vsock() {
         .expect("ops");
     assert!(ops > 0, "the kernel never read entropy: {rng}");
     eprintln!("{rng}");
+    if let Some(vsock) = log
+        .lines()
+        .find(|l| l.contains("vsock vsock0:") && l.contains(" ops,"))
+    {
+        eprintln!("{vsock}");
+    }
     assert!(!uds.exists(), "the vsock socket is removed at exit");
 }
