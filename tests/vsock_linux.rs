@@ -3,30 +3,51 @@
 //! the device (its counters at exit), and `ember-agent` in the guest answers a host `CONNECT`
 //! through Firecracker's protocol and runs `uname -a`, then a `poweroff -f` that ends the VM.
 //! One boot (about 100 s on software-nested hosts); skipped when the images are not built.
+//! The agent's protocol is also checked on the host, over a socket pair, without a boot.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::process::{Command, Stdio};
 
-use common::{LINUX_TIMEOUT, TestVm, VmArgs, linux_image, scratch_dir};
+use common::{LINUX_TIMEOUT, TestVm, VmArgs, linux_image, repo_root, scratch_dir};
 
 /// Connects to the vsock socket, asks for guest port 52 and has the agent run `command`;
 /// returns (stdout, stderr, exit status).
 fn agent_run(uds: &Path, command: &str) -> (String, String, Option<u32>) {
-    let mut stream = UnixStream::connect(uds).expect("connect to the vsock socket");
+    let stream = UnixStream::connect(uds).expect("connect to the vsock socket");
     stream
         .set_read_timeout(Some(LINUX_TIMEOUT))
         .expect("timeout");
-    stream.write_all(b"CONNECT 52\n").expect("CONNECT");
+    (&stream).write_all(b"CONNECT 52\n").expect("CONNECT");
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut ok = String::new();
     reader.read_line(&mut ok).expect("OK line");
     assert!(ok.starts_with("OK "), "{ok:?}");
+    agent_session(stream, reader, command, b"")
+}
+
+/// One agent session on `stream` (read through `reader`): RUN `command`, `stdin` then its
+/// end, and the frames that come back.
+fn agent_session(
+    mut stream: UnixStream,
+    mut reader: impl Read,
+    command: &str,
+    stdin: &[u8],
+) -> (String, String, Option<u32>) {
     stream
         .write_all(format!("RUN {command}\n").as_bytes())
         .expect("RUN");
+    if !stdin.is_empty() {
+        stream.write_all(&[0]).expect("frame kind");
+        stream
+            .write_all(&(stdin.len() as u32).to_le_bytes())
+            .expect("frame length");
+        stream.write_all(stdin).expect("stdin");
+    }
     stream.write_all(&[0, 0, 0, 0, 0]).expect("end of stdin");
     let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), None);
     loop {
@@ -46,6 +67,54 @@ fn agent_run(uds: &Path, command: &str) -> (String, String, Option<u32>) {
     }
     let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
     (text(out), text(err), status)
+}
+
+/// The agent built as scripts/build-guest-images builds it, run on the host with
+/// `--session` over a socket pair: stdin in, stdout and stderr apart, the exit status last.
+#[test]
+fn test_ember_agent_protocol_over_a_socket_pair() {
+    let agent = scratch_dir().join("ember-agent");
+    let built = Command::new("gcc")
+        .args([
+            "-O2",
+            "-static",
+            "-nostdlib",
+            "-ffreestanding",
+            "-fno-stack-protector",
+        ])
+        .args([
+            "-fno-pie",
+            "-no-pie",
+            "-Wall",
+            "-Werror",
+            "-Wl,--build-id=none",
+            "-o",
+        ])
+        .arg(&agent)
+        .arg(repo_root().join("guest-images/initramfs/ember-agent.c"))
+        .status()
+        .expect("run gcc");
+    assert!(built.success(), "ember-agent does not build");
+    let (host, guest) = UnixStream::pair().expect("socket pair");
+    host.set_read_timeout(Some(LINUX_TIMEOUT)).expect("timeout");
+    let mut child = Command::new(&agent)
+        .arg("--session")
+        .stdin(Stdio::from(OwnedFd::from(guest)))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start ember-agent");
+    let reader = host.try_clone().expect("clone");
+    let (out, err, status) = agent_session(
+        host,
+        reader,
+        "tr a-z A-Z; echo oops >&2; exit 3",
+        b"shout\n",
+    );
+    assert_eq!(
+        (out.as_str(), err.as_str(), status),
+        ("SHOUT\n", "oops\n", Some(3))
+    );
+    assert!(child.wait().expect("agent exits").success());
 }
 
 #[test]

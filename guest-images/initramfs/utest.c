@@ -17,8 +17,7 @@
  * Output lines start with "UTEST " and end with "ok" or "FAIL ...": a contract
  * with tests/linux_boot.rs. Exit status 0 when everything held.
  */
-typedef unsigned long u64;
-typedef long i64;
+#include "sys.h"
 
 #define SYS_read 0
 #define SYS_write 1
@@ -41,20 +40,6 @@ typedef long i64;
 #define SA_RESTORER 0x04000000
 #define SA_RESTART 0x10000000
 
-static i64 sys6(i64 n, i64 a, i64 b, i64 c, i64 d, i64 e, i64 f)
-{
-	register i64 r10 __asm__("r10") = d;
-	register i64 r8 __asm__("r8") = e;
-	register i64 r9 __asm__("r9") = f;
-	i64 ret;
-	__asm__ volatile("syscall"
-			 : "=a"(ret)
-			 : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
-			 : "rcx", "r11", "memory");
-	return ret;
-}
-#define sys3(n, a, b, c) sys6(n, (i64)(a), (i64)(b), (i64)(c), 0, 0, 0)
-#define sys4(n, a, b, c, d) sys6(n, (i64)(a), (i64)(b), (i64)(c), (i64)(d), 0, 0)
 
 static u64 slen(const char *s) { u64 n = 0; while (s[n]) n++; return n; }
 static void out(const char *s) { sys3(SYS_write, 1, s, slen(s)); }
