@@ -83,6 +83,8 @@ pub struct RepairCounters {
     pub stepped: AtomicU64,
     /// Times a vCPU (re)armed its breakpoints.
     pub armed: AtomicU64,
+    /// Breakpoint hits left alone because KVM was delivering an event (see `event_in_flight`).
+    pub deferred: AtomicU64,
 }
 
 /// Turns on the trap of guest writes to STAR, LSTAR and SFMASK (a `KVM_EXIT_X86_WRMSR` each).
@@ -280,6 +282,24 @@ pub(crate) fn read_virt(
         done += n;
     }
     true
+}
+
+/// The event KVM is delivering to the vCPU (an exception, interrupt or NMI injected or pending at
+/// this instruction boundary), described for the log; `None` when there is none or the events
+/// cannot be read.
+fn event_in_flight(fd: &VcpuFd) -> Option<String> {
+    let ev = fd.get_vcpu_events().ok()?;
+    let mut what = Vec::new();
+    if ev.exception.injected != 0 || ev.exception.pending != 0 {
+        what.push(format!("exception {}", ev.exception.nr));
+    }
+    if ev.interrupt.injected != 0 {
+        what.push(format!("interrupt {:#x}", ev.interrupt.nr));
+    }
+    if ev.nmi.injected != 0 || ev.nmi.pending != 0 {
+        what.push("NMI".to_string());
+    }
+    (!what.is_empty()).then(|| what.join(", "))
 }
 
 /// The flat 64-bit kernel code and data segments SYSCALL loads from STAR.
@@ -508,6 +528,19 @@ impl SyscallRepair {
         if read_virt(mem, fd, &sregs, regs.rsp, &mut raw) {
             let frame = ExceptionFrame::from_bytes(&raw);
             if is_misdelivered_syscall(&self.msrs, SLOTS[slot], &frame, sregs.cr2, regs.r11) {
+                if let Some(events) = event_in_flight(fd) {
+                    // An event KVM is injecting at this boundary would be delivered at LSTAR,
+                    // before `swapgs`, with the user's GS: let it be delivered at the handler
+                    // entry first. Its IRET comes back here and the breakpoint fires again.
+                    let n = self.counters.deferred.fetch_add(1, Ordering::Relaxed);
+                    if n < 8 {
+                        log::debug!(
+                            "Software-nested KVM: vCPU {}: system call repair waits for an event in flight ({events})",
+                            self.index
+                        );
+                    }
+                    return DebugOutcome::Handled;
+                }
                 self.finish_syscall(fd, regs, sregs, &frame);
                 return DebugOutcome::Handled;
             }
