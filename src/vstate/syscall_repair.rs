@@ -336,6 +336,7 @@ pub struct SyscallRepair {
     handlers: [u64; 2],
     armed: bool,
     stepping: bool,
+    warned_unreadable: bool,
     counters: Arc<RepairCounters>,
 }
 
@@ -348,6 +349,7 @@ impl SyscallRepair {
             handlers: [0; 2],
             armed: false,
             stepping: false,
+            warned_unreadable: false,
             counters,
         }
     }
@@ -544,6 +546,32 @@ impl SyscallRepair {
                 self.finish_syscall(fd, regs, sregs, &frame);
                 return DebugOutcome::Handled;
             }
+            if frame.rip == self.msrs.lstar && frame.cs & 3 == 3 {
+                // A user-mode fault at LSTAR goes to the guest: a forged jump (IF set, the
+                // guest's SIGSEGV is right) or a SYSCALL this check failed to recognise, which
+                // kills the process: say which, with what was compared.
+                let level = if frame.rflags & RFLAGS_IF == 0 {
+                    log::Level::Warn
+                } else {
+                    log::Level::Debug
+                };
+                log::log!(
+                    level,
+                    "Software-nested KVM: vCPU {}: user-mode fault at LSTAR passed to the guest (vector {}, frame {frame:x?}, CR2 {:#x}, R11 {:#x}, SFMASK {:#x})",
+                    self.index,
+                    SLOTS[slot],
+                    sregs.cr2,
+                    regs.r11,
+                    self.msrs.sfmask
+                );
+            }
+        } else if !std::mem::replace(&mut self.warned_unreadable, true) {
+            log::warn!(
+                "Software-nested KVM: vCPU {}: exception frame at {:#x} unreadable at the #{} handler (said once)",
+                self.index,
+                regs.rsp,
+                if SLOTS[slot] == PF_VECTOR { "PF" } else { "GP" }
+            );
         }
         self.pass_fault(fd, mem, &sregs, arch.pc);
         DebugOutcome::Handled
