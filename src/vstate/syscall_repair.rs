@@ -50,6 +50,11 @@ pub const MSR_LSTAR: u32 = 0xc000_0082;
 /// IA32_FMASK: the RFLAGS bits SYSCALL clears.
 pub const MSR_SFMASK: u32 = 0xc000_0084;
 
+/// IA32_KERNEL_GS_BASE: the GS base `swapgs` exchanges.
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+/// Canonical user-half addresses end here (4-level paging).
+const USER_HALF_END: u64 = 1 << 47;
+
 const EFER_LMA: u64 = 1 << 10;
 const CR0_PG: u64 = 1 << 31;
 const CR4_LA57: u64 = 1 << 12;
@@ -284,6 +289,16 @@ pub(crate) fn read_virt(
     true
 }
 
+/// One MSR of the vCPU, for the log.
+fn read_msr(fd: &VcpuFd, index: u32) -> Option<u64> {
+    let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+        index,
+        ..Default::default()
+    }])
+    .ok()?;
+    (fd.get_msrs(&mut msrs).ok()? == 1).then(|| msrs.as_slice()[0].data)
+}
+
 /// The event KVM is delivering to the vCPU (an exception, interrupt or NMI injected or pending at
 /// this instruction boundary), described for the log; `None` when there is none or the events
 /// cannot be read.
@@ -337,6 +352,7 @@ pub struct SyscallRepair {
     armed: bool,
     stepping: bool,
     warned_unreadable: bool,
+    logged_repairs: u8,
     counters: Arc<RepairCounters>,
 }
 
@@ -350,6 +366,7 @@ impl SyscallRepair {
             armed: false,
             stepping: false,
             warned_unreadable: false,
+            logged_repairs: 0,
             counters,
         }
     }
@@ -529,6 +546,21 @@ impl SyscallRepair {
         let mut raw = [0u8; 48];
         if read_virt(mem, fd, &sregs, regs.rsp, &mut raw) {
             let frame = ExceptionFrame::from_bytes(&raw);
+            if regs.rsp < USER_HALF_END {
+                // The guest kernel took an exception on a user stack: a fault in the window
+                // where SYSCALL's entry or SYSRET's exit runs in ring 0 with the user's RSP.
+                log::warn!(
+                    "Software-nested KVM: vCPU {}: #{} in ring 0 on the user stack (frame {frame:x?}, CR2 {:#x}, GS base {:#x}, KERNEL_GS_BASE {:#x}, RAX {:#x}, RCX {:#x}, R11 {:#x})",
+                    self.index,
+                    SLOTS[slot],
+                    sregs.cr2,
+                    sregs.gs.base,
+                    read_msr(fd, MSR_KERNEL_GS_BASE).unwrap_or(u64::MAX),
+                    regs.rax,
+                    regs.rcx,
+                    regs.r11
+                );
+            }
             if is_misdelivered_syscall(&self.msrs, SLOTS[slot], &frame, sregs.cr2, regs.r11) {
                 if let Some(events) = event_in_flight(fd) {
                     // An event KVM is injecting at this boundary would be delivered at LSTAR,
@@ -595,6 +627,19 @@ impl SyscallRepair {
         fd.set_sync_dirty_reg(SyncReg::Register);
         fd.set_sync_dirty_reg(SyncReg::SystemRegister);
         let n = self.counters.repaired.fetch_add(1, Ordering::Relaxed);
+        if self.logged_repairs < 2 {
+            self.logged_repairs += 1;
+            log::debug!(
+                "Software-nested KVM: vCPU {}: repair: frame {frame:x?}, GS base {:#x}, KERNEL_GS_BASE {:#x}, CS {:#x}, RAX {:#x}, RCX {:#x}, R11 {:#x}",
+                self.index,
+                sregs.gs.base,
+                read_msr(fd, MSR_KERNEL_GS_BASE).unwrap_or(u64::MAX),
+                sregs.cs.selector,
+                regs.rax,
+                regs.rcx,
+                regs.r11
+            );
+        }
         if n == 0 {
             log::info!(
                 "Software-nested KVM: first guest system call repaired (vCPU {}, nr {}, returns to {:#x})",
