@@ -40,9 +40,22 @@ fn main() -> ExitCode {
     };
     let usage = |message: String| {
         eprintln!("ember: {message}");
+        // With a log file, the user may not see stderr at all (Firecracker's clients often
+        // send it to /dev/null): say it there too.
+        if ember::logger::log_path().is_some() {
+            log::error!("{message}");
+        }
         ExitCode::from(EXIT_USAGE as u8)
     };
-    let (mut draft, file_level) = match &cli.config_file {
+    if cli.fc.version {
+        println!("{}", ember::config::fc_flags::version_line());
+        return ExitCode::SUCCESS;
+    }
+    if let Some(id) = &cli.fc.id {
+        ember::logger::set_instance_id(id);
+    }
+    ember::logger::init(LogLevel::Warn.into());
+    let (mut draft, file_logger) = match &cli.config_file {
         Some(path) => match ember::config::file::load(path) {
             Ok(loaded) => loaded,
             Err(e) => return usage(ember::error_chain(&e)),
@@ -54,8 +67,21 @@ fn main() -> ExitCode {
     };
     // The config file has no field for it: the flag applies to every front end.
     draft.virtio_discovery = cli.virtio_discovery;
-    let level = cli.log_level.or(file_level).unwrap_or(LogLevel::Warn);
-    ember::logger::init(level.into());
+    if let Err(e) = ember::logger::configure(&cli.logger_settings(file_logger.as_ref())) {
+        return usage(format!("log-path: {}", ember::error_chain(&e)));
+    }
+    log::info!(
+        "Running {} as {}",
+        ember::config::fc_flags::version_line(),
+        ember::logger::instance_id()
+    );
+    if let Some(refusal) = cli.fc.refusal() {
+        return usage(refusal);
+    }
+    for warning in cli.fc.warnings() {
+        log::warn!("{warning}");
+    }
+    ember::api::http::set_max_body(cli.fc.http_api_max_payload_size);
     let options = LaunchOptions {
         start_now: draft.boot.is_some(),
         draft,

@@ -62,6 +62,7 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         [] => Some("GET"),
         ["machine-config"] => Some("GET, PUT"),
         ["boot-source"] | ["actions"] | ["drives", _] | ["network-interfaces", _] => Some("PUT"),
+        ["logger"] | ["serial"] => Some("PUT"),
         ["vm"] => Some("PATCH"),
         ["vm", "config"] => Some("GET"),
         _ => None,
@@ -90,6 +91,8 @@ pub fn route(method: &str, target: &str, bytes: &[u8]) -> Result<ApiRequest, Api
         ("PUT", ["actions"]) => Ok(ApiRequest::Action(body::<ActionBody>(bytes)?.action_type)),
         ("PATCH", ["vm"]) => Ok(ApiRequest::SetVmState(body::<VmStateBody>(bytes)?.state)),
         ("GET", ["vm", "config"]) => Ok(ApiRequest::GetVmConfig),
+        ("PUT", ["logger"]) => Ok(ApiRequest::PutLogger(body(bytes)?)),
+        ("PUT", ["serial"]) => Ok(ApiRequest::PutSerial(body(bytes)?)),
         (_, known) if allowed(known).is_some() => Err(ApiResponse::error(
             405,
             &format!(
@@ -187,6 +190,26 @@ mod tests {
         let body = br#"{"drive_id": "b", "path_on_host": "/x", "is_root_device": false}"#;
         assert_eq!(status(route("PUT", "/drives/a", body)), 400);
         assert_eq!(status(route("PUT", "/drives/b", body)), 200);
+    }
+
+    #[test]
+    fn test_route_logger_and_serial_bodies() {
+        let r = route(
+            "PUT",
+            "/logger",
+            br#"{"log_path": "/l", "level": "Warning"}"#,
+        );
+        let Ok(ApiRequest::PutLogger(body)) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(body.log_path, Some(std::path::PathBuf::from("/l")));
+        let r = route("PUT", "/serial", br#"{"serial_out_path": "/s"}"#);
+        assert!(matches!(r, Ok(ApiRequest::PutSerial(_))), "{r:?}");
+        assert_eq!(
+            status(route("PUT", "/logger", br#"{"log_file": "/l"}"#)),
+            400
+        );
+        assert_eq!(status(route("GET", "/logger", b"")), 405);
     }
 
     #[test]

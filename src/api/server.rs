@@ -255,7 +255,7 @@ impl Connection {
     /// Reads what the client sent, up to one request's worth beyond what is buffered.
     fn read_input(&mut self) -> Next {
         let mut chunk = [0u8; 4096];
-        while self.buf.len() <= http::MAX_HEAD + http::MAX_BODY {
+        while self.buf.len() <= http::MAX_HEAD + http::max_body() {
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
                     self.eof = true;

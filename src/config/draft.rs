@@ -108,6 +108,14 @@ impl VmConfigDraft {
         self.nets = nets;
         Ok(())
     }
+
+    /// `PUT /serial`: where the console goes.
+    pub fn put_serial(&mut self, body: &super::serial::SerialBody) -> Result<(), ConfigError> {
+        let serial = SerialConfig::try_from(body)?;
+        serial.validate()?;
+        self.serial = serial;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

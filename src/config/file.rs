@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::boot::BootSourceBody;
-use super::cli::LogLevel;
 use super::drive::DriveBody;
 use super::logger::LoggerBody;
 use super::machine::MachineConfigBody;
@@ -53,7 +52,7 @@ pub struct ConfigDocument {
     /// Serial console (default: stdio).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialBody>,
-    /// Ember's log level.
+    /// Ember's log: destination, level, line format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logger: Option<LoggerBody>,
 }
@@ -118,8 +117,8 @@ pub fn parse_json<'a, T: Deserialize<'a>>(text: &'a [u8]) -> Result<T, String> {
 }
 
 impl ConfigDocument {
-    /// The draft this document describes (each resource checked), and the log level if set.
-    pub fn to_draft(&self) -> Result<(VmConfigDraft, Option<LogLevel>), ConfigError> {
+    /// The draft this document describes (each resource checked), and the logger if set.
+    pub fn to_draft(&self) -> Result<(VmConfigDraft, Option<LoggerBody>), ConfigError> {
         let mut draft = VmConfigDraft::default();
         if let Some(machine) = &self.machine_config {
             let (machine, compat) = machine.to_config()?;
@@ -136,11 +135,11 @@ impl ConfigDocument {
             .iter()
             .map(NetConfig::from)
             .collect();
-        Ok((draft, self.logger.map(|l| l.level)))
+        Ok((draft, self.logger.clone()))
     }
 
     /// The document describing `draft` (what `GET /vm/config` returns).
-    pub fn from_draft(draft: &VmConfigDraft, log_level: Option<LogLevel>) -> Self {
+    pub fn from_draft(draft: &VmConfigDraft, logger: Option<LoggerBody>) -> Self {
         ConfigDocument {
             boot_source: draft.boot.as_ref().map(BootSourceBody::from),
             machine_config: Some(MachineConfigBody::from_config(
@@ -150,13 +149,44 @@ impl ConfigDocument {
             drives: draft.drives.iter().map(DriveBody::from).collect(),
             network_interfaces: draft.nets.iter().map(NetBody::from).collect(),
             serial: Some(SerialBody::from(&draft.serial)),
-            logger: log_level.map(|level| LoggerBody { level }),
+            logger,
         }
     }
 }
 
-/// Reads and parses a config file into a draft and an optional log level.
-pub fn load(path: &Path) -> Result<(VmConfigDraft, Option<LogLevel>), ConfigFileError> {
+/// Every top-level key of Firecracker's `GET /vm/config` answer.
+pub const FIRECRACKER_KEYS: [&str; 13] = [
+    "balloon",
+    "boot-source",
+    "cpu-config",
+    "drives",
+    "entropy",
+    "logger",
+    "machine-config",
+    "memory-hotplug",
+    "metrics",
+    "mmds-config",
+    "network-interfaces",
+    "pmem",
+    "vsock",
+];
+
+impl ConfigDocument {
+    /// The document as `GET /vm/config` answers it: Ember's resources, and every key of
+    /// Firecracker's answer, `null` where Ember has no such resource (or it is not set).
+    pub fn to_api_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            for key in FIRECRACKER_KEYS {
+                map.entry(key).or_insert(serde_json::Value::Null);
+            }
+        }
+        value
+    }
+}
+
+/// Reads and parses a config file into a draft and its logger resource, if any.
+pub fn load(path: &Path) -> Result<(VmConfigDraft, Option<LoggerBody>), ConfigFileError> {
     let read_err = |source| ConfigFileError::Read {
         path: path.to_owned(),
         source,
@@ -237,7 +267,7 @@ pub enum ParseError {
 }
 
 /// Parses a document; a complete VM needs its boot source.
-pub fn parse(text: &[u8]) -> Result<(VmConfigDraft, Option<LogLevel>), ParseError> {
+pub fn parse(text: &[u8]) -> Result<(VmConfigDraft, Option<LoggerBody>), ParseError> {
     let doc: ConfigDocument = parse_json(text).map_err(ParseError::Syntax)?;
     let (draft, level) = doc.to_draft().map_err(ParseError::Invalid)?;
     if draft.boot.is_none() {
@@ -250,6 +280,7 @@ pub fn parse(text: &[u8]) -> Result<(VmConfigDraft, Option<LogLevel>), ParseErro
 mod tests {
     use super::*;
     use crate::arch::kernel::ProtocolChoice;
+    use crate::config::cli::LogLevel;
     use crate::host::CompatMode;
 
     const FULL: &str = r#"{
@@ -266,7 +297,7 @@ mod tests {
 
     #[test]
     fn test_file_full_document_maps_every_field() {
-        let (draft, level) = parse(FULL.as_bytes()).expect("valid");
+        let (draft, logger) = parse(FULL.as_bytes()).expect("valid");
         let config = draft.build().expect("complete");
         assert_eq!(config.machine.vcpus, 2);
         assert_eq!(config.machine.memory_mib, 256);
@@ -278,14 +309,27 @@ mod tests {
         assert!(config.drives[0].readonly && config.drives[0].root);
         assert_eq!(config.nets[0].tap, "tap0");
         assert_eq!(config.serial, SerialConfig::None);
-        assert_eq!(level, Some(LogLevel::Debug));
+        assert_eq!(logger.and_then(|l| l.level), Some(LogLevel::Debug));
     }
 
     #[test]
     fn test_file_roundtrip_through_document() {
-        let (draft, level) = parse(FULL.as_bytes()).expect("valid");
-        let text = serde_json::to_vec(&ConfigDocument::from_draft(&draft, level)).expect("json");
-        assert_eq!(parse(&text).expect("valid again"), (draft, level));
+        let (draft, logger) = parse(FULL.as_bytes()).expect("valid");
+        let text =
+            serde_json::to_vec(&ConfigDocument::from_draft(&draft, logger.clone())).expect("json");
+        assert_eq!(parse(&text).expect("valid again"), (draft, logger));
+    }
+
+    #[test]
+    fn test_api_json_has_every_firecracker_key() {
+        let (draft, logger) = parse(FULL.as_bytes()).expect("valid");
+        let value = ConfigDocument::from_draft(&draft, logger).to_api_json();
+        for key in FIRECRACKER_KEYS {
+            assert!(value.get(key).is_some(), "{key} missing: {value}");
+        }
+        assert!(value["balloon"].is_null());
+        assert_eq!(value["machine-config"]["vcpu_count"], 2);
+        assert_eq!(value["serial"]["mode"], "none");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod discovery;
 pub mod draft;
 pub mod drive;
+pub mod fc_flags;
 pub mod file;
 pub mod logger;
 pub mod machine;

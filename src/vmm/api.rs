@@ -6,10 +6,11 @@ use std::time::Duration;
 use super::Controller;
 use crate::api::{
     ActionType, ApiRequest, ApiResponse, InstanceInfo, InstanceState, MSG_AFTER_START,
-    VmStateChange, current_log_level,
+    VmStateChange,
 };
 use crate::config::VmConfigDraft;
 use crate::config::file::ConfigDocument;
+use crate::config::logger::LoggerBody;
 use crate::config::machine::MachineConfigBody;
 use crate::events::LifecycleEvent;
 use crate::vstate::vcpu::{VcpuAck, VcpuControlError};
@@ -46,16 +47,22 @@ impl Controller {
                 None => ApiResponse::error(500, "The configuration is not known."),
             },
             ApiRequest::GetVmConfig => match &self.config {
-                Some(c) => ApiResponse::json(&ConfigDocument::from_draft(
-                    &VmConfigDraft::from(c),
-                    Some(current_log_level()),
-                )),
+                Some(c) => ApiResponse::json(
+                    &ConfigDocument::from_draft(
+                        &VmConfigDraft::from(c),
+                        Some(LoggerBody::current()),
+                    )
+                    .to_api_json(),
+                ),
                 None => ApiResponse::error(500, "The configuration is not known."),
             },
             ApiRequest::PutMachineConfig(_)
             | ApiRequest::PutBootSource(_)
             | ApiRequest::PutDrive(_)
-            | ApiRequest::PutNet(_) => ApiResponse::bad_request(MSG_AFTER_START),
+            | ApiRequest::PutNet(_)
+            | ApiRequest::PutSerial(_)
+            // Opening a log file needs open(2), which the running VMM's seccomp filter refuses.
+            | ApiRequest::PutLogger(_) => ApiResponse::bad_request(MSG_AFTER_START),
             ApiRequest::Action(ActionType::InstanceStart) => {
                 ApiResponse::bad_request("The microVM is already running.")
             }

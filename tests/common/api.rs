@@ -108,3 +108,20 @@ pub fn exchange(stream: &mut UnixStream, method: &str, target: &str, body: &str)
     let (status, _) = split_response(&head);
     (status, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// `PUT`s `body` to `target` and checks for 204.
+pub fn put_ok(sock: &Path, target: &str, body: &str) {
+    let (status, answer) = http(sock, "PUT", target, body);
+    assert_eq!(status, 204, "PUT {target} {body} -> {answer}");
+}
+
+/// Configures a 1-vCPU, 64 MiB VM booting `kernel`, without starting it.
+pub fn configure_guest(sock: &Path, kernel: &Path) {
+    put_ok(
+        sock,
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
+    );
+    let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display());
+    put_ok(sock, "/boot-source", &boot);
+}

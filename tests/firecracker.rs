@@ -1,0 +1,240 @@
+//! Ember as a drop-in `firecracker`: the command lines Firecracker's clients launch it with
+//! (firecracker-python and its fork hysn-firecracker-python, microheart, Kata Containers), the
+//! logger, serial and metrics resources they configure, and `--version`. The real `ember`
+//! binary, real sockets, files and FIFOs, and the test guests.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
+
+use common::api::{http, sock_path, wait_for_socket};
+use common::{GUEST_TIMEOUT, TestVm, VmArgs, ember_bin, output_of, run_ember, scratch_dir};
+
+/// A hang detector, not a timing check.
+const QUICK: Duration = Duration::from_secs(60);
+
+fn expect(sock: &Path, method: &str, target: &str, body: &str, status: u16) -> String {
+    let (got, answer) = http(sock, method, target, body);
+    assert_eq!(got, status, "{method} {target} {body} -> {answer}");
+    answer
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn fresh(name: &str) -> PathBuf {
+    let path = scratch_dir().join(name);
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: mkfifo reads the NUL-terminated path only.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+}
+
+/// Reads a FIFO line by line on a thread (as Kata's and firecracker-containerd's readers do).
+fn read_fifo(path: &Path) -> Receiver<String> {
+    let (tx, rx) = channel();
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open FIFO for reading");
+        for line in BufReader::new(file).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `needle` from `lines`.
+fn wait_line(lines: &Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + GUEST_TIMEOUT;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no line with {needle:?} ({e}); got:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+/// Configures the `echo` guest over the API and starts it.
+fn configure_and_start(sock: &Path) {
+    common::api::configure_guest(sock, &common::test_guest("echo"));
+    common::api::put_ok(sock, "/actions", r#"{"action_type": "InstanceStart"}"#);
+}
+
+/// firecracker-python 0.0.5 and hysn-firecracker-python launch
+/// `firecracker --api-sock S --id ID --log-path FILE` with stderr to /dev/null: Ember serves
+/// the API, reports the id, and its log lands in the file in Firecracker's format.
+#[test]
+fn test_firecracker_python_launch_line_logs_to_file_with_id() {
+    let sock = sock_path("fc-python");
+    let log = fresh("fc-python.log");
+    std::fs::write(&log, "").expect("the client creates the log file");
+    let mut vm = TestVm::start(
+        VmArgs::default()
+            .arg("--api-sock", sock.display())
+            .arg("--id", "fcpy-vm-1")
+            .arg("--log-path", log.display()),
+    );
+    wait_for_socket(&sock, QUICK);
+    let info = json(&expect(&sock, "GET", "/", "", 200));
+    assert_eq!(info["id"], "fcpy-vm-1");
+    assert_eq!(info["state"], "Not started");
+    assert_eq!(info["vmm_version"], "1.13.0");
+    configure_and_start(&sock);
+    vm.wait_for_line("READY", GUEST_TIMEOUT);
+    expect(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#, 204);
+    expect(&sock, "PATCH", "/vm", r#"{"state": "Resumed"}"#, 204);
+    let config = json(&expect(&sock, "GET", "/vm/config", "", 200));
+    assert!(
+        config["balloon"].is_null() && config["vsock"].is_null(),
+        "{config}"
+    );
+    assert_eq!(config["logger"]["log_path"], log.display().to_string());
+    vm.send(b"quit\n");
+    assert_eq!(vm.exit_code(GUEST_TIMEOUT), 0);
+
+    let text = std::fs::read_to_string(&log).expect("log file");
+    let started = text
+        .lines()
+        .find(|l| l.contains("Started 1 vCPU thread(s)"))
+        .unwrap_or_else(|| panic!("no start line in the log file:\n{text}"));
+    // `<UTC time> [<id>:<thread>] message`, Firecracker's format without level and origin.
+    let (time, rest) = started.split_once(' ').expect("time first");
+    assert_eq!(
+        time.len(),
+        "2026-12-01T06:13:55.123456789".len(),
+        "{started}"
+    );
+    assert!(rest.starts_with("[fcpy-vm-1:main] "), "{started}");
+    assert!(text.contains("[fcpy-vm-1:main] VM paused"), "{text}");
+    assert!(
+        !vm.log().contains("Started 1 vCPU"),
+        "the log went to stderr too: {}",
+        vm.log()
+    );
+}
+
+/// microheart launches `firecracker --api-sock S --enable-pci`, then sends `PUT /logger` with
+/// a log path (here a FIFO), level and both show flags, and `PUT /serial`: Ember warns about
+/// PCI on stderr, logs to the FIFO with level and origin, and writes the console to the file.
+#[test]
+fn test_microheart_launch_line_logger_fifo_and_serial_file() {
+    let sock = sock_path("microheart");
+    let fifo = fresh("microheart-log.fifo");
+    let console = fresh("microheart-console.txt");
+    mkfifo(&fifo);
+    let lines = read_fifo(&fifo);
+    let mut vm = TestVm::start(
+        VmArgs::default()
+            .arg("--api-sock", sock.display())
+            .flag("--enable-pci"),
+    );
+    wait_for_socket(&sock, QUICK);
+    let logger = format!(
+        r#"{{"log_path": "{}", "level": "Info", "show_level": true, "show_log_origin": true}}"#,
+        fifo.display()
+    );
+    expect(&sock, "PUT", "/logger", &logger, 204);
+    let serial = format!(r#"{{"serial_out_path": "{}"}}"#, console.display());
+    expect(&sock, "PUT", "/serial", &serial, 204);
+    // A bad body is one clear 400, and Ember keeps serving.
+    let bad = json(&expect(
+        &sock,
+        "PUT",
+        "/logger",
+        r#"{"log_path": "/nonexistent-dir/x"}"#,
+        400,
+    ));
+    assert!(
+        bad["fault_message"]
+            .as_str()
+            .expect("message")
+            .contains("/nonexistent-dir/x"),
+        "{bad}"
+    );
+    configure_and_start(&sock);
+    let started = wait_line(&lines, "Started 1 vCPU thread(s)");
+    let tag = started.split(' ').nth(1).expect("tag");
+    assert!(
+        tag.starts_with("[anonymous-instance:main:INFO:src/vmm.rs:"),
+        "{started}"
+    );
+    // Configuration is frozen once the VM runs (the logger too: no open(2) under seccomp).
+    expect(&sock, "PUT", "/logger", r#"{"level": "Debug"}"#, 400);
+    let deadline = std::time::Instant::now() + GUEST_TIMEOUT;
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains("READY")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no READY in the console file"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    vm.signal(15);
+    assert_eq!(vm.exit_code(GUEST_TIMEOUT), 143);
+    assert!(vm.log().contains("--enable-pci ignored"), "{}", vm.log());
+}
+
+/// `--version`: the second word is a semver Firecracker clients accept (Kata requires
+/// >= 0.21.1), and Ember's own version follows.
+#[test]
+fn test_version_line_is_what_kata_parses() {
+    let out = output_of(std::process::Command::new(ember_bin()).arg("--version"));
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().expect("a line");
+    let version = first.split(' ').nth(1).expect("second word");
+    assert_eq!(version, "v1.13.0", "{first}");
+    assert!(
+        first.contains(&format!("ember {}", env!("CARGO_PKG_VERSION"))),
+        "{first}"
+    );
+}
+
+/// Firecracker's flags Ember cannot honour: one clear line and exit status 2, or a warning.
+#[test]
+fn test_unsupported_firecracker_flags_refused_or_warned() {
+    let (code, stderr) = run_ember(&["--seccomp-filter", "/tmp/f.bpf"], QUICK);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("built in"), "{stderr}");
+    let (code, stderr) = run_ember(&["--id", "no spaces", "--api-sock", "/tmp/x.sock"], QUICK);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--id"), "{stderr}");
+    let hello = common::test_guest("hello").display().to_string();
+    let (code, stderr) = run_ember(
+        &[
+            "--kernel",
+            &hello,
+            "--mmds-size-limit",
+            "1024",
+            "--start-time-us",
+            "1",
+            "--boot-timer",
+            "--level",
+            "Warning",
+            "--http-api-max-payload-size",
+            "4096",
+        ],
+        GUEST_TIMEOUT,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("--mmds-size-limit ignored"), "{stderr}");
+    assert!(stderr.contains("--start-time-us ignored"), "{stderr}");
+}
