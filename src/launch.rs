@@ -12,8 +12,7 @@ use crate::api::{
     MSG_BEFORE_START,
 };
 use crate::builder::{StartError, build_microvm};
-use crate::config::file::ConfigDocument;
-use crate::config::logger::LoggerBody;
+use crate::config::file::{ConfigDocument, ProcessSettings};
 use crate::config::machine::MachineConfigBody;
 use crate::config::{ConfigError, VmConfig, VmConfigDraft};
 use crate::events::{EventSink, EventsError, LifecycleEvent};
@@ -269,13 +268,20 @@ pub fn handle_preboot(draft: &mut VmConfigDraft, request: &ApiRequest) -> ApiRes
             draft.pvm_compat,
         )),
         ApiRequest::GetVmConfig => ApiResponse::json(
-            &ConfigDocument::from_draft(draft, Some(LoggerBody::current())).to_api_json(),
+            &ConfigDocument::from_draft(draft, ProcessSettings::current()).to_api_json(),
         ),
         ApiRequest::PutMachineConfig(body) => applied(draft.put_machine(body)),
         ApiRequest::PutBootSource(body) => applied(draft.put_boot(body)),
         ApiRequest::PutDrive(body) => applied(draft.put_drive(body)),
         ApiRequest::PutNet(body) => applied(draft.put_net(body)),
         ApiRequest::PutSerial(body) => applied(draft.put_serial(body)),
+        ApiRequest::PutMetrics(body) => match crate::metrics::configure(&body.metrics_path) {
+            Ok(()) => ApiResponse::no_content(),
+            Err(e) => ApiResponse::bad_request(&format!("{}.", crate::error_chain(&e))),
+        },
+        ApiRequest::Action(ActionType::FlushMetrics) => {
+            crate::vmm::flush_metrics(&crate::metrics::Sources::default())
+        }
         ApiRequest::PutLogger(body) => match crate::logger::configure(&body.settings()) {
             Ok(()) => ApiResponse::no_content(),
             Err(e) => ApiResponse::bad_request(&format!("log_path: {}.", crate::error_chain(&e))),

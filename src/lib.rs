@@ -25,6 +25,8 @@ pub mod host;
 pub mod launch;
 /// Ember's logger: stderr, or a file or FIFO in Firecracker's line format.
 pub mod logger;
+/// Metrics lines (`--metrics-path`, `PUT /metrics`, `FlushMetrics`).
+pub mod metrics;
 /// Process-wide settings made before any thread starts (the malloc arena limit).
 pub mod process;
 /// seccomp filters per thread kind.

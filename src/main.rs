@@ -55,20 +55,26 @@ fn main() -> ExitCode {
         ember::logger::set_instance_id(id);
     }
     ember::logger::init(LogLevel::Warn.into());
-    let (mut draft, file_logger) = match &cli.config_file {
+    let (mut draft, process) = match &cli.config_file {
         Some(path) => match ember::config::file::load(path) {
             Ok(loaded) => loaded,
             Err(e) => return usage(ember::error_chain(&e)),
         },
         None => match cli.to_draft() {
-            Ok(draft) => (draft, None),
+            Ok(draft) => (draft, Default::default()),
             Err(e) => return usage(format!("Invalid configuration: {}", ember::error_chain(&e))),
         },
     };
     // The config file has no field for it: the flag applies to every front end.
     draft.virtio_discovery = cli.virtio_discovery;
-    if let Err(e) = ember::logger::configure(&cli.logger_settings(file_logger.as_ref())) {
+    if let Err(e) = ember::logger::configure(&cli.logger_settings(process.logger.as_ref())) {
         return usage(format!("log-path: {}", ember::error_chain(&e)));
+    }
+    let metrics_path = cli.fc.metrics_path.clone();
+    if let Some(path) = metrics_path.or(process.metrics.map(|m| m.metrics_path))
+        && let Err(e) = ember::metrics::configure(&path)
+    {
+        return usage(ember::error_chain(&e));
     }
     log::info!(
         "Running {} as {}",

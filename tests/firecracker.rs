@@ -238,3 +238,114 @@ fn test_unsupported_firecracker_flags_refused_or_warned() {
     assert!(stderr.contains("--mmds-size-limit ignored"), "{stderr}");
     assert!(stderr.contains("--start-time-us ignored"), "{stderr}");
 }
+
+/// Metrics to a FIFO (`--metrics-path`): `FlushMetrics` writes a line at once, whose block
+/// counters are what the `blk` guest did (check and flush: three 64 KiB transfers, a read past
+/// the end, a FLUSH), and the next line has only what happened since.
+#[test]
+fn test_metrics_fifo_block_counters_match_blk_guest() {
+    let sock = sock_path("metrics-blk");
+    let fifo = fresh("metrics-blk.fifo");
+    let disk = fresh("metrics-blk.img");
+    std::fs::write(&disk, vec![0u8; 4 << 20]).expect("disk file");
+    mkfifo(&fifo);
+    let lines = read_fifo(&fifo);
+    let mut vm = TestVm::start(
+        VmArgs::device_guest("blk")
+            .arg("--disk", format!("path={},id=scratch", disk.display()))
+            .arg("--cmdline", "blk=flush")
+            .arg("--api-sock", sock.display())
+            .arg("--metrics-path", fifo.display()),
+    );
+    vm.wait_for_line("BLK flushed", GUEST_TIMEOUT);
+    wait_for_socket(&sock, QUICK);
+    expect(&sock, "GET", "/", "", 200);
+    let flush = r#"{"action_type": "FlushMetrics"}"#;
+    expect(&sock, "PUT", "/actions", flush, 204);
+    let first = json(&wait_line(&lines, "utc_timestamp_ms"));
+    let disk_counters = &first["block_scratch"];
+    assert_eq!(disk_counters["requests"], 5, "{first}");
+    assert_eq!(disk_counters["read_bytes"], 2 * 65536, "{first}");
+    assert_eq!(disk_counters["write_bytes"], 65536, "{first}");
+    assert_eq!(disk_counters["errors"], 1, "the read past the end: {first}");
+    assert_eq!(
+        first["block"], *disk_counters,
+        "one disk: the sum is its own"
+    );
+    assert_eq!(
+        first["get_api_requests"]["instance_info_count"], 1,
+        "{first}"
+    );
+    assert!(
+        first["vcpu"]["exit_mmio_write"].as_u64() > Some(0),
+        "{first}"
+    );
+
+    expect(&sock, "PUT", "/actions", flush, 204);
+    let second = json(&wait_line(&lines, "utc_timestamp_ms"));
+    assert_eq!(second["block_scratch"]["requests"], 0, "{second}");
+    assert_eq!(second["put_api_requests"]["actions_count"], 1, "{second}");
+    vm.signal(15);
+    assert_eq!(vm.exit_code(GUEST_TIMEOUT), 143);
+    // The last line is written at exit.
+    wait_line(&lines, "utc_timestamp_ms");
+}
+
+/// Kata Containers launches `firecracker --api-sock S --config-file C` with `logger.log_path`
+/// and `metrics.metrics_path` FIFOs it reads, then waits for `GET /` to say Running.
+#[test]
+fn test_kata_config_file_with_log_and_metrics_fifos() {
+    let sock = sock_path("kata");
+    let log_fifo = fresh("kata-log.fifo");
+    let metrics_fifo = fresh("kata-metrics.fifo");
+    mkfifo(&log_fifo);
+    mkfifo(&metrics_fifo);
+    let log_lines = read_fifo(&log_fifo);
+    let metrics_lines = read_fifo(&metrics_fifo);
+    let config = fresh("kata-config.json");
+    let doc = serde_json::json!({
+        "boot-source": {
+            "kernel_image_path": common::test_guest("echo"),
+            "boot_args": "console=ttyS0 reboot=k panic=1"
+        },
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "smt": false},
+        "logger": {"log_path": log_fifo, "level": "Debug"},
+        "metrics": {"metrics_path": metrics_fifo}
+    });
+    std::fs::write(&config, doc.to_string()).expect("config file");
+    let mut vm = TestVm::start(
+        VmArgs::default()
+            .arg("--api-sock", sock.display())
+            .arg("--config-file", config.display()),
+    );
+    vm.wait_for_line("READY", GUEST_TIMEOUT);
+    wait_for_socket(&sock, QUICK);
+    let info = json(&expect(&sock, "GET", "/", "", 200));
+    assert_eq!(info["state"], "Running");
+    expect(
+        &sock,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "FlushMetrics"}"#,
+        204,
+    );
+    let metrics = json(&wait_line(&metrics_lines, "utc_timestamp_ms"));
+    assert!(
+        metrics["vcpu"]["exit_io_out"].as_u64() > Some(0),
+        "{metrics}"
+    );
+    let vm_config = json(&expect(&sock, "GET", "/vm/config", "", 200));
+    assert_eq!(
+        vm_config["metrics"]["metrics_path"],
+        metrics_fifo.display().to_string()
+    );
+    // Metrics and logger are set once, before the start.
+    let again = format!(r#"{{"metrics_path": "{}"}}"#, metrics_fifo.display());
+    expect(&sock, "PUT", "/metrics", &again, 400);
+    wait_line(
+        &log_lines,
+        "[anonymous-instance:main] Started 1 vCPU thread(s)",
+    );
+    vm.send(b"quit\n");
+    assert_eq!(vm.exit_code(GUEST_TIMEOUT), 0);
+}

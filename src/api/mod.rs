@@ -16,6 +16,7 @@ use crate::config::boot::BootSourceBody;
 use crate::config::drive::DriveBody;
 use crate::config::logger::LoggerBody;
 use crate::config::machine::MachineConfigBody;
+use crate::config::metrics::MetricsBody;
 use crate::config::net::NetBody;
 use crate::config::serial::SerialBody;
 
@@ -52,6 +53,8 @@ pub enum ApiRequest {
     PutLogger(LoggerBody),
     /// `PUT /serial`.
     PutSerial(SerialBody),
+    /// `PUT /metrics`.
+    PutMetrics(MetricsBody),
 }
 
 /// An answer: status code and optional JSON body.

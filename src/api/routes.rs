@@ -15,6 +15,8 @@ pub enum ActionType {
     InstanceStart,
     /// Type Ctrl-Alt-Del on the guest's i8042 keyboard.
     SendCtrlAltDel,
+    /// Write a metrics line now.
+    FlushMetrics,
 }
 
 /// `state` of `PATCH /vm`.
@@ -62,7 +64,7 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         [] => Some("GET"),
         ["machine-config"] => Some("GET, PUT"),
         ["boot-source"] | ["actions"] | ["drives", _] | ["network-interfaces", _] => Some("PUT"),
-        ["logger"] | ["serial"] => Some("PUT"),
+        ["logger"] | ["serial"] | ["metrics"] => Some("PUT"),
         ["vm"] => Some("PATCH"),
         ["vm", "config"] => Some("GET"),
         _ => None,
@@ -93,6 +95,7 @@ pub fn route(method: &str, target: &str, bytes: &[u8]) -> Result<ApiRequest, Api
         ("GET", ["vm", "config"]) => Ok(ApiRequest::GetVmConfig),
         ("PUT", ["logger"]) => Ok(ApiRequest::PutLogger(body(bytes)?)),
         ("PUT", ["serial"]) => Ok(ApiRequest::PutSerial(body(bytes)?)),
+        ("PUT", ["metrics"]) => Ok(ApiRequest::PutMetrics(body(bytes)?)),
         (_, known) if allowed(known).is_some() => Err(ApiResponse::error(
             405,
             &format!(

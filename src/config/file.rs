@@ -15,6 +15,7 @@ use super::boot::BootSourceBody;
 use super::drive::DriveBody;
 use super::logger::LoggerBody;
 use super::machine::MachineConfigBody;
+use super::metrics::MetricsBody;
 use super::net::NetBody;
 use super::serial::SerialBody;
 use super::{BootConfig, ConfigError, DriveConfig, NetConfig, SerialConfig, VmConfigDraft};
@@ -55,6 +56,28 @@ pub struct ConfigDocument {
     /// Ember's log: destination, level, line format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logger: Option<LoggerBody>,
+    /// Where the metrics lines go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsBody>,
+}
+
+/// What a document says about the Ember process rather than the VM: its log and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessSettings {
+    /// `logger`.
+    pub logger: Option<LoggerBody>,
+    /// `metrics`.
+    pub metrics: Option<MetricsBody>,
+}
+
+impl ProcessSettings {
+    /// The settings in force now (for `GET /vm/config`).
+    pub fn current() -> Self {
+        ProcessSettings {
+            logger: Some(LoggerBody::current()),
+            metrics: crate::metrics::path().map(|metrics_path| MetricsBody { metrics_path }),
+        }
+    }
 }
 
 /// Why a config file was not accepted.
@@ -117,8 +140,8 @@ pub fn parse_json<'a, T: Deserialize<'a>>(text: &'a [u8]) -> Result<T, String> {
 }
 
 impl ConfigDocument {
-    /// The draft this document describes (each resource checked), and the logger if set.
-    pub fn to_draft(&self) -> Result<(VmConfigDraft, Option<LoggerBody>), ConfigError> {
+    /// The draft this document describes (each resource checked), and the process settings.
+    pub fn to_draft(&self) -> Result<(VmConfigDraft, ProcessSettings), ConfigError> {
         let mut draft = VmConfigDraft::default();
         if let Some(machine) = &self.machine_config {
             let (machine, compat) = machine.to_config()?;
@@ -135,11 +158,15 @@ impl ConfigDocument {
             .iter()
             .map(NetConfig::from)
             .collect();
-        Ok((draft, self.logger.clone()))
+        let process = ProcessSettings {
+            logger: self.logger.clone(),
+            metrics: self.metrics.clone(),
+        };
+        Ok((draft, process))
     }
 
     /// The document describing `draft` (what `GET /vm/config` returns).
-    pub fn from_draft(draft: &VmConfigDraft, logger: Option<LoggerBody>) -> Self {
+    pub fn from_draft(draft: &VmConfigDraft, process: ProcessSettings) -> Self {
         ConfigDocument {
             boot_source: draft.boot.as_ref().map(BootSourceBody::from),
             machine_config: Some(MachineConfigBody::from_config(
@@ -149,7 +176,8 @@ impl ConfigDocument {
             drives: draft.drives.iter().map(DriveBody::from).collect(),
             network_interfaces: draft.nets.iter().map(NetBody::from).collect(),
             serial: Some(SerialBody::from(&draft.serial)),
-            logger,
+            logger: process.logger,
+            metrics: process.metrics,
         }
     }
 }
@@ -185,8 +213,8 @@ impl ConfigDocument {
     }
 }
 
-/// Reads and parses a config file into a draft and its logger resource, if any.
-pub fn load(path: &Path) -> Result<(VmConfigDraft, Option<LoggerBody>), ConfigFileError> {
+/// Reads and parses a config file into a draft and its process settings.
+pub fn load(path: &Path) -> Result<(VmConfigDraft, ProcessSettings), ConfigFileError> {
     let read_err = |source| ConfigFileError::Read {
         path: path.to_owned(),
         source,
@@ -267,7 +295,7 @@ pub enum ParseError {
 }
 
 /// Parses a document; a complete VM needs its boot source.
-pub fn parse(text: &[u8]) -> Result<(VmConfigDraft, Option<LoggerBody>), ParseError> {
+pub fn parse(text: &[u8]) -> Result<(VmConfigDraft, ProcessSettings), ParseError> {
     let doc: ConfigDocument = parse_json(text).map_err(ParseError::Syntax)?;
     let (draft, level) = doc.to_draft().map_err(ParseError::Invalid)?;
     if draft.boot.is_none() {
@@ -292,7 +320,8 @@ mod tests {
         "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0",
                                 "guest_mac": "02:00:00:00:00:01"}],
         "serial": {"mode": "none"},
-        "logger": {"level": "Debug"}
+        "logger": {"level": "Debug"},
+        "metrics": {"metrics_path": "/m.fifo"}
     }"#;
 
     #[test]
@@ -309,7 +338,11 @@ mod tests {
         assert!(config.drives[0].readonly && config.drives[0].root);
         assert_eq!(config.nets[0].tap, "tap0");
         assert_eq!(config.serial, SerialConfig::None);
-        assert_eq!(logger.and_then(|l| l.level), Some(LogLevel::Debug));
+        assert_eq!(logger.logger.and_then(|l| l.level), Some(LogLevel::Debug));
+        assert_eq!(
+            logger.metrics.map(|m| m.metrics_path),
+            Some(PathBuf::from("/m.fifo"))
+        );
     }
 
     #[test]
@@ -358,10 +391,10 @@ mod tests {
 
     #[test]
     fn test_file_unknown_top_level_resource_rejected() {
-        let ParseError::Syntax(msg) = parse(br#"{"metrics": {}}"#).expect_err("rejected") else {
+        let ParseError::Syntax(msg) = parse(br#"{"balloon": {}}"#).expect_err("rejected") else {
             panic!("not a syntax error")
         };
-        assert!(msg.contains("unknown field `metrics`"), "{msg}");
+        assert!(msg.contains("unknown field `balloon`"), "{msg}");
     }
 
     #[test]

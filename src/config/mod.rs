@@ -10,6 +10,7 @@ pub mod fc_flags;
 pub mod file;
 pub mod logger;
 pub mod machine;
+pub mod metrics;
 pub mod net;
 pub mod serial;
 

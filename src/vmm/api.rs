@@ -9,10 +9,10 @@ use crate::api::{
     VmStateChange,
 };
 use crate::config::VmConfigDraft;
-use crate::config::file::ConfigDocument;
-use crate::config::logger::LoggerBody;
+use crate::config::file::{ConfigDocument, ProcessSettings};
 use crate::config::machine::MachineConfigBody;
 use crate::events::LifecycleEvent;
+use crate::metrics::Sources;
 use crate::vstate::vcpu::{VcpuAck, VcpuControlError};
 
 /// How long each vCPU may take to acknowledge a pause or resume.
@@ -48,11 +48,8 @@ impl Controller {
             },
             ApiRequest::GetVmConfig => match &self.config {
                 Some(c) => ApiResponse::json(
-                    &ConfigDocument::from_draft(
-                        &VmConfigDraft::from(c),
-                        Some(LoggerBody::current()),
-                    )
-                    .to_api_json(),
+                    &ConfigDocument::from_draft(&VmConfigDraft::from(c), ProcessSettings::current())
+                        .to_api_json(),
                 ),
                 None => ApiResponse::error(500, "The configuration is not known."),
             },
@@ -61,6 +58,7 @@ impl Controller {
             | ApiRequest::PutDrive(_)
             | ApiRequest::PutNet(_)
             | ApiRequest::PutSerial(_)
+            | ApiRequest::PutMetrics(_)
             // Opening a log file needs open(2), which the running VMM's seccomp filter refuses.
             | ApiRequest::PutLogger(_) => ApiResponse::bad_request(MSG_AFTER_START),
             ApiRequest::Action(ActionType::InstanceStart) => {
@@ -80,9 +78,20 @@ impl Controller {
                     Err(e) => ApiResponse::bad_request(&format!("{e}.")),
                 }
             }
+            ApiRequest::Action(ActionType::FlushMetrics) => self.flush_metrics(),
             ApiRequest::SetVmState(VmStateChange::Paused) => self.pause(),
             ApiRequest::SetVmState(VmStateChange::Resumed) => self.resume(),
         }
+    }
+
+    /// Writes a metrics line with every device's and vCPU's counters.
+    pub(super) fn flush_metrics(&self) -> ApiResponse {
+        let devices = self.devices.counters();
+        let sources = Sources {
+            devices: &devices,
+            vcpus: self.handles.iter().map(|h| h.exit_counters()).collect(),
+        };
+        super::flush_metrics(&sources)
     }
 
     fn control_error(e: VcpuControlError) -> ApiResponse {
