@@ -263,6 +263,7 @@ pub fn handle_preboot(draft: &mut VmConfigDraft, request: &ApiRequest) -> ApiRes
         ApiRequest::GetInstanceInfo => {
             ApiResponse::json(&InstanceInfo::new(InstanceState::NotStarted))
         }
+        ApiRequest::GetVersion => crate::api::VersionInfo::answer(),
         ApiRequest::GetMachineConfig => ApiResponse::json(&MachineConfigBody::from_config(
             &draft.machine,
             draft.pvm_compat,

@@ -124,6 +124,7 @@ pub fn count_api_request(method: &str, target: &str, status: u16) {
     let name = match (status, parts.as_slice()) {
         (404, _) => "invalid".to_string(),
         (_, []) => "instance_info".to_string(),
+        (_, ["version"]) => "vmm_version".to_string(),
         (_, ["machine-config", ..]) => "machine_cfg".to_string(),
         (_, ["network-interfaces", ..]) => "network".to_string(),
         (_, ["drives", ..]) => "drive".to_string(),

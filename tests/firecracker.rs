@@ -94,6 +94,8 @@ fn test_firecracker_python_launch_line_logs_to_file_with_id() {
     assert_eq!(info["id"], "fcpy-vm-1");
     assert_eq!(info["state"], "Not started");
     assert_eq!(info["vmm_version"], "1.13.0");
+    let version = json(&expect(&sock, "GET", "/version", "", 200));
+    assert_eq!(version["firecracker_version"], "1.13.0");
     configure_and_start(&sock);
     vm.wait_for_line("READY", GUEST_TIMEOUT);
     expect(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#, 204);
@@ -348,4 +350,43 @@ fn test_kata_config_file_with_log_and_metrics_fifos() {
     );
     vm.send(b"quit\n");
     assert_eq!(vm.exit_code(GUEST_TIMEOUT), 0);
+}
+
+/// `--http-api-max-payload-size` bounds request bodies (413 above it); `--module` keeps only
+/// one module's log lines; `--id` shows in the stderr log.
+#[test]
+fn test_payload_limit_module_filter_and_id_on_stderr() {
+    let sock = sock_path("payload");
+    let mut vm = TestVm::start(
+        VmArgs::default()
+            .arg("--api-sock", sock.display())
+            .arg("--http-api-max-payload-size", 64)
+            .arg("--id", "small-vm")
+            .arg("--module", "api"),
+    );
+    wait_for_socket(&sock, QUICK);
+    let small = r#"{"vcpu_count": 1, "mem_size_mib": 64}"#;
+    let large = format!(
+        r#"{{"vcpu_count": 1, "mem_size_mib": 64, "smt": false{}}}"#,
+        " ".repeat(64)
+    );
+    expect(&sock, "PUT", "/machine-config", small, 204);
+    let refused = json(&expect(&sock, "PUT", "/machine-config", &large, 413));
+    assert!(
+        refused["fault_message"]
+            .as_str()
+            .expect("message")
+            .contains("64"),
+        "{refused}"
+    );
+    expect(&sock, "GET", "/", "", 200);
+    vm.signal(15);
+    assert_eq!(vm.exit_code(GUEST_TIMEOUT), 143);
+    let log = vm.log();
+    assert!(log.contains("[ember:small-vm "), "{log}");
+    assert!(log.contains("API listening"), "{log}");
+    assert!(
+        !log.contains("Waiting for the configuration"),
+        "not filtered: {log}"
+    );
 }

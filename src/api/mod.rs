@@ -33,6 +33,8 @@ pub const FIRECRACKER_API_VERSION: &str = "1.13.0";
 pub enum ApiRequest {
     /// `GET /`.
     GetInstanceInfo,
+    /// `GET /version`.
+    GetVersion,
     /// `GET /machine-config`.
     GetMachineConfig,
     /// `GET /vm/config`.
@@ -146,6 +148,25 @@ impl InstanceInfo {
             app_name: APP_NAME,
             ember_version: env!("CARGO_PKG_VERSION"),
         }
+    }
+}
+
+/// `GET /version`'s body: Firecracker's field, then Ember's own version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VersionInfo {
+    /// The Firecracker API level Ember follows.
+    pub firecracker_version: &'static str,
+    /// Ember's version.
+    pub ember_version: &'static str,
+}
+
+impl VersionInfo {
+    /// This build's versions.
+    pub fn answer() -> ApiResponse {
+        ApiResponse::json(&VersionInfo {
+            firecracker_version: FIRECRACKER_API_VERSION,
+            ember_version: env!("CARGO_PKG_VERSION"),
+        })
     }
 }
 

@@ -61,7 +61,7 @@ fn check_id(kind: &str, path_id: &str, body_id: &str) -> Result<(), ApiResponse>
 /// The methods a known path accepts, for 405 answers.
 fn allowed(path: &[&str]) -> Option<&'static str> {
     match path {
-        [] => Some("GET"),
+        [] | ["version"] => Some("GET"),
         ["machine-config"] => Some("GET, PUT"),
         ["boot-source"] | ["actions"] | ["drives", _] | ["network-interfaces", _] => Some("PUT"),
         ["logger"] | ["serial"] | ["metrics"] => Some("PUT"),
@@ -77,6 +77,7 @@ pub fn route(method: &str, target: &str, bytes: &[u8]) -> Result<ApiRequest, Api
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     match (method, parts.as_slice()) {
         ("GET", []) => Ok(ApiRequest::GetInstanceInfo),
+        ("GET", ["version"]) => Ok(ApiRequest::GetVersion),
         ("GET", ["machine-config"]) => Ok(ApiRequest::GetMachineConfig),
         ("PUT", ["machine-config"]) => Ok(ApiRequest::PutMachineConfig(body(bytes)?)),
         ("PUT", ["boot-source"]) => Ok(ApiRequest::PutBootSource(body(bytes)?)),

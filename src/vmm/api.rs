@@ -40,6 +40,7 @@ impl Controller {
                     InstanceState::Running
                 }))
             }
+            ApiRequest::GetVersion => crate::api::VersionInfo::answer(),
             ApiRequest::GetMachineConfig => match &self.config {
                 Some(c) => {
                     ApiResponse::json(&MachineConfigBody::from_config(&c.machine, c.pvm_compat))
