@@ -83,12 +83,16 @@ pub fn statuses(text: &str) -> Vec<u16> {
 /// One request on an open keep-alive connection; returns the status code and the body.
 pub fn exchange(stream: &mut UnixStream, method: &str, target: &str, body: &str) -> (u16, String) {
     let keep_alive = request(method, target, body).replace("Connection: close\r\n", "");
+    exchange_raw(stream, keep_alive.as_bytes())
+}
+
+/// Sends the bytes of one request on an open keep-alive connection and reads one answer
+/// (by its Content-Length); returns the status code and the body.
+pub fn exchange_raw(stream: &mut UnixStream, bytes: &[u8]) -> (u16, String) {
     stream
         .set_read_timeout(Some(ANSWER_TIMEOUT))
         .expect("read timeout");
-    stream
-        .write_all(keep_alive.as_bytes())
-        .expect("send request");
+    stream.write_all(bytes).expect("send request");
     let mut answer = Vec::new();
     let mut byte = [0u8; 1];
     while !answer.ends_with(b"\r\n\r\n") {
