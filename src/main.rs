@@ -38,10 +38,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
+    // With a log file, the user may not see stderr at all (Firecracker's clients often send
+    // it to /dev/null): errors are said there too.
     let usage = |message: String| {
         eprintln!("ember: {message}");
-        // With a log file, the user may not see stderr at all (Firecracker's clients often
-        // send it to /dev/null): say it there too.
         if ember::logger::log_path().is_some() {
             log::error!("{message}");
         }
@@ -98,7 +98,11 @@ fn main() -> ExitCode {
     match launch(options) {
         Ok(outcome) => ExitCode::from(outcome.exit_code() as u8),
         Err(e) => {
-            eprintln!("ember: {}", ember::error_chain(&e));
+            let message = ember::error_chain(&e);
+            eprintln!("ember: {message}");
+            if ember::logger::log_path().is_some() {
+                log::error!("{message}");
+            }
             let code = if e.is_usage() {
                 EXIT_USAGE
             } else {

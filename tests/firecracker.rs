@@ -390,3 +390,72 @@ fn test_payload_limit_module_filter_and_id_on_stderr() {
         "not filtered: {log}"
     );
 }
+
+/// `PUT /metrics` before the start (once), and `FlushMetrics` before the start: 400 without a
+/// path, then a line with the API counts at once.
+#[test]
+fn test_put_metrics_and_flush_before_start() {
+    let sock = sock_path("metrics-preboot");
+    let fifo = fresh("metrics-preboot.fifo");
+    mkfifo(&fifo);
+    let lines = read_fifo(&fifo);
+    let mut vm = TestVm::start(VmArgs::default().arg("--api-sock", sock.display()));
+    wait_for_socket(&sock, QUICK);
+    let flush = r#"{"action_type": "FlushMetrics"}"#;
+    let refused = json(&expect(&sock, "PUT", "/actions", flush, 400));
+    assert!(
+        refused["fault_message"]
+            .as_str()
+            .expect("message")
+            .contains("metrics path")
+    );
+    let body = format!(r#"{{"metrics_path": "{}"}}"#, fifo.display());
+    expect(&sock, "PUT", "/metrics", &body, 204);
+    expect(&sock, "PUT", "/metrics", &body, 400);
+    expect(&sock, "PUT", "/actions", flush, 204);
+    let line = json(&wait_line(&lines, "utc_timestamp_ms"));
+    let put = &line["put_api_requests"];
+    assert_eq!(put["metrics_count"], 2, "{line}");
+    assert_eq!(put["metrics_fails"], 1, "{line}");
+    assert_eq!(put["actions_fails"], 1, "{line}");
+    vm.signal(15);
+    assert_eq!(vm.exit_code(GUEST_TIMEOUT), 143);
+}
+
+/// `--no-api` with `--config-file` runs the VM without a socket, as Firecracker does.
+#[test]
+fn test_no_api_with_config_file_runs() {
+    let config = fresh("no-api.json");
+    let doc = serde_json::json!({
+        "boot-source": {"kernel_image_path": common::test_guest("hello")},
+        "serial": {"mode": "none"}
+    });
+    std::fs::write(&config, doc.to_string()).expect("config file");
+    let path = config.display().to_string();
+    let (code, stderr) = run_ember(&["--config-file", &path, "--no-api"], GUEST_TIMEOUT);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stderr) = run_ember(&["--no-api", "--api-sock", "/tmp/x.sock"], QUICK);
+    assert_eq!(code, 2, "{stderr}");
+}
+
+/// The running VM writes a metrics line every 60 s without being asked. Ignored in the regular
+/// suite because it waits out the period (`-- --ignored` runs it).
+#[test]
+#[ignore = "waits out the 60 s metrics period"]
+fn test_metrics_written_every_60_s() {
+    let fifo = fresh("metrics-period.fifo");
+    mkfifo(&fifo);
+    let lines = read_fifo(&fifo);
+    let mut vm = TestVm::start(VmArgs::guest("echo").arg("--metrics-path", fifo.display()));
+    vm.wait_for_line("READY", GUEST_TIMEOUT);
+    let started = std::time::Instant::now();
+    let line = json(&wait_line(&lines, "utc_timestamp_ms"));
+    let waited = started.elapsed();
+    assert!(
+        waited > Duration::from_secs(50),
+        "a line after {waited:?}: {line}"
+    );
+    assert!(line["vcpu"]["exit_io_out"].as_u64() > Some(0), "{line}");
+    vm.send(b"quit\n");
+    assert_eq!(vm.exit_code(GUEST_TIMEOUT), 0);
+}

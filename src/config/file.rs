@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::boot::BootSourceBody;
 use super::drive::DriveBody;
@@ -59,6 +59,42 @@ pub struct ConfigDocument {
     /// Where the metrics lines go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsBody>,
+    /// Firecracker's resources that Ember lacks, accepted as `null` only (as `GET /vm/config`
+    /// writes them, so that its answer can be a config file again). A device that lands here
+    /// (vsock, entropy) replaces its placeholder with its own resource.
+    #[serde(default, skip_serializing)]
+    pub balloon: Option<Absent>,
+    /// See `balloon`.
+    #[serde(rename = "cpu-config", default, skip_serializing)]
+    pub cpu_config: Option<Absent>,
+    /// See `balloon`.
+    #[serde(default, skip_serializing)]
+    pub entropy: Option<Absent>,
+    /// See `balloon`.
+    #[serde(rename = "memory-hotplug", default, skip_serializing)]
+    pub memory_hotplug: Option<Absent>,
+    /// See `balloon`.
+    #[serde(rename = "mmds-config", default, skip_serializing)]
+    pub mmds_config: Option<Absent>,
+    /// See `balloon`.
+    #[serde(default, skip_serializing)]
+    pub pmem: Option<Absent>,
+    /// See `balloon`.
+    #[serde(default, skip_serializing)]
+    pub vsock: Option<Absent>,
+}
+
+/// A resource Ember does not have: only `null` (which serde reads as `None` without asking
+/// this type) is accepted; any value is an error naming the field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Absent;
+
+impl<'de> Deserialize<'de> for Absent {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "Ember has no such resource (only null is accepted here)",
+        ))
+    }
 }
 
 /// What a document says about the Ember process rather than the VM: its log and metrics.
@@ -178,6 +214,7 @@ impl ConfigDocument {
             serial: Some(SerialBody::from(&draft.serial)),
             logger: process.logger,
             metrics: process.metrics,
+            ..Default::default()
         }
     }
 }
@@ -363,6 +400,18 @@ mod tests {
         assert!(value["balloon"].is_null());
         assert_eq!(value["machine-config"]["vcpu_count"], 2);
         assert_eq!(value["serial"]["mode"], "none");
+        // The answer is a config file again.
+        let text = serde_json::to_vec(&value).expect("json");
+        assert!(parse(&text).is_ok(), "{value}");
+    }
+
+    #[test]
+    fn test_file_absent_resource_with_a_value_names_it() {
+        let text = br#"{"boot-source": {"kernel_image_path": "/k"}, "balloon": {"amount_mib": 1}}"#;
+        let ParseError::Syntax(msg) = parse(text).expect_err("rejected") else {
+            panic!("not a syntax error")
+        };
+        assert!(msg.starts_with("balloon: Ember has no such resource"), "{msg}");
     }
 
     #[test]
@@ -391,10 +440,10 @@ mod tests {
 
     #[test]
     fn test_file_unknown_top_level_resource_rejected() {
-        let ParseError::Syntax(msg) = parse(br#"{"balloon": {}}"#).expect_err("rejected") else {
+        let ParseError::Syntax(msg) = parse(br#"{"gpu": {}}"#).expect_err("rejected") else {
             panic!("not a syntax error")
         };
-        assert!(msg.contains("unknown field `balloon`"), "{msg}");
+        assert!(msg.contains("unknown field `gpu`"), "{msg}");
     }
 
     #[test]
