@@ -12,6 +12,7 @@ use crate::api::http::MAX_BODY;
 
 /// Firecracker's flags (see docs/usage.md, "Firecracker compatibility").
 #[derive(Args, Clone, Debug, Default, PartialEq, Eq)]
+#[command(next_help_heading = "Firecracker's flags (docs/usage.md, Firecracker compatibility)")]
 pub struct FirecrackerFlags {
     /// MicroVM id, reported by GET / and in every log line: 1 to 64 letters, digits and '-'
     /// [default: anonymous-instance]. Example: --id vm-42
