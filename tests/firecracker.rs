@@ -224,7 +224,10 @@ fn test_unsupported_firecracker_flags_refused_or_warned() {
         let (code, stderr) = run_ember(&args, QUICK);
         assert_eq!(code, 2, "{stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.contains("cannot open /nonexistent-dir/x"), "{stderr}");
+        assert!(
+            stderr.contains("cannot open /nonexistent-dir/x"),
+            "{stderr}"
+        );
     }
     let hello = common::test_guest("hello").display().to_string();
     let (code, stderr) = run_ember(

@@ -411,7 +411,10 @@ mod tests {
         let ParseError::Syntax(msg) = parse(text).expect_err("rejected") else {
             panic!("not a syntax error")
         };
-        assert!(msg.starts_with("balloon: Ember has no such resource"), "{msg}");
+        assert!(
+            msg.starts_with("balloon: Ember has no such resource"),
+            "{msg}"
+        );
     }
 
     #[test]
