@@ -88,6 +88,11 @@ fn main() -> ExitCode {
         log::warn!("{warning}");
     }
     ember::api::http::set_max_body(cli.fc.http_api_max_payload_size);
+    ember::metrics::record_startup(
+        cli.fc.start_time_us,
+        cli.fc.start_time_cpu_us,
+        cli.fc.parent_cpu_time_us,
+    );
     let options = LaunchOptions {
         start_now: draft.boot.is_some(),
         draft,

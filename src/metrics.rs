@@ -85,6 +85,34 @@ struct Writer {
 }
 
 static WRITER: Mutex<Option<Writer>> = Mutex::new(None);
+/// `api_server`'s start-up times (µs), reported in every line as they are (not increases).
+static STARTUP: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
+/// Groups whose values are written as they are, not as increases.
+const GAUGE_GROUPS: [&str; 1] = ["api_server"];
+
+/// Firecracker's start-up times, from the launcher's `--start-time-us` (its monotonic clock
+/// when it started Ember), `--start-time-cpu-us` (Ember's CPU time then) and
+/// `--parent-cpu-time-us` (the launcher's own CPU time): `api_server.process_startup_time_us`
+/// and `process_startup_time_cpu_us`, measured now (call it just before the API serves).
+pub fn record_startup(
+    start_us: Option<u64>,
+    start_cpu_us: Option<u64>,
+    parent_cpu_us: Option<u64>,
+) {
+    use crate::devices::legacy::boot_timer::{monotonic_time, process_cpu_time};
+    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let mut startup = STARTUP.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(start) = start_us {
+        let took = micros(monotonic_time()).saturating_sub(start);
+        log::info!("Process start-up took {took} us");
+        startup.insert("process_startup_time_us", took);
+    }
+    if let Some(start) = start_cpu_us {
+        let took = micros(process_cpu_time()).saturating_sub(start) + parent_cpu_us.unwrap_or(0);
+        log::info!("Process start-up took {took} us of CPU time");
+        startup.insert("process_startup_time_cpu_us", took);
+    }
+}
 /// API request counts: (group, resource name) -> (count, fails).
 type ApiCounts = BTreeMap<(&'static str, String), (u64, u64)>;
 
@@ -192,6 +220,11 @@ fn totals(sources: &Sources) -> Value {
             serde_json::to_value(exits).unwrap_or_default(),
         );
     }
+    let startup = STARTUP.lock().unwrap_or_else(|e| e.into_inner());
+    if !startup.is_empty() {
+        let values = serde_json::to_value(&*startup).unwrap_or_default();
+        root.insert("api_server".into(), values);
+    }
     let mut logger = Map::new();
     logger.insert(
         "missed_log_count".into(),
@@ -207,7 +240,10 @@ fn increase(now: &Value, last: &Value) -> Value {
         Value::Object(fields) => Value::Object(
             fields
                 .iter()
-                .map(|(k, v)| (k.clone(), increase(v, &last[k])))
+                .map(|(k, v)| match GAUGE_GROUPS.contains(&k.as_str()) {
+                    true => (k.clone(), v.clone()),
+                    false => (k.clone(), increase(v, &last[k])),
+                })
                 .collect(),
         ),
         Value::Number(n) => {
@@ -258,6 +294,8 @@ mod tests {
             serde_json::json!({"a": {"x": 2, "y": 2}, "b": 0})
         );
         assert_eq!(increase(&now, &Value::Null), now);
+        let gauge = serde_json::json!({"api_server": {"process_startup_time_us": 7}});
+        assert_eq!(increase(&gauge, &gauge), gauge);
     }
 
     #[test]

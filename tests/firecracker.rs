@@ -236,7 +236,7 @@ fn test_unsupported_firecracker_flags_refused_or_warned() {
             &hello,
             "--mmds-size-limit",
             "1024",
-            "--start-time-us",
+            "--parent-cpu-time-us",
             "1",
             "--boot-timer",
             "--level",
@@ -248,7 +248,7 @@ fn test_unsupported_firecracker_flags_refused_or_warned() {
     );
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("--mmds-size-limit ignored"), "{stderr}");
-    assert!(stderr.contains("--start-time-us ignored"), "{stderr}");
+    assert!(stderr.contains("--parent-cpu-time-us ignored"), "{stderr}");
 }
 
 /// Metrics to a FIFO (`--metrics-path`): `FlushMetrics` writes a line at once, whose block
@@ -401,15 +401,33 @@ fn test_payload_limit_module_filter_and_id_on_stderr() {
     );
 }
 
+/// The monotonic clock in µs, as a launcher (the jailer) reads it for `--start-time-us`.
+fn monotonic_us() -> u64 {
+    // SAFETY: timespec is plain data that clock_gettime fills.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is a valid timespec owned by this frame.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
+        0
+    );
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
 /// `PUT /metrics` before the start (once), and `FlushMetrics` before the start: 400 without a
-/// path, then a line with the API counts at once.
+/// path, then a line with the API counts at once, and the start-up time measured from the
+/// launcher's `--start-time-us` (in every line: it is not an increase).
 #[test]
 fn test_put_metrics_and_flush_before_start() {
     let sock = sock_path("metrics-preboot");
     let fifo = fresh("metrics-preboot.fifo");
     mkfifo(&fifo);
     let lines = read_fifo(&fifo);
-    let mut vm = TestVm::start(VmArgs::default().arg("--api-sock", sock.display()));
+    let mut vm = TestVm::start(
+        VmArgs::default()
+            .arg("--api-sock", sock.display())
+            .arg("--start-time-us", monotonic_us())
+            .arg("--start-time-cpu-us", 0),
+    );
     wait_for_socket(&sock, QUICK);
     let flush = r#"{"action_type": "FlushMetrics"}"#;
     let refused = json(&expect(&sock, "PUT", "/actions", flush, 400));
@@ -428,6 +446,15 @@ fn test_put_metrics_and_flush_before_start() {
     assert_eq!(put["metrics_count"], 2, "{line}");
     assert_eq!(put["metrics_fails"], 1, "{line}");
     assert_eq!(put["actions_fails"], 1, "{line}");
+    let took = line["api_server"]["process_startup_time_us"].as_u64();
+    assert!(took > Some(0) && took < Some(60_000_000), "{line}");
+    assert!(
+        line["api_server"]["process_startup_time_cpu_us"].as_u64() > Some(0),
+        "{line}"
+    );
+    expect(&sock, "PUT", "/actions", flush, 204);
+    let again = json(&wait_line(&lines, "utc_timestamp_ms"));
+    assert_eq!(again["api_server"], line["api_server"], "{again}");
     vm.signal(15);
     assert_eq!(vm.exit_code(GUEST_TIMEOUT), 143);
 }

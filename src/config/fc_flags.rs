@@ -61,15 +61,17 @@ pub struct FirecrackerFlags {
     #[arg(long, value_name = "BYTES")]
     pub mmds_size_limit: Option<u64>,
 
-    /// Accepted and ignored with a warning (Firecracker's start-up time metrics).
+    /// The launcher's monotonic clock when it started Ember, in µs (as the jailer passes it):
+    /// the metrics' api_server.process_startup_time_us is measured from it.
     #[arg(long, value_name = "US")]
     pub start_time_us: Option<u64>,
 
-    /// Accepted and ignored with a warning (Firecracker's start-up time metrics).
+    /// Ember's CPU time when the launcher handed over, in µs: the metrics'
+    /// api_server.process_startup_time_cpu_us is measured from it.
     #[arg(long, value_name = "US")]
     pub start_time_cpu_us: Option<u64>,
 
-    /// Accepted and ignored with a warning (Firecracker's start-up time metrics).
+    /// The launcher's own CPU time in µs, added to process_startup_time_cpu_us.
     #[arg(long, value_name = "US")]
     pub parent_cpu_time_us: Option<u64>,
 
@@ -143,16 +145,8 @@ impl FirecrackerFlags {
         if self.mmds_size_limit.is_some() {
             lines.push("--mmds-size-limit ignored: Ember has no MMDS yet".into());
         }
-        for (flag, given) in [
-            ("--start-time-us", self.start_time_us),
-            ("--start-time-cpu-us", self.start_time_cpu_us),
-            ("--parent-cpu-time-us", self.parent_cpu_time_us),
-        ] {
-            if given.is_some() {
-                lines.push(format!(
-                    "{flag} ignored: Ember does not report start-up time metrics"
-                ));
-            }
+        if self.parent_cpu_time_us.is_some() && self.start_time_cpu_us.is_none() {
+            lines.push("--parent-cpu-time-us ignored: it goes with --start-time-cpu-us".into());
         }
         lines
     }
@@ -206,6 +200,7 @@ mod tests {
         let flags = FirecrackerFlags {
             enable_pci: true,
             start_time_us: Some(1),
+            parent_cpu_time_us: Some(1),
             ..Default::default()
         };
         assert_eq!(flags.refusal(), None);
