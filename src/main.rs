@@ -70,6 +70,9 @@ fn main() -> ExitCode {
     if let Err(e) = ember::logger::configure(&cli.logger_settings(process.logger.as_ref())) {
         return usage(format!("log-path: {}", ember::error_chain(&e)));
     }
+    if let Some(refusal) = cli.fc.refusal() {
+        return usage(refusal);
+    }
     let metrics_path = cli.fc.metrics_path.clone();
     if let Some(path) = metrics_path.or(process.metrics.map(|m| m.metrics_path))
         && let Err(e) = ember::metrics::configure(&path)
@@ -81,9 +84,6 @@ fn main() -> ExitCode {
         ember::config::fc_flags::version_line(),
         ember::logger::instance_id()
     );
-    if let Some(refusal) = cli.fc.refusal() {
-        return usage(refusal);
-    }
     for warning in cli.fc.warnings() {
         log::warn!("{warning}");
     }
