@@ -87,8 +87,20 @@ struct Writer {
 static WRITER: Mutex<Option<Writer>> = Mutex::new(None);
 /// `api_server`'s start-up times (µs), reported in every line as they are (not increases).
 static STARTUP: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
+/// `latencies_us`: the last duration of each named step, in µs.
+static LATENCIES: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
 /// Groups whose values are written as they are, not as increases.
-const GAUGE_GROUPS: [&str; 1] = ["api_server"];
+const GAUGE_GROUPS: [&str; 2] = ["api_server", "latencies_us"];
+
+/// Records how long step `name` took this time (`latencies_us.<name>` in the next lines:
+/// `pause_vm`, `resume_vm`, `process_start_to_vcpus`, ...).
+pub fn record_latency(name: &'static str, took: Duration) {
+    let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    LATENCIES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name, micros);
+}
 
 /// Firecracker's start-up times, from the launcher's `--start-time-us` (its monotonic clock
 /// when it started Ember), `--start-time-cpu-us` (Ember's CPU time then) and
@@ -220,10 +232,14 @@ fn totals(sources: &Sources) -> Value {
             serde_json::to_value(exits).unwrap_or_default(),
         );
     }
-    let startup = STARTUP.lock().unwrap_or_else(|e| e.into_inner());
-    if !startup.is_empty() {
-        let values = serde_json::to_value(&*startup).unwrap_or_default();
-        root.insert("api_server".into(), values);
+    for (group, values) in [("api_server", &STARTUP), ("latencies_us", &LATENCIES)] {
+        let values = values.lock().unwrap_or_else(|e| e.into_inner());
+        if !values.is_empty() {
+            root.insert(
+                group.into(),
+                serde_json::to_value(&*values).unwrap_or_default(),
+            );
+        }
     }
     let mut logger = Map::new();
     logger.insert(

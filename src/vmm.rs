@@ -521,6 +521,10 @@ impl Vmm {
         let vcpu_count = handles.len();
         controller.borrow_mut().handles = handles;
         log::info!("Started {vcpu_count} vCPU thread(s)");
+        crate::metrics::record_latency(
+            "process_start_to_vcpus",
+            crate::devices::legacy::boot_timer::since_process_start(),
+        );
         controller
             .borrow_mut()
             .events

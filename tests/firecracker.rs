@@ -292,11 +292,23 @@ fn test_metrics_fifo_block_counters_match_blk_guest() {
         first["vcpu"]["exit_mmio_write"].as_u64() > Some(0),
         "{first}"
     );
+    let boot = &first["latencies_us"]["process_start_to_vcpus"];
+    assert!(boot.as_u64() > Some(0), "{first}");
 
+    expect(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#, 204);
+    expect(&sock, "PATCH", "/vm", r#"{"state": "Resumed"}"#, 204);
     expect(&sock, "PUT", "/actions", flush, 204);
     let second = json(&wait_line(&lines, "utc_timestamp_ms"));
     assert_eq!(second["block_scratch"]["requests"], 0, "{second}");
     assert_eq!(second["put_api_requests"]["actions_count"], 1, "{second}");
+    assert_eq!(second["patch_api_requests"]["vm_count"], 2, "{second}");
+    let latencies = &second["latencies_us"];
+    assert!(latencies["pause_vm"].as_u64() > Some(0), "{second}");
+    assert!(latencies["resume_vm"].as_u64() > Some(0), "{second}");
+    assert_eq!(
+        latencies["process_start_to_vcpus"], *boot,
+        "a value, not an increase"
+    );
     vm.signal(15);
     assert_eq!(vm.exit_code(GUEST_TIMEOUT), 143);
     // The last line is written at exit.

@@ -1,7 +1,7 @@
 //! API requests while the VM runs: state queries, pause and resume of every vCPU, and
 //! Ctrl-Alt-Del. Configuration changes are refused once the VM has started.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Controller;
 use crate::api::{
@@ -116,6 +116,7 @@ impl Controller {
         if self.outcome.is_some() || !self.exited.is_empty() {
             return ApiResponse::bad_request("The microVM is shutting down.");
         }
+        let started = Instant::now();
         // Devices first: they stop serving guest queues before the vCPUs stop.
         self.devices.quiesce();
         let result = self
@@ -130,6 +131,7 @@ impl Controller {
         match result {
             Ok(()) => {
                 self.paused = true;
+                crate::metrics::record_latency("pause_vm", started.elapsed());
                 log::info!("VM paused");
                 self.events.emit(LifecycleEvent::Paused);
                 ApiResponse::no_content()
@@ -151,6 +153,7 @@ impl Controller {
         if !self.is_paused() {
             return ApiResponse::no_content();
         }
+        let started = Instant::now();
         let result = self
             .handles
             .iter()
@@ -166,6 +169,7 @@ impl Controller {
         self.devices.wake();
         match result {
             Ok(()) => {
+                crate::metrics::record_latency("resume_vm", started.elapsed());
                 log::info!("VM resumed");
                 self.events.emit(LifecycleEvent::Resumed);
                 ApiResponse::no_content()
