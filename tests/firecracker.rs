@@ -316,7 +316,8 @@ fn test_metrics_fifo_block_counters_match_blk_guest() {
 }
 
 /// Kata Containers launches `firecracker --api-sock S --config-file C` with `logger.log_path`
-/// and `metrics.metrics_path` FIFOs it reads, then waits for `GET /` to say Running.
+/// and `metrics.metrics_path` FIFOs it reads and a pool of empty placeholder drives (with its
+/// `cache_type`), then waits for `GET /` to say Running.
 #[test]
 fn test_kata_config_file_with_log_and_metrics_fifos() {
     let sock = sock_path("kata");
@@ -327,7 +328,14 @@ fn test_kata_config_file_with_log_and_metrics_fifos() {
     let log_lines = read_fifo(&log_fifo);
     let metrics_lines = read_fifo(&metrics_fifo);
     let config = fresh("kata-config.json");
+    // Kata's pool of placeholder drives: empty files, swapped later with PATCH /drives.
+    let placeholder = fresh("kata-drive_0");
+    std::fs::write(&placeholder, "").expect("placeholder drive");
     let doc = serde_json::json!({
+        "drives": [{
+            "drive_id": "drive_0", "path_on_host": placeholder, "is_read_only": false,
+            "is_root_device": false, "cache_type": "Unsafe"
+        }],
         "boot-source": {
             "kernel_image_path": common::test_guest("echo"),
             "boot_args": "console=ttyS0 reboot=k panic=1"

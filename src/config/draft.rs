@@ -185,6 +185,7 @@ mod tests {
             is_root_device: true,
             is_read_only: false,
             shared: false,
+            ..Default::default()
         };
         draft.put_drive(&body).expect("first");
         body.is_read_only = true;
@@ -202,6 +203,7 @@ mod tests {
             iface_id: id.into(),
             host_dev_name: "tap0".into(),
             guest_mac: None,
+            ..Default::default()
         };
         draft.put_net(&body("a")).expect("first");
         assert!(draft.put_net(&body("b")).is_err());

@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use super::boot::BootSourceBody;
 use super::drive::DriveBody;
@@ -18,7 +18,7 @@ use super::machine::MachineConfigBody;
 use super::metrics::MetricsBody;
 use super::net::NetBody;
 use super::serial::SerialBody;
-use super::{BootConfig, ConfigError, DriveConfig, NetConfig, SerialConfig, VmConfigDraft};
+use super::{Absent, BootConfig, ConfigError, DriveConfig, NetConfig, SerialConfig, VmConfigDraft};
 
 /// Largest config file Ember reads.
 const MAX_FILE_SIZE: usize = 1 << 20;
@@ -82,19 +82,6 @@ pub struct ConfigDocument {
     /// See `balloon`.
     #[serde(default, skip_serializing)]
     pub vsock: Option<Absent>,
-}
-
-/// A resource Ember does not have: only `null` (which serde reads as `None` without asking
-/// this type) is accepted; any value is an error naming the field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Absent;
-
-impl<'de> Deserialize<'de> for Absent {
-    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Err(serde::de::Error::custom(
-            "Ember has no such resource (only null is accepted here)",
-        ))
-    }
 }
 
 /// What a document says about the Ember process rather than the VM: its log and metrics.
@@ -411,10 +398,7 @@ mod tests {
         let ParseError::Syntax(msg) = parse(text).expect_err("rejected") else {
             panic!("not a syntax error")
         };
-        assert!(
-            msg.starts_with("balloon: Ember has no such resource"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("balloon: not supported by Ember"), "{msg}");
     }
 
     #[test]
