@@ -125,6 +125,7 @@ pub fn record_startup(
         startup.insert("process_startup_time_cpu_us", took);
     }
 }
+
 /// API request counts: (group, resource name) -> (count, fails).
 type ApiCounts = BTreeMap<(&'static str, String), (u64, u64)>;
 
