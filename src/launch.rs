@@ -272,6 +272,10 @@ pub fn handle_preboot(draft: &mut VmConfigDraft, request: &ApiRequest) -> ApiRes
             &ConfigDocument::from_draft(draft, ProcessSettings::current()).to_api_json(),
         ),
         ApiRequest::PutMachineConfig(body) => applied(draft.put_machine(body)),
+        ApiRequest::PatchMachineConfig(patch) => {
+            let now = MachineConfigBody::from_config(&draft.machine, draft.pvm_compat);
+            applied(draft.put_machine(&patch.apply(now)))
+        }
         ApiRequest::PutBootSource(body) => applied(draft.put_boot(body)),
         ApiRequest::PutDrive(body) => applied(draft.put_drive(body)),
         ApiRequest::PutNet(body) => applied(draft.put_net(body)),

@@ -516,3 +516,53 @@ fn test_metrics_written_every_60_s() {
     vm.send(b"quit\n");
     assert_eq!(vm.exit_code(GUEST_TIMEOUT), 0);
 }
+
+/// `PATCH /machine-config` before the start changes only the fields it names; after the start
+/// it is refused like every configuration change.
+#[test]
+fn test_patch_machine_config_before_start_only() {
+    let sock = sock_path("patch-machine");
+    let mut vm = TestVm::start(VmArgs::default().arg("--api-sock", sock.display()));
+    wait_for_socket(&sock, QUICK);
+    expect(
+        &sock,
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 2, "mem_size_mib": 64}"#,
+        204,
+    );
+    expect(
+        &sock,
+        "PATCH",
+        "/machine-config",
+        r#"{"mem_size_mib": 96}"#,
+        204,
+    );
+    let machine = json(&expect(&sock, "GET", "/machine-config", "", 200));
+    assert_eq!(
+        (
+            machine["vcpu_count"].as_u64(),
+            machine["mem_size_mib"].as_u64()
+        ),
+        (Some(2), Some(96))
+    );
+    expect(
+        &sock,
+        "PATCH",
+        "/machine-config",
+        r#"{"vcpu_count": 0}"#,
+        400,
+    );
+    expect(&sock, "PATCH", "/machine-config", r#"{"vcpus": 1}"#, 400);
+    configure_and_start(&sock);
+    vm.wait_for_line("READY", GUEST_TIMEOUT);
+    expect(
+        &sock,
+        "PATCH",
+        "/machine-config",
+        r#"{"mem_size_mib": 128}"#,
+        400,
+    );
+    vm.send(b"quit\n");
+    assert_eq!(vm.exit_code(GUEST_TIMEOUT), 0);
+}

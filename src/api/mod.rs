@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::config::boot::BootSourceBody;
 use crate::config::drive::DriveBody;
 use crate::config::logger::LoggerBody;
-use crate::config::machine::MachineConfigBody;
+use crate::config::machine::{MachineConfigBody, MachineConfigPatch};
 use crate::config::metrics::MetricsBody;
 use crate::config::net::NetBody;
 use crate::config::serial::SerialBody;
@@ -41,6 +41,8 @@ pub enum ApiRequest {
     GetVmConfig,
     /// `PUT /machine-config`.
     PutMachineConfig(MachineConfigBody),
+    /// `PATCH /machine-config`.
+    PatchMachineConfig(MachineConfigPatch),
     /// `PUT /boot-source`.
     PutBootSource(BootSourceBody),
     /// `PUT /drives/{id}`.

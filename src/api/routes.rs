@@ -62,7 +62,7 @@ fn check_id(kind: &str, path_id: &str, body_id: &str) -> Result<(), ApiResponse>
 fn allowed(path: &[&str]) -> Option<&'static str> {
     match path {
         [] | ["version"] => Some("GET"),
-        ["machine-config"] => Some("GET, PUT"),
+        ["machine-config"] => Some("GET, PUT, PATCH"),
         ["boot-source"] | ["actions"] | ["drives", _] | ["network-interfaces", _] => Some("PUT"),
         ["logger"] | ["serial"] | ["metrics"] => Some("PUT"),
         ["vm"] => Some("PATCH"),
@@ -80,6 +80,7 @@ pub fn route(method: &str, target: &str, bytes: &[u8]) -> Result<ApiRequest, Api
         ("GET", ["version"]) => Ok(ApiRequest::GetVersion),
         ("GET", ["machine-config"]) => Ok(ApiRequest::GetMachineConfig),
         ("PUT", ["machine-config"]) => Ok(ApiRequest::PutMachineConfig(body(bytes)?)),
+        ("PATCH", ["machine-config"]) => Ok(ApiRequest::PatchMachineConfig(body(bytes)?)),
         ("PUT", ["boot-source"]) => Ok(ApiRequest::PutBootSource(body(bytes)?)),
         ("PUT", ["drives", id]) => {
             let drive: crate::config::drive::DriveBody = body(bytes)?;

@@ -55,6 +55,7 @@ impl Controller {
                 None => ApiResponse::error(500, "The configuration is not known."),
             },
             ApiRequest::PutMachineConfig(_)
+            | ApiRequest::PatchMachineConfig(_)
             | ApiRequest::PutBootSource(_)
             | ApiRequest::PutDrive(_)
             | ApiRequest::PutNet(_)
