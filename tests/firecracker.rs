@@ -566,3 +566,35 @@ fn test_patch_machine_config_before_start_only() {
     vm.send(b"quit\n");
     assert_eq!(vm.exit_code(GUEST_TIMEOUT), 0);
 }
+
+/// `GET /vm/config`'s answer, with Firecracker's keys for the resources Ember lacks set to
+/// `null`, is a config file another Ember runs.
+#[test]
+fn test_vm_config_answer_runs_as_config_file() {
+    let sock = sock_path("vm-config-file");
+    let disk = fresh("vm-config-file.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk file");
+    let mut vm = TestVm::start(VmArgs::default().arg("--api-sock", sock.display()));
+    wait_for_socket(&sock, QUICK);
+    common::api::configure_guest(&sock, &common::test_guest("hello"));
+    let drive = format!(
+        r#"{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false, "is_read_only": true}}"#,
+        disk.display()
+    );
+    expect(&sock, "PUT", "/drives/data", &drive, 204);
+    let answer = expect(&sock, "GET", "/vm/config", "", 200);
+    let config = json(&answer);
+    assert!(
+        config["mmds-config"].is_null() && config["balloon"].is_null(),
+        "{config}"
+    );
+    let file = fresh("vm-config-file.json");
+    std::fs::write(&file, &answer).expect("config file");
+    let (code, stderr) = run_ember(
+        &["--config-file", &file.display().to_string()],
+        GUEST_TIMEOUT,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    vm.signal(15);
+    assert_eq!(vm.exit_code(GUEST_TIMEOUT), 143);
+}
