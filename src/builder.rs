@@ -17,6 +17,7 @@ use crate::devices::acpi::{ACPI_PM_PORT_LEN, AcpiPm};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::legacy::boot_timer::{BOOT_TIMER_LEN, BootTimer};
+use crate::devices::legacy::cmos::{CMOS_PORT_BASE, CMOS_PORT_LEN, Cmos};
 use crate::devices::legacy::i8042::{I8042, I8042_KBD_IRQ, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{COM1_PORT_BASE, SERIAL_PORT_LEN, SerialDevice, SerialOutput};
 use crate::devices::virtio::block::{Block, BlockError};
@@ -270,20 +271,13 @@ fn serial_output(config: &SerialConfig) -> Result<SerialOutput, StartError> {
     })
 }
 
-/// Legacy ports Linux probes that a microVM does not have (CMOS RTC, POST diagnostics, COM2-4,
+/// Legacy ports Linux probes that a microVM does not have (POST diagnostics, COM2-4,
 /// and the PCI configuration mechanism at 0xcf8-0xcff, which Linux probes on every boot): reads
 /// return all-ones and writes are ignored, which is the "nothing here" answer (for PCI: no
 /// configuration mechanism, so no PCI bus), and the accesses are logged only at debug level.
-const QUIET_PORTS: [(u64, u64); 6] = [
-    (0x70, 2),
-    (0x80, 1),
-    (0x2f8, 8),
-    (0x3e8, 8),
-    (0x2e8, 8),
-    (0xcf8, 8),
-];
+const QUIET_PORTS: [(u64, u64); 5] = [(0x80, 1), (0x2f8, 8), (0x3e8, 8), (0x2e8, 8), (0xcf8, 8)];
 
-/// Step 6: legacy devices on the port bus (UART, i8042, ACPI PM registers), their interrupts
+/// Step 6: legacy devices on the port bus (UART, i8042, ACPI PM registers, CMOS), their interrupts
 /// wired through irqfds; the boot timer and the virtio devices on the MMIO bus.
 fn create_devices(
     vm: &Vm,
@@ -337,6 +331,9 @@ fn create_devices(
         ACPI_PM_PORT_LEN,
     )?;
 
+    let cmos = Arc::new(Cmos::default());
+    pio.insert(cmos.clone(), CMOS_PORT_BASE, CMOS_PORT_LEN)?;
+
     let console = match config.serial {
         SerialConfig::Stdio => Some(ConsoleInput {
             serial: serial.clone(),
@@ -359,6 +356,7 @@ fn create_devices(
         i8042,
         serial,
         acpi_pm,
+        cmos,
         poweroff_evt,
         acpi_reset_evt,
         console,

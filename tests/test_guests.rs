@@ -90,6 +90,49 @@ fn test_bootinfo_linux64_protocol_sees_same_map() {
     assert_eq!(top, 256 << 20);
 }
 
+/// Days from 1970-01-01 to a civil date (proleptic Gregorian).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The guest reads the CMOS clock from its registers (BCD, 24-hour) and finds the host's UTC
+/// time: what Linux sets its clock from at boot.
+#[test]
+fn test_bootinfo_cmos_clock_reads_host_utc_time() {
+    let vm = boot_to_done(VmArgs::guest("bootinfo"), "bootinfo");
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    let line = &vm.lines_with_prefix("RTC ")[0];
+    let bcd: Vec<i64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|w| {
+            let v = i64::from_str_radix(w.trim_start_matches("0x"), 16).expect("hex");
+            assert!(v & 0xf < 10 && v >> 4 < 10, "not BCD: {line}");
+            (v >> 4) * 10 + (v & 0xf)
+        })
+        .collect();
+    let [year, month, day, hour, minute, second] = bcd[..] else {
+        panic!("six fields expected: {line}");
+    };
+    let guest =
+        days_from_civil(2000 + year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
+    // Read during the guest's run, which ended just before `host` was taken.
+    assert!(
+        (0..=120).contains(&(host - guest)),
+        "guest clock {line} is {} s from the host's",
+        host - guest
+    );
+}
+
 #[test]
 fn test_bootinfo_cmdline_is_passed_verbatim_then_policy() {
     let args = VmArgs::guest("bootinfo").arg("--cmdline", "ember.test=42 quiet");

@@ -1,5 +1,6 @@
 /* bootinfo: prints the memory map, command line, initrd (with an FNV-1a 64
- * hash of its contents) and the MP-table CPU count, all from ring 3. */
+ * hash of its contents), the MP-table CPU count and the CMOS clock's date and
+ * time registers, all from ring 3. */
 #include "common/defs.h"
 
         .section .rodata
@@ -11,6 +12,9 @@ s_initrd:       .asciz  "INITRD "
 s_none:         .asciz  "none"
 s_cpus:         .asciz  "CPUS "
 s_initrd_4g:    .asciz  "initrd-beyond-4gib"
+s_rtc:          .asciz  "RTC"
+/* CMOS registers: year, month, day, hours, minutes, seconds */
+rtc_regs:       .byte   9, 8, 7, 4, 2, 0
 
         .text
         .globl  guest_main
@@ -79,6 +83,24 @@ guest_main:
         call    mp_cpus
         movl    %eax, %edi
         call    put_dec
+        call    put_nl
+        /* RTC <year> <month> <day> <hour> <minute> <second>, as the CMOS
+         * registers hold them (BCD: 0x26 is 26) */
+        leaq    s_rtc(%rip), %rdi
+        call    puts
+        leaq    rtc_regs(%rip), %r12
+        movl    $6, %r13d
+6:      call    put_space
+        movzbl  (%r12), %eax
+        movw    $0x70, %dx
+        outb    %al, %dx
+        movw    $0x71, %dx
+        inb     %dx, %al
+        movzbl  %al, %edi
+        call    put_hex
+        incq    %r12
+        decl    %r13d
+        jnz     6b
         call    put_nl
         popq    %r13
         popq    %r12

@@ -132,6 +132,14 @@ impl VmConfigDraft {
         self.vsock = Some(vsock);
         Ok(())
     }
+
+    /// `PUT /serial`: where the console goes.
+    pub fn put_serial(&mut self, body: &super::serial::SerialBody) -> Result<(), ConfigError> {
+        let serial = SerialConfig::try_from(body)?;
+        serial.validate()?;
+        self.serial = serial;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +209,7 @@ mod tests {
             is_root_device: true,
             is_read_only: false,
             shared: false,
+            ..Default::default()
         };
         draft.put_drive(&body).expect("first");
         body.is_read_only = true;
@@ -218,6 +227,7 @@ mod tests {
             iface_id: id.into(),
             host_dev_name: "tap0".into(),
             guest_mac: None,
+            ..Default::default()
         };
         draft.put_net(&body("a")).expect("first");
         assert!(draft.put_net(&body("b")).is_err());

@@ -22,6 +22,7 @@ pub use self::resources::{MAX_VIRTIO_DEVICES, ResourceAllocator, VirtioSlot};
 use crate::arch::acpi::VirtioMmioDevice;
 use crate::devices::acpi::AcpiPm;
 use crate::devices::bus::{Bus, BusError};
+use crate::devices::legacy::cmos::Cmos;
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
@@ -223,6 +224,8 @@ pub struct Devices {
     pub serial: Arc<SerialDevice>,
     /// The ACPI power-management registers.
     pub acpi_pm: Arc<AcpiPm>,
+    /// The CMOS clock.
+    pub cmos: Arc<Cmos>,
     /// Fired by the ACPI PM registers when the guest enters S5 (power off).
     pub poweroff_evt: EventFd,
     /// Fired by the ACPI reset register.

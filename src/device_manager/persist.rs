@@ -1,12 +1,13 @@
 //! Saving and restoring every device through the device manager: each virtio device (its
 //! transport with the queues, and its own state reached through its typed handle) and the legacy
-//! devices (UART, i8042, ACPI PM registers). Save a quiesced VM (vCPUs parked, devices quiesced);
+//! devices (UART, i8042, ACPI PM registers, CMOS). Save a quiesced VM (vCPUs parked, devices quiesced);
 //! restore into devices freshly built from the same configuration, before the vCPUs run.
 
 use serde::{Deserialize, Serialize};
 
 use super::{DeviceManager, Devices, VirtioHandle, VirtioKind};
 use crate::devices::acpi::AcpiPmState;
+use crate::devices::legacy::cmos::CmosState;
 use crate::devices::legacy::i8042::I8042State;
 use crate::devices::legacy::serial::SerialDeviceState;
 use crate::devices::state::{StateError, check_version};
@@ -64,6 +65,8 @@ pub struct DevicesState {
     pub i8042: I8042State,
     /// The ACPI power-management registers.
     pub acpi_pm: AcpiPmState,
+    /// The CMOS clock's registers and RAM.
+    pub cmos: CmosState,
     /// The virtio devices, in attach order.
     pub virtio: Vec<VirtioDeviceState>,
 }
@@ -145,6 +148,7 @@ impl Devices {
             serial: self.serial.save(),
             i8042: self.i8042.save(),
             acpi_pm: self.acpi_pm.save(),
+            cmos: self.cmos.save(),
             virtio: self.virtio.save(),
         }
     }
@@ -155,6 +159,7 @@ impl Devices {
         self.serial.restore(&saved.serial)?;
         self.i8042.restore(&saved.i8042)?;
         self.acpi_pm.restore(&saved.acpi_pm)?;
+        self.cmos.restore(&saved.cmos)?;
         self.virtio.restore(&saved.virtio)
     }
 }
@@ -174,6 +179,7 @@ mod tests {
     use crate::devices::acpi::AcpiPm;
     use crate::devices::bus::{Bus, BusDevice};
     use crate::devices::legacy::EventFdTrigger;
+    use crate::devices::legacy::cmos::Cmos;
     use crate::devices::legacy::i8042::I8042;
     use crate::devices::legacy::serial::{SerialDevice, SerialOutput};
     use crate::devices::virtio::block::Block;
@@ -331,6 +337,7 @@ mod tests {
             i8042: Arc::new(I8042::new(trigger(), trigger())),
             serial: Arc::new(SerialDevice::new(trigger(), evt(), SerialOutput::Sink)),
             acpi_pm: Arc::new(AcpiPm::new(trigger(), trigger())),
+            cmos: Arc::new(Cmos::default()),
             poweroff_evt: evt(),
             acpi_reset_evt: evt(),
             console: None,

@@ -50,6 +50,11 @@ pub const MSR_LSTAR: u32 = 0xc000_0082;
 /// IA32_FMASK: the RFLAGS bits SYSCALL clears.
 pub const MSR_SFMASK: u32 = 0xc000_0084;
 
+/// IA32_KERNEL_GS_BASE: the GS base `swapgs` exchanges.
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+/// Canonical user-half addresses end here (4-level paging).
+const USER_HALF_END: u64 = 1 << 47;
+
 const EFER_LMA: u64 = 1 << 10;
 const CR0_PG: u64 = 1 << 31;
 const CR4_LA57: u64 = 1 << 12;
@@ -83,6 +88,8 @@ pub struct RepairCounters {
     pub stepped: AtomicU64,
     /// Times a vCPU (re)armed its breakpoints.
     pub armed: AtomicU64,
+    /// Breakpoint hits left alone because KVM was delivering an event (see `event_in_flight`).
+    pub deferred: AtomicU64,
 }
 
 /// Turns on the trap of guest writes to STAR, LSTAR and SFMASK (a `KVM_EXIT_X86_WRMSR` each).
@@ -282,6 +289,34 @@ pub(crate) fn read_virt(
     true
 }
 
+/// One MSR of the vCPU, for the log.
+fn read_msr(fd: &VcpuFd, index: u32) -> Option<u64> {
+    let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+        index,
+        ..Default::default()
+    }])
+    .ok()?;
+    (fd.get_msrs(&mut msrs).ok()? == 1).then(|| msrs.as_slice()[0].data)
+}
+
+/// The event KVM is delivering to the vCPU (an exception, interrupt or NMI injected or pending at
+/// this instruction boundary), described for the log; `None` when there is none or the events
+/// cannot be read.
+fn event_in_flight(fd: &VcpuFd) -> Option<String> {
+    let ev = fd.get_vcpu_events().ok()?;
+    let mut what = Vec::new();
+    if ev.exception.injected != 0 || ev.exception.pending != 0 {
+        what.push(format!("exception {}", ev.exception.nr));
+    }
+    if ev.interrupt.injected != 0 {
+        what.push(format!("interrupt {:#x}", ev.interrupt.nr));
+    }
+    if ev.nmi.injected != 0 || ev.nmi.pending != 0 {
+        what.push("NMI".to_string());
+    }
+    (!what.is_empty()).then(|| what.join(", "))
+}
+
 /// The flat 64-bit kernel code and data segments SYSCALL loads from STAR.
 fn kernel_segments(sregs: &mut kvm_sregs, cs: u16) {
     let flat = kvm_segment {
@@ -316,6 +351,8 @@ pub struct SyscallRepair {
     handlers: [u64; 2],
     armed: bool,
     stepping: bool,
+    warned_unreadable: bool,
+    logged_repairs: u8,
     counters: Arc<RepairCounters>,
 }
 
@@ -328,6 +365,8 @@ impl SyscallRepair {
             handlers: [0; 2],
             armed: false,
             stepping: false,
+            warned_unreadable: false,
+            logged_repairs: 0,
             counters,
         }
     }
@@ -507,10 +546,64 @@ impl SyscallRepair {
         let mut raw = [0u8; 48];
         if read_virt(mem, fd, &sregs, regs.rsp, &mut raw) {
             let frame = ExceptionFrame::from_bytes(&raw);
+            if regs.rsp < USER_HALF_END {
+                // The guest kernel took an exception on a user stack: a fault in the window
+                // where SYSCALL's entry or SYSRET's exit runs in ring 0 with the user's RSP.
+                log::warn!(
+                    "Software-nested KVM: vCPU {}: #{} in ring 0 on the user stack (frame {frame:x?}, CR2 {:#x}, GS base {:#x}, KERNEL_GS_BASE {:#x}, RAX {:#x}, RCX {:#x}, R11 {:#x})",
+                    self.index,
+                    SLOTS[slot],
+                    sregs.cr2,
+                    sregs.gs.base,
+                    read_msr(fd, MSR_KERNEL_GS_BASE).unwrap_or(u64::MAX),
+                    regs.rax,
+                    regs.rcx,
+                    regs.r11
+                );
+            }
             if is_misdelivered_syscall(&self.msrs, SLOTS[slot], &frame, sregs.cr2, regs.r11) {
+                if let Some(events) = event_in_flight(fd) {
+                    // An event KVM is injecting at this boundary would be delivered at LSTAR,
+                    // before `swapgs`, with the user's GS: let it be delivered at the handler
+                    // entry first. Its IRET comes back here and the breakpoint fires again.
+                    let n = self.counters.deferred.fetch_add(1, Ordering::Relaxed);
+                    if n < 8 {
+                        log::debug!(
+                            "Software-nested KVM: vCPU {}: system call repair waits for an event in flight ({events})",
+                            self.index
+                        );
+                    }
+                    return DebugOutcome::Handled;
+                }
                 self.finish_syscall(fd, regs, sregs, &frame);
                 return DebugOutcome::Handled;
             }
+            if frame.rip == self.msrs.lstar && frame.cs & 3 == 3 {
+                // A user-mode fault at LSTAR goes to the guest: a forged jump (IF set, the
+                // guest's SIGSEGV is right) or a SYSCALL this check failed to recognise, which
+                // kills the process: say which, with what was compared.
+                let level = if frame.rflags & RFLAGS_IF == 0 {
+                    log::Level::Warn
+                } else {
+                    log::Level::Debug
+                };
+                log::log!(
+                    level,
+                    "Software-nested KVM: vCPU {}: user-mode fault at LSTAR passed to the guest (vector {}, frame {frame:x?}, CR2 {:#x}, R11 {:#x}, SFMASK {:#x})",
+                    self.index,
+                    SLOTS[slot],
+                    sregs.cr2,
+                    regs.r11,
+                    self.msrs.sfmask
+                );
+            }
+        } else if !std::mem::replace(&mut self.warned_unreadable, true) {
+            log::warn!(
+                "Software-nested KVM: vCPU {}: exception frame at {:#x} unreadable at the #{} handler (said once)",
+                self.index,
+                regs.rsp,
+                if SLOTS[slot] == PF_VECTOR { "PF" } else { "GP" }
+            );
         }
         self.pass_fault(fd, mem, &sregs, arch.pc);
         DebugOutcome::Handled
@@ -534,6 +627,19 @@ impl SyscallRepair {
         fd.set_sync_dirty_reg(SyncReg::Register);
         fd.set_sync_dirty_reg(SyncReg::SystemRegister);
         let n = self.counters.repaired.fetch_add(1, Ordering::Relaxed);
+        if self.logged_repairs < 2 {
+            self.logged_repairs += 1;
+            log::debug!(
+                "Software-nested KVM: vCPU {}: repair: frame {frame:x?}, GS base {:#x}, KERNEL_GS_BASE {:#x}, CS {:#x}, RAX {:#x}, RCX {:#x}, R11 {:#x}",
+                self.index,
+                sregs.gs.base,
+                read_msr(fd, MSR_KERNEL_GS_BASE).unwrap_or(u64::MAX),
+                sregs.cs.selector,
+                regs.rax,
+                regs.rcx,
+                regs.r11
+            );
+        }
         if n == 0 {
             log::info!(
                 "Software-nested KVM: first guest system call repaired (vCPU {}, nr {}, returns to {:#x})",

@@ -370,11 +370,29 @@ impl TestVm {
         self.log.lock().expect("log lock").clone()
     }
 
+    /// What a failing test shows: the last lines of the console and of Ember's log (where a
+    /// guest panic or a VMM error shows up, and short enough to survive CI's truncation), and
+    /// the path of a file with both whole.
     fn describe(&self) -> String {
+        const CONSOLE_TAIL: usize = 60;
+        const LOG_TAIL: usize = 25;
+        let console = self.console();
+        let log = self.log();
+        let whole = format!(
+            "--- console ---\n{}\n--- ember log ---\n{log}",
+            console.join("\n")
+        );
+        let path = scratch_dir().join(format!("failure-{}.log", self.child.id()));
+        let saved = match std::fs::write(&path, &whole) {
+            Ok(()) => format!("whole console and log: {}", path.display()),
+            Err(e) => format!("(could not save the whole console and log: {e})"),
+        };
+        let tail = |lines: Vec<&str>, n: usize| lines[lines.len().saturating_sub(n)..].join("\n");
         format!(
-            "--- console ---\n{}\n--- ember log ---\n{}",
-            self.console().join("\n"),
-            self.log()
+            "{saved}\n--- console (last {CONSOLE_TAIL} of {} lines) ---\n{}\n--- ember log (last {LOG_TAIL} lines) ---\n{}",
+            console.len(),
+            tail(console.iter().map(String::as_str).collect(), CONSOLE_TAIL),
+            tail(log.lines().collect(), LOG_TAIL)
         )
     }
 }

@@ -1,7 +1,8 @@
 //! Legacy PC devices: the 16550 UART console, the i8042 keyboard controller (reset line,
-//! keyboard) and the boot timer.
+//! keyboard), the CMOS clock and the boot timer.
 
 pub mod boot_timer;
+pub mod cmos;
 pub mod console_output;
 pub mod i8042;
 pub mod serial;
