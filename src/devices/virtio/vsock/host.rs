@@ -17,8 +17,9 @@ pub const MAX_CONNECT_LINE: usize = 32;
 /// by an Ember that was killed) is replaced, with a warning; any other existing file is an error.
 pub fn listen(path: &Path) -> io::Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
+        // Non-blocking: a live listener with a full backlog is in use, not a reason to wait.
         let stale = meta.file_type().is_socket()
-            && matches!(UnixStream::connect(path), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused);
+            && matches!(connect(path), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused);
         if !stale {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
