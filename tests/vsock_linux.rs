@@ -17,7 +17,7 @@ use common::{LINUX_TIMEOUT, TestVm, VmArgs, linux_image, repo_root, scratch_dir}
 
 /// Connects to the vsock socket, asks for guest port 52 and has the agent run `command`;
 /// returns (stdout, stderr, exit status).
-fn agent_run(uds: &Path, command: &str) -> (String, String, Option<u32>) {
+fn agent_run(uds: &Path, command: &str, stdin: &[u8]) -> (String, String, Option<u32>) {
     let stream = UnixStream::connect(uds).expect("connect to the vsock socket");
     stream
         .set_read_timeout(Some(LINUX_TIMEOUT))
@@ -27,7 +27,7 @@ fn agent_run(uds: &Path, command: &str) -> (String, String, Option<u32>) {
     let mut ok = String::new();
     reader.read_line(&mut ok).expect("OK line");
     assert!(ok.starts_with("OK "), "{ok:?}");
-    agent_session(stream, reader, command, b"")
+    agent_session(stream, reader, command, stdin)
 }
 
 /// One agent session on `stream` (read through `reader`): RUN `command`, `stdin` then its
@@ -41,12 +41,12 @@ fn agent_session(
     stream
         .write_all(format!("RUN {command}\n").as_bytes())
         .expect("RUN");
-    if !stdin.is_empty() {
+    for chunk in stdin.chunks(4096) {
         stream.write_all(&[0]).expect("frame kind");
         stream
-            .write_all(&(stdin.len() as u32).to_le_bytes())
+            .write_all(&(chunk.len() as u32).to_le_bytes())
             .expect("frame length");
-        stream.write_all(stdin).expect("stdin");
+        stream.write_all(chunk).expect("stdin");
     }
     stream.write_all(&[0, 0, 0, 0, 0]).expect("end of stdin");
     let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), None);
@@ -138,14 +138,28 @@ fn test_linux_probes_rng_and_vsock_and_agent_runs_uname() {
     vm.wait_for_line("EMBER-INIT-OK", LINUX_TIMEOUT);
     vm.wait_for_line("ember-agent: listening", LINUX_TIMEOUT);
 
-    let (out, err, status) = agent_run(&uds, "uname -a");
+    let (out, err, status) = agent_run(&uds, "uname -a", b"");
     eprintln!("guest: {out}");
     assert_eq!(status, Some(0), "stdout {out:?} stderr {err:?}");
     assert!(out.starts_with("Linux "), "{out:?}");
-    let (_, _, status) = agent_run(&uds, "echo to-stderr >&2; exit 7");
+    let (_, _, status) = agent_run(&uds, "echo to-stderr >&2; exit 7", b"");
     assert_eq!(status, Some(7));
+    // 1 MiB each way between guest userspace and the host, through both sides' credit.
+    let started = std::time::Instant::now();
+    let (out, _, status) = agent_run(&uds, "head -c 1048576 /dev/zero", b"");
+    let from_guest = started.elapsed();
+    assert_eq!((out.len(), status), (1 << 20, Some(0)));
+    let started = std::time::Instant::now();
+    let (out, _, status) = agent_run(&uds, "wc -c", &vec![b'x'; 1 << 20]);
+    let to_guest = started.elapsed();
+    assert_eq!((out.trim(), status), ("1048576", Some(0)));
+    eprintln!(
+        "Linux guest userspace over vsock, 1 MiB: guest -> host {:.2} MiB/s, host -> guest {:.2} MiB/s (command start included)",
+        1.0 / from_guest.as_secs_f64(),
+        1.0 / to_guest.as_secs_f64()
+    );
     // The last command ends the VM: the connection may end before its status arrives.
-    let _ = agent_run(&uds, "poweroff -f");
+    let _ = agent_run(&uds, "poweroff -f", b"");
 
     assert_eq!(vm.exit_code(LINUX_TIMEOUT), 0, "{}", vm.log());
     let log = vm.log();
