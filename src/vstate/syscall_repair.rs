@@ -361,36 +361,21 @@ fn canonical(addr: u64) -> bool {
 fn user_segments(sregs: &mut kvm_sregs, star: u64) {
     // Bits 63:48 fit 16 bits.
     let base = (star >> 48) as u16 & 0xfffc;
-    let flat = kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        present: 1,
-        dpl: 3,
-        s: 1,
-        g: 1,
-        ..Default::default()
-    };
-    sregs.cs = kvm_segment {
-        selector: (base + 16) | 3,
-        type_: 0xb,
-        l: 1,
-        ..flat
-    };
-    sregs.ss = kvm_segment {
-        selector: (base + 8) | 3,
-        type_: 0x3,
-        db: 1,
-        ..flat
-    };
+    flat_segments(sregs, (base + 16) | 3, (base + 8) | 3, 3);
 }
 
 /// The flat 64-bit kernel code and data segments SYSCALL loads from STAR.
 fn kernel_segments(sregs: &mut kvm_sregs, cs: u16) {
+    flat_segments(sregs, cs, cs + 8, 0);
+}
+
+/// Flat 4 GiB-limit 64-bit code (`cs`) and data (`ss`) segments of privilege `dpl`.
+fn flat_segments(sregs: &mut kvm_sregs, cs: u16, ss: u16, dpl: u8) {
     let flat = kvm_segment {
         base: 0,
         limit: 0xffff_ffff,
         present: 1,
-        dpl: 0,
+        dpl,
         s: 1,
         g: 1,
         ..Default::default()
@@ -402,7 +387,7 @@ fn kernel_segments(sregs: &mut kvm_sregs, cs: u16) {
         ..flat
     };
     sregs.ss = kvm_segment {
-        selector: cs + 8,
+        selector: ss,
         type_: 0x3,
         db: 1,
         ..flat
