@@ -31,6 +31,8 @@ pub mod process;
 pub mod seccomp;
 /// Host stop signals for the event loop.
 pub mod signals;
+/// Snapshots: the checked state file, the memory file, restore, and their API bodies.
+pub mod snapshot;
 /// The running microVM: event loop, lifecycle and exit status.
 pub mod vmm;
 /// KVM state: VM, guest memory and vCPU threads.

@@ -62,6 +62,7 @@ fn main() -> ExitCode {
         api_sock: cli.api_sock.clone(),
         events: cli.events.clone(),
         seccomp: !cli.no_seccomp,
+        restore: cli.restore.clone(),
     };
     match launch(options) {
         Ok(outcome) => ExitCode::from(outcome.exit_code() as u8),

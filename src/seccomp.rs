@@ -154,7 +154,8 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             vec![SeccompRule::new(vec![fionbio]).map_err(build)?],
         );
     }
-    // Decided by `open_refusal`, stacked on this filter: ENOENT, never allowed.
+    // Decided by `open_refusal`, stacked on this filter: ENOENT, except the main thread's
+    // snapshot files.
     rules.insert(libc::SYS_openat, vec![]);
     let filter = SeccompFilter::new(
         rules,
@@ -172,9 +173,36 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
 /// memory (the API thread did, after a burst of large answers). The thread still cannot open
 /// anything (crosvm's policies answer `openat` with an errno for the same reason). The kernel
 /// applies the stricter of the two filters' answers, so ENOENT wins over the list's allow.
-pub fn open_refusal() -> Result<BpfProgram, SeccompError> {
-    let build = |e: seccompiler::BackendError| SeccompError::Build(ThreadKind::Vmm, e.to_string());
-    let rules = BTreeMap::from([(libc::SYS_openat, vec![])]);
+///
+/// One exception, on the main thread only: `PUT /snapshot/create` writes the snapshot and
+/// memory files, so it may open a file write-only, created or truncated (`O_WRONLY | O_CREAT |
+/// O_TRUNC`, no `O_PATH`). It still cannot open an existing file for reading.
+pub fn open_refusal(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let build = |e: seccompiler::BackendError| SeccompError::Build(kind, e.to_string());
+    let rules = if kind == ThreadKind::Vmm {
+        // Refused (ENOENT) when any of these holds of the flags (argument 2).
+        let flags = |mask: i32, value: i32| {
+            SeccompCondition::new(
+                2,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(mask as u64),
+                value as u64,
+            )
+            .and_then(|c| SeccompRule::new(vec![c]))
+            .map_err(build)
+        };
+        let refused = vec![
+            flags(libc::O_ACCMODE, libc::O_RDONLY)?,
+            flags(libc::O_ACCMODE, libc::O_RDWR)?,
+            flags(libc::O_ACCMODE, libc::O_ACCMODE)?,
+            flags(libc::O_CREAT, 0)?,
+            flags(libc::O_TRUNC, 0)?,
+            flags(libc::O_PATH, libc::O_PATH)?,
+        ];
+        BTreeMap::from([(libc::SYS_openat, refused)])
+    } else {
+        BTreeMap::from([(libc::SYS_openat, vec![])])
+    };
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -193,7 +221,7 @@ thread_local! {
 /// Installs `kind`'s filter on the calling thread (threads it spawns later inherit it).
 pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
     let program = filter(kind)?;
-    let refusal = open_refusal()?;
+    let refusal = open_refusal(kind)?;
     THREAD_KIND.with(|k| k.set(Some(kind)));
     seccompiler::apply_filter(&refusal)
         .and_then(|()| seccompiler::apply_filter(&program))
@@ -353,7 +381,9 @@ mod tests {
 
     #[test]
     fn test_open_refusal_builds() {
-        assert!(!open_refusal().expect("filter builds").is_empty());
+        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::Api] {
+            assert!(!open_refusal(kind).expect("filter builds").is_empty());
+        }
     }
 
     #[test]

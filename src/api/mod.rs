@@ -17,6 +17,7 @@ use crate::config::cli::LogLevel;
 use crate::config::drive::DriveBody;
 use crate::config::machine::MachineConfigBody;
 use crate::config::net::NetBody;
+use crate::snapshot::params::{SnapshotCreateBody, SnapshotLoadBody};
 
 pub use routes::{ActionType, VmStateChange};
 
@@ -46,6 +47,10 @@ pub enum ApiRequest {
     Action(ActionType),
     /// `PATCH /vm`.
     SetVmState(VmStateChange),
+    /// `PUT /snapshot/create`.
+    CreateSnapshot(SnapshotCreateBody),
+    /// `PUT /snapshot/load`.
+    LoadSnapshot(SnapshotLoadBody),
 }
 
 /// An answer: status code and optional JSON body.

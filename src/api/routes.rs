@@ -64,6 +64,7 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         ["boot-source"] | ["actions"] | ["drives", _] | ["network-interfaces", _] => Some("PUT"),
         ["vm"] => Some("PATCH"),
         ["vm", "config"] => Some("GET"),
+        ["snapshot", "create"] | ["snapshot", "load"] => Some("PUT"),
         _ => None,
     }
 }
@@ -90,6 +91,8 @@ pub fn route(method: &str, target: &str, bytes: &[u8]) -> Result<ApiRequest, Api
         ("PUT", ["actions"]) => Ok(ApiRequest::Action(body::<ActionBody>(bytes)?.action_type)),
         ("PATCH", ["vm"]) => Ok(ApiRequest::SetVmState(body::<VmStateBody>(bytes)?.state)),
         ("GET", ["vm", "config"]) => Ok(ApiRequest::GetVmConfig),
+        ("PUT", ["snapshot", "create"]) => Ok(ApiRequest::CreateSnapshot(body(bytes)?)),
+        ("PUT", ["snapshot", "load"]) => Ok(ApiRequest::LoadSnapshot(body(bytes)?)),
         (_, known) if allowed(known).is_some() => Err(ApiResponse::error(
             405,
             &format!(

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::arch::kernel::ProtocolChoice;
 use crate::host::CompatMode;
+use crate::snapshot::params::{RestoreSpec, parse_restore_arg};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -96,7 +97,7 @@ pub enum CompatArg {
 pub struct Cli {
     /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage. Required
     /// unless --config-file or --api-sock is given. Example: --kernel guest-images/out/vmlinux
-    #[arg(long, value_name = "PATH", required_unless_present_any = ["config_file", "api_sock"])]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["config_file", "api_sock", "restore"])]
     pub kernel: Option<PathBuf>,
 
     /// Initrd or initramfs, loaded at the top of low guest memory.
@@ -175,6 +176,15 @@ pub struct Cli {
     /// Example: --virtio-discovery cmdline
     #[arg(long, value_name = "MODE", value_enum, default_value_t = VirtioDiscovery::Auto)]
     pub virtio_discovery: VirtioDiscovery,
+
+    /// Run the microVM of a snapshot (made with PUT /snapshot/create) instead of booting one:
+    /// its state file, its memory file (mapped copy-on-write, never changed), resume=on to run
+    /// at once (else it waits paused for PATCH /vm), net=ID:TAP to give an interface another
+    /// TAP. Example: --restore snapshot=vm.snap,mem=vm.mem,resume=on
+    #[arg(long, value_name = "snapshot=PATH,mem=PATH[,resume=on][,net=ID:TAP]",
+          value_parser = parse_restore_arg,
+          conflicts_with_all = ["kernel", "config_file", "memory", "vcpus", "disk", "net"])]
+    pub restore: Option<RestoreSpec>,
 }
 
 /// Flags that describe the VM, and so conflict with --config-file.

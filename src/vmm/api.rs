@@ -65,7 +65,7 @@ impl Controller {
                         "The microVM is paused: resume it before sending Ctrl-Alt-Del.",
                     );
                 }
-                match self.i8042.send_ctrl_alt_del() {
+                match self.devices.i8042.send_ctrl_alt_del() {
                     Ok(()) => {
                         log::info!("Ctrl-Alt-Del sent to the guest keyboard");
                         ApiResponse::no_content()
@@ -75,6 +75,10 @@ impl Controller {
             }
             ApiRequest::SetVmState(VmStateChange::Paused) => self.pause(),
             ApiRequest::SetVmState(VmStateChange::Resumed) => self.resume(),
+            ApiRequest::CreateSnapshot(body) => self.create_snapshot(body),
+            ApiRequest::LoadSnapshot(_) => ApiResponse::bad_request(
+                "A snapshot can only be loaded before any configuration: this microVM already runs.",
+            ),
         }
     }
 
@@ -100,7 +104,7 @@ impl Controller {
             return ApiResponse::bad_request("The microVM is shutting down.");
         }
         // Devices first: they stop serving guest queues before the vCPUs stop.
-        self.devices.quiesce();
+        self.devices.virtio.quiesce();
         let result = self
             .handles
             .iter()
@@ -122,7 +126,7 @@ impl Controller {
                 for h in &self.handles {
                     let _ = h.request_resume();
                 }
-                self.devices.wake();
+                self.devices.virtio.wake();
                 Self::control_error(e)
             }
         }
@@ -146,7 +150,7 @@ impl Controller {
         self.paused = false;
         // Queue notifications that arrived while paused were consumed and left unserved: waking
         // kicks every queue once, so the devices look at their rings again.
-        self.devices.wake();
+        self.devices.virtio.wake();
         match result {
             Ok(()) => {
                 log::info!("VM resumed");

@@ -5,3 +5,4 @@ pub mod syscall_repair;
 pub mod vcpu;
 pub mod vcpu_state;
 pub mod vm;
+pub mod vm_state;

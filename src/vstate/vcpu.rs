@@ -88,15 +88,29 @@ pub enum VcpuRequest {
     Resume,
     /// Wake up a parked thread so that it sees the stop flag.
     Stop,
+    /// Answer the whole vCPU state (`VcpuAck::State`); only while paused.
+    SaveState,
 }
 
 /// A vCPU thread's answer to a `VcpuRequest`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VcpuAck {
     /// The thread is out of KVM_RUN and parked.
     Paused,
     /// The thread is back in its run loop.
     Resumed,
+    /// The state asked for with `SaveState` (or why it could not be read).
+    State(Box<Result<VcpuState, String>>),
+}
+
+impl VcpuAck {
+    fn name(&self) -> &'static str {
+        match self {
+            VcpuAck::Paused => "paused",
+            VcpuAck::Resumed => "resumed",
+            VcpuAck::State(_) => "its state",
+        }
+    }
 }
 
 /// Why a pause or resume did not complete.
@@ -116,21 +130,42 @@ pub enum VcpuControlError {
     #[error("vCPU {0} has exited")]
     Exited(u8),
     /// The thread answered something else than expected.
-    #[error("vCPU {index} answered {got:?}")]
+    #[error("vCPU {index} answered {got}")]
     Unexpected {
         /// vCPU index.
         index: u8,
         /// The answer.
-        got: VcpuAck,
+        got: &'static str,
+    },
+    /// The thread could not read its state.
+    #[error("vCPU {index}: {reason}")]
+    SaveState {
+        /// vCPU index.
+        index: u8,
+        /// Why.
+        reason: String,
     },
 }
 
-/// The state a request leads to, and the answer the VMM waits for.
-fn transition(request: VcpuRequest) -> (RunState, Option<VcpuAck>) {
+/// What a request asks of the thread in `state`.
+#[derive(Debug, PartialEq, Eq)]
+enum Action {
+    /// Move to this state; answer it (`Paused` or `Resumed`) when the flag says so.
+    Go(RunState, bool),
+    /// Read and answer the vCPU state, staying paused.
+    SaveState,
+    /// Refuse: answer why.
+    Refuse(&'static str),
+}
+
+/// What `request` does to a thread in `state`.
+fn transition(request: VcpuRequest, state: RunState) -> Action {
     match request {
-        VcpuRequest::Pause => (RunState::Paused, Some(VcpuAck::Paused)),
-        VcpuRequest::Resume => (RunState::Running, Some(VcpuAck::Resumed)),
-        VcpuRequest::Stop => (RunState::Exited, None),
+        VcpuRequest::Pause => Action::Go(RunState::Paused, true),
+        VcpuRequest::Resume => Action::Go(RunState::Running, true),
+        VcpuRequest::Stop => Action::Go(RunState::Exited, false),
+        VcpuRequest::SaveState if state == RunState::Paused => Action::SaveState,
+        VcpuRequest::SaveState => Action::Refuse("the vCPU is not paused"),
     }
 }
 
@@ -238,6 +273,11 @@ impl Vcpu {
         VcpuState::save(&self.fd, msrs)
     }
 
+    /// The vCPU index.
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
     /// Puts `state` into this vCPU, configured (CPUID set) and not started.
     pub fn restore_state(&self, state: &VcpuState) -> Result<(), VcpuStateError> {
         state.restore(&self.fd)
@@ -316,6 +356,8 @@ pub struct VcpuContext {
     /// The SYSCALL repair's counters, when the VM traps the system-call MSRs for it
     /// (software-nested hosts only; see `syscall_repair`).
     pub syscall_repair: Option<Arc<RepairCounters>>,
+    /// The MSRs a `SaveState` request reads (`vcpu_state::saveable_msrs`).
+    pub saveable_msrs: Arc<[u32]>,
 }
 
 /// The VMM's handle on a running vCPU thread.
@@ -381,19 +423,46 @@ impl VcpuHandle {
         let what = match expected {
             VcpuAck::Paused => "pause",
             VcpuAck::Resumed => "resume",
+            VcpuAck::State(_) => "a state request",
         };
-        match self.acks.recv_timeout(timeout) {
-            Ok(got) if got == expected => Ok(()),
-            Ok(got) => Err(VcpuControlError::Unexpected {
+        let got = self.recv_ack(what, timeout)?;
+        if std::mem::discriminant(&got) == std::mem::discriminant(&expected) {
+            Ok(())
+        } else {
+            Err(VcpuControlError::Unexpected {
                 index: self.index,
-                got,
-            }),
-            Err(RecvTimeoutError::Timeout) => Err(VcpuControlError::Timeout {
+                got: got.name(),
+            })
+        }
+    }
+
+    fn recv_ack(&self, what: &'static str, timeout: Duration) -> Result<VcpuAck, VcpuControlError> {
+        self.acks.recv_timeout(timeout).map_err(|e| match e {
+            RecvTimeoutError::Timeout => VcpuControlError::Timeout {
                 index: self.index,
                 what,
                 timeout_ms: timeout.as_millis(),
+            },
+            RecvTimeoutError::Disconnected => VcpuControlError::Exited(self.index),
+        })
+    }
+
+    /// Asks a paused vCPU for its whole state and waits (at most `timeout`) for it. No signal:
+    /// a paused thread waits on its channel.
+    pub fn save_state(&self, timeout: Duration) -> Result<VcpuState, VcpuControlError> {
+        self.drain_acks();
+        self.requests
+            .send(VcpuRequest::SaveState)
+            .map_err(|_| VcpuControlError::Exited(self.index))?;
+        match self.recv_ack("a state request", timeout)? {
+            VcpuAck::State(result) => (*result).map_err(|reason| VcpuControlError::SaveState {
+                index: self.index,
+                reason,
             }),
-            Err(RecvTimeoutError::Disconnected) => Err(VcpuControlError::Exited(self.index)),
+            other => Err(VcpuControlError::Unexpected {
+                index: self.index,
+                got: other.name(),
+            }),
         }
     }
 
@@ -469,16 +538,43 @@ impl VcpuRunner {
                 },
                 RunState::Exited => return RunState::Exited,
             };
-            let (next, ack) = transition(request);
-            if next != state {
-                log::debug!("vCPU {}: {state:?} -> {next:?}", self.index);
-            }
-            state = next;
+            let ack = match transition(request, state) {
+                Action::Go(next, ack) => {
+                    if next != state {
+                        log::debug!("vCPU {}: {state:?} -> {next:?}", self.index);
+                    }
+                    state = next;
+                    match next {
+                        RunState::Paused if ack => Some(VcpuAck::Paused),
+                        RunState::Running if ack => Some(VcpuAck::Resumed),
+                        _ => None,
+                    }
+                }
+                Action::SaveState => Some(VcpuAck::State(Box::new(self.save_state()))),
+                Action::Refuse(why) => Some(VcpuAck::State(Box::new(Err(why.to_string())))),
+            };
             if let Some(ack) = ack {
                 // The VMM only goes away when it is tearing down; the stop flag follows.
                 let _ = self.acks.send(ack);
             }
         }
+    }
+
+    /// The whole state of this (parked) vCPU. An exit the thread handled last (a port or MMIO
+    /// read, say) is finished first: KVM completes that instruction only on the next KVM_RUN,
+    /// which `immediate_exit` makes return before any guest instruction runs.
+    fn save_state(&mut self) -> Result<VcpuState, String> {
+        self.fd.set_kvm_immediate_exit(1);
+        let completed = match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Ok(exit) => Err(format!("KVM_RUN did not complete the last exit: {exit:?}")),
+            Err(e) => Err(format!(
+                "KVM_RUN failed while completing the last exit: {e}"
+            )),
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        completed?;
+        VcpuState::save(&self.fd, &self.ctx.saveable_msrs).map_err(|e| crate::error_chain(&e))
     }
 
     fn run_loop(&mut self) -> VcpuExitReason {
@@ -724,24 +820,46 @@ impl VcpuRunner {
 mod tests {
     use super::*;
 
+    fn target(action: Action) -> Option<(RunState, bool)> {
+        match action {
+            Action::Go(next, ack) => Some((next, ack)),
+            _ => None,
+        }
+    }
+
     #[test]
     fn test_transition_pause_parks_and_acks() {
         assert_eq!(
-            transition(VcpuRequest::Pause),
-            (RunState::Paused, Some(VcpuAck::Paused))
+            target(transition(VcpuRequest::Pause, RunState::Running)),
+            Some((RunState::Paused, true))
         );
     }
 
     #[test]
     fn test_transition_resume_runs_and_acks() {
         assert_eq!(
-            transition(VcpuRequest::Resume),
-            (RunState::Running, Some(VcpuAck::Resumed))
+            target(transition(VcpuRequest::Resume, RunState::Paused)),
+            Some((RunState::Running, true))
         );
     }
 
     #[test]
     fn test_transition_stop_exits_without_ack() {
-        assert_eq!(transition(VcpuRequest::Stop), (RunState::Exited, None));
+        assert_eq!(
+            target(transition(VcpuRequest::Stop, RunState::Paused)),
+            Some((RunState::Exited, false))
+        );
+    }
+
+    #[test]
+    fn test_transition_save_state_only_while_paused() {
+        assert_eq!(
+            transition(VcpuRequest::SaveState, RunState::Paused),
+            Action::SaveState
+        );
+        assert!(matches!(
+            transition(VcpuRequest::SaveState, RunState::Running),
+            Action::Refuse(_)
+        ));
     }
 }
