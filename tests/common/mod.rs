@@ -181,6 +181,14 @@ impl VmArgs {
         }
     }
 
+    /// Restores a snapshot: `--restore SPEC` (`snapshot=PATH,mem=PATH[,resume=on]`).
+    pub fn restore(spec: &str) -> Self {
+        VmArgs {
+            args: vec!["--restore".into(), spec.to_string()],
+            netns: None,
+        }
+    }
+
     /// Adds a flag without a value.
     pub fn flag(mut self, flag: &str) -> Self {
         self.args.push(flag.to_string());
