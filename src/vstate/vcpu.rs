@@ -514,6 +514,12 @@ impl VcpuRunner {
     fn run(&mut self) -> VcpuExitReason {
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|r| r.set(run_ptr));
+        // A restored vCPU may already run a guest kernel with its system calls set up: the
+        // repair arms from the MSRs and IDT now rather than at the first sample tick (a vCPU
+        // at its boot entry is not in long mode yet, and this does nothing).
+        if let Some(repair) = self.repair.as_mut() {
+            repair.refresh(&mut self.fd, &self.ctx.mem);
+        }
         let reason = self.run_loop();
         KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
         reason
