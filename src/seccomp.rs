@@ -387,6 +387,51 @@ mod tests {
     }
 
     #[test]
+    fn test_main_thread_may_only_create_files_write_only() {
+        let path = std::env::temp_dir().join(format!("ember-openat-{}", std::process::id()));
+        let opened = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                // Only the stacked filter: it decides openat and allows every other call.
+                let refusal = open_refusal(ThreadKind::Vmm).expect("filter builds");
+                seccompiler::apply_filter(&refusal).expect("install on this thread");
+                let errno =
+                    |r: std::io::Result<std::fs::File>| r.err().and_then(|e| e.raw_os_error());
+                let mut open = std::fs::OpenOptions::new();
+                let create = open.write(true).create(true).truncate(true);
+                (
+                    errno(std::fs::File::open("/proc/self/status")),
+                    create.open(&path).is_ok(),
+                    errno(
+                        std::fs::OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .open(&path),
+                    ),
+                    errno(
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .create(true)
+                            .truncate(false)
+                            .open(&path),
+                    ),
+                )
+            }
+        })
+        .join()
+        .expect("thread");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(opened.0, Some(libc::ENOENT), "read-only open allowed");
+        assert!(opened.1, "write-only create and truncate refused");
+        assert_eq!(opened.2, Some(libc::ENOENT), "read-write open allowed");
+        assert_eq!(
+            opened.3,
+            Some(libc::ENOENT),
+            "open without truncate allowed"
+        );
+    }
+
+    #[test]
     fn test_vcpu_list_is_narrower_than_vmm_list() {
         let vcpu = allowed(ThreadKind::Vcpu);
         let vmm = allowed(ThreadKind::Vmm);
