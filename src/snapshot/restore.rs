@@ -84,20 +84,29 @@ pub fn restore_microvm(
     spec: &RestoreSpec,
     serial: &SerialConfig,
 ) -> Result<(Vmm, VmConfig), RestoreError> {
+    let t0 = std::time::Instant::now();
+    let mut steps = Vec::new();
+    let mut step = |name: &'static str| steps.push((name, t0.elapsed()));
     let (snapshot, mem_file) = super::load(&spec.paths)?;
+    step("load");
     let config = restored_config(&snapshot, spec, serial)?;
     let host = KvmHost::open().map_err(StartError::from)?;
+    step("kvm");
     config
         .validate_without_boot(&HostLimits::read(host.max_vcpus()))
         .map_err(StartError::from)?;
     let mem = memory::map_guest_memory_file(&mem_file, &snapshot.memory.regions)
         .map_err(StartError::from)?;
+    step("memory");
     let mut virtio = DeviceManager::new(mem.clone());
     builder::attach_virtio_devices(&config, &mut virtio)?;
     let policy = HostPolicy::decide(config.pvm_compat, HostKind::detect());
     let vm = Vm::new(&host).map_err(StartError::from)?;
+    step("create VM");
     vm.register_memory(&mem).map_err(StartError::from)?;
+    step("memory slots");
     let devices = builder::create_devices(&vm, &config, virtio)?;
+    step("devices");
 
     let supported = supported_cpuid(&host.kvm).map_err(StartError::from)?;
     let msrs: Arc<[u32]> = saveable_msrs(&host.kvm).map_err(state_err("vCPU"))?.into();
@@ -110,6 +119,7 @@ pub fn restore_microvm(
         })
         .collect::<Result<Vec<Vcpu>, crate::vstate::vcpu::VcpuError>>()
         .map_err(StartError::from)?;
+    step("vcpus");
     snapshot.vm.restore(vm.fd()).map_err(state_err("VM"))?;
     for (vcpu, state) in vcpus.iter().zip(&snapshot.vcpus) {
         vcpu.restore_state(state)
@@ -119,6 +129,12 @@ pub fn restore_microvm(
         .restore(&snapshot.devices)
         .map_err(state_err("device"))?;
     let repair = builder::arm_syscall_repair(&vm, policy);
+    step("state");
+    let steps: Vec<String> = steps
+        .iter()
+        .map(|(name, at)| format!("{name} {:.1}", at.as_secs_f64() * 1000.0))
+        .collect();
+    log::debug!("Restore steps (ms since the start): {}", steps.join(", "));
     log::info!(
         "Restored a microVM of {} vCPU(s) and {} MiB from {}",
         num,
