@@ -10,53 +10,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::api::{http, sock_path};
+use common::api::sock_path;
+use common::snapshot::{Files, expect, save_and_stop};
 use common::{GUEST_TIMEOUT, TestVm, VmArgs, run_ember, scratch_dir};
 
 const QUICK: Duration = Duration::from_secs(60);
 const SIGTERM: i32 = 15;
-
-/// The files of one snapshot, in the scratch directory.
-struct Files {
-    snap: PathBuf,
-    mem: PathBuf,
-}
-
-impl Files {
-    fn new(name: &str) -> Self {
-        let dir = scratch_dir();
-        let files = Files {
-            snap: dir.join(format!("{name}.snap")),
-            mem: dir.join(format!("{name}.mem")),
-        };
-        let _ = std::fs::remove_file(&files.snap);
-        let _ = std::fs::remove_file(&files.mem);
-        files
-    }
-
-    fn spec(&self, resume: bool) -> String {
-        format!(
-            "snapshot={},mem={}{}",
-            self.snap.display(),
-            self.mem.display(),
-            if resume { ",resume=on" } else { "" }
-        )
-    }
-
-    fn load_body(&self, resume: bool) -> String {
-        format!(
-            r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "File", "backend_path": "{}"}}, "resume_vm": {resume}}}"#,
-            self.snap.display(),
-            self.mem.display()
-        )
-    }
-}
-
-fn expect(sock: &Path, method: &str, target: &str, body: &str, status: u16) -> String {
-    let (got, answer) = http(sock, method, target, body);
-    assert_eq!(got, status, "{method} {target} {body} -> {answer}");
-    answer
-}
 
 /// A parsed `TICK cpu=C n=N nonce=X` line.
 fn tick(line: &str) -> Option<(u32, u64, String)> {
@@ -115,15 +74,7 @@ fn snapshot_ticking_guest(vcpus: u32, files: &Files) -> (BTreeMap<u32, u64>, Str
     common::api::wait_for_socket(&sock, QUICK);
     let cpus: Vec<u32> = (0..vcpus).collect();
     wait_for_counts(&vm, &cpus, |_| 3);
-    expect(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#, 204);
-    let body = format!(
-        r#"{{"snapshot_type": "Full", "snapshot_path": "{}", "mem_file_path": "{}"}}"#,
-        files.snap.display(),
-        files.mem.display()
-    );
-    expect(&sock, "PUT", "/snapshot/create", &body, 204);
-    vm.signal(SIGTERM);
-    vm.wait_exit(QUICK);
+    save_and_stop(&mut vm, &sock, files);
     let (last, nonce) = last_ticks(&vm.console());
     assert_eq!(last.len(), vcpus as usize, "{:?}", vm.console());
     assert!(!nonce.is_empty());
@@ -209,15 +160,7 @@ fn test_snapshot_echo_guest_echoes_input_typed_after_restore() {
     vm.wait_for_line("READY", GUEST_TIMEOUT);
     vm.send(b"before the snapshot\n");
     vm.wait_for_line("ECHO before the snapshot", GUEST_TIMEOUT);
-    expect(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#, 204);
-    let body = format!(
-        r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
-        files.snap.display(),
-        files.mem.display()
-    );
-    expect(&sock, "PUT", "/snapshot/create", &body, 204);
-    vm.signal(SIGTERM);
-    vm.wait_exit(QUICK);
+    save_and_stop(&mut vm, &sock, &files);
 
     let mut restored = TestVm::start(VmArgs::restore(&files.spec(true)));
     restored.send(b"typed after the restore\n");

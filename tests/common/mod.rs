@@ -5,6 +5,7 @@
 pub mod api;
 pub mod dhcp;
 pub mod netns;
+pub mod snapshot;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
