@@ -91,6 +91,8 @@ const VMM: &[libc::c_long] = &[
     libc::SYS_fsync,
     libc::SYS_fdatasync,
     libc::SYS_fallocate,
+    // A diff snapshot's memory file is sized before its pages are written (sparse).
+    libc::SYS_ftruncate,
     libc::SYS_timerfd_settime,
     libc::SYS_timerfd_gettime,
     libc::SYS_tgkill,

@@ -111,6 +111,7 @@ pub struct Vmm {
     policy: HostPolicy,
     syscall_repair: Option<Arc<RepairCounters>>,
     saveable_msrs: Arc<[u32]>,
+    diff_base: Option<Arc<File>>,
 }
 
 /// What a front end hands the running VMM besides the VM itself; all optional.
@@ -188,6 +189,8 @@ struct Controller {
     vm: Arc<Vm>,
     mem: GuestMemoryMmap,
     devices: Arc<Devices>,
+    /// `/proc/self/pagemap`, when the VM was restored (diff snapshots).
+    diff_base: Option<Arc<File>>,
     config: Option<VmConfig>,
     events: EventSink,
 }
@@ -321,7 +324,14 @@ impl Vmm {
             policy,
             syscall_repair,
             saveable_msrs,
+            diff_base: None,
         }
+    }
+
+    /// Lets `PUT /snapshot/create` write diff snapshots against the memory file this VM was
+    /// restored from: `pagemap` is this process's `/proc/self/pagemap` (snapshot/diff.rs).
+    pub fn set_diff_base(&mut self, pagemap: File) {
+        self.diff_base = Some(Arc::new(pagemap));
     }
 
     /// The VM (for tests and tools that inspect it).
@@ -471,6 +481,7 @@ impl Vmm {
             vm: self.vm.clone(),
             mem: self.mem.clone(),
             devices: self.devices.clone(),
+            diff_base: self.diff_base.clone(),
             config: options.config,
             events: options.events,
         }));

@@ -171,7 +171,7 @@ fn test_snapshot_echo_guest_echoes_input_typed_after_restore() {
 }
 
 #[test]
-fn test_snapshot_create_refused_while_running() {
+fn test_snapshot_create_refused_while_running_and_diff_refused_when_booted() {
     let files = Files::new("running");
     let sock = sock_path("snap-running");
     let mut vm = TestVm::start(
@@ -189,6 +189,11 @@ fn test_snapshot_create_refused_while_running() {
     let answer = expect(&sock, "PUT", "/snapshot/create", &body, 400);
     assert!(answer.contains("pause it"), "{answer}");
     assert!(!files.snap.exists() && !files.mem.exists());
+    // Paused, a booted (not restored) VM has no base for a diff.
+    expect(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#, 204);
+    let body = files.create_body().replace("Full", "Diff");
+    let answer = expect(&sock, "PUT", "/snapshot/create", &body, 400);
+    assert!(answer.contains("restored from a snapshot"), "{answer}");
 }
 
 /// A copy of the good snapshot, changed by `edit`, at a new path.
@@ -324,4 +329,65 @@ fn test_snapshot_ten_clones_run_at_once_and_share_guest_memory() {
     for (i, (a, _)) in rss.iter().enumerate() {
         assert!(*a < 32 * 1024, "clone {i}: {a} KiB anonymous RSS");
     }
+}
+
+#[test]
+fn test_snapshot_diff_of_a_restored_vm_merges_onto_its_base_and_continues() {
+    use std::os::unix::fs::MetadataExt;
+    let base = Files::new("diff-base");
+    let (_, nonce) = snapshot_ticking_guest(1, &base);
+    let sock = sock_path("snap-diff");
+    let mut vm = TestVm::start(VmArgs::restore(&base.spec(true)).arg("--api-sock", sock.display()));
+    common::api::wait_for_socket(&sock, QUICK);
+    let (first, _) = last_ticks(&vm.console());
+    wait_for_counts(&vm, &[0], |_| first.get(&0).copied().unwrap_or(0) + 3);
+    let diff = Files::new("diff");
+    expect(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#, 204);
+    let body = diff.create_body().replace("Full", "Diff");
+    expect(&sock, "PUT", "/snapshot/create", &body, 204);
+    // Still paused: a full snapshot now holds exactly the memory the merged diff must give.
+    let full = Files::new("diff-full");
+    expect(&sock, "PUT", "/snapshot/create", &full.create_body(), 204);
+    vm.signal(SIGTERM);
+    vm.wait_exit(QUICK);
+    let (before, diff_nonce) = last_ticks(&vm.console());
+    assert_eq!(diff_nonce, nonce);
+
+    let meta = std::fs::metadata(&diff.mem).expect("diff memory file");
+    assert_eq!(
+        meta.len(),
+        128 << 20,
+        "a diff is a sparse file of the full size"
+    );
+    let allocated = meta.blocks() * 512;
+    eprintln!(
+        "diff snapshot of the ticking guest: {} KiB allocated of {} MiB",
+        allocated >> 10,
+        meta.len() >> 20
+    );
+    assert!(
+        allocated < 8 << 20,
+        "{allocated} bytes allocated: not a diff"
+    );
+
+    let merged = scratch_dir().join("diff-merged.mem");
+    std::fs::copy(&base.mem, &merged).expect("copy the base");
+    let status =
+        std::process::Command::new(common::repo_root().join("scripts/merge-diff-snapshot"))
+            .arg(&diff.mem)
+            .arg(&merged)
+            .status()
+            .expect("run scripts/merge-diff-snapshot");
+    assert!(status.success());
+    assert!(
+        std::fs::read(&merged).expect("merged") == std::fs::read(&full.mem).expect("full"),
+        "base + diff is not the VM's memory: the diff missed written pages"
+    );
+    let spec = format!(
+        "snapshot={},mem={},resume=on",
+        diff.snap.display(),
+        merged.display()
+    );
+    let restored = TestVm::start(VmArgs::restore(&spec));
+    assert_continues(&restored, &before, &nonce);
 }

@@ -4,6 +4,7 @@
 //! bodies of `PUT /snapshot/create` and `PUT /snapshot/load` and the `--restore` option are in
 //! params.rs.
 
+pub mod diff;
 pub mod format;
 pub mod params;
 pub mod restore;
@@ -120,14 +121,25 @@ fn create_file(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// Writes `snapshot` and guest memory `mem` to `paths`. On failure the files written so far
-/// are removed.
+/// What goes into the memory file.
+#[derive(Clone, Copy)]
+pub enum MemoryContents<'a> {
+    /// All of guest RAM.
+    Full,
+    /// Only the pages that differ from the memory file the VM was restored from, found
+    /// through this `/proc/self/pagemap` handle (diff.rs).
+    Diff(&'a File),
+}
+
+/// Writes `snapshot` and guest memory `mem` (all of it, or its diff) to `paths`; returns the
+/// bytes of guest memory written. On failure the files written so far are removed.
 pub fn write(
     snapshot: &Snapshot,
     mem: &GuestMemoryMmap,
     paths: &SnapshotPaths,
-) -> Result<(), SnapshotError> {
-    let result = write_files(snapshot, mem, paths);
+    contents: MemoryContents<'_>,
+) -> Result<u64, SnapshotError> {
+    let result = write_files(snapshot, mem, paths, contents);
     if result.is_err() {
         let _ = std::fs::remove_file(&paths.snapshot);
         let _ = std::fs::remove_file(&paths.mem);
@@ -139,7 +151,8 @@ fn write_files(
     snapshot: &Snapshot,
     mem: &GuestMemoryMmap,
     paths: &SnapshotPaths,
-) -> Result<(), SnapshotError> {
+    contents: MemoryContents<'_>,
+) -> Result<u64, SnapshotError> {
     let snap_io = |source| FormatError::Io {
         path: paths.snapshot.clone(),
         source,
@@ -153,22 +166,30 @@ fn write_files(
         reason: e.to_string(),
     })?;
     let mut mem_file = create_file(&paths.mem).map_err(mem_io)?;
-    for region in mem.iter() {
-        let len = usize::try_from(region.len()).map_err(|_| {
-            mem_io(std::io::Error::other(
-                "region larger than the address space",
-            ))
-        })?;
-        mem.write_all_volatile_to(region.start_addr(), &mut mem_file, len)
-            .map_err(|e| mem_io(std::io::Error::other(e.to_string())))?;
-    }
-    mem_file.sync_all().map_err(mem_io)?;
+    let bytes = match contents {
+        MemoryContents::Full => {
+            for region in mem.iter() {
+                let len = usize::try_from(region.len()).map_err(|_| {
+                    mem_io(std::io::Error::other(
+                        "region larger than the address space",
+                    ))
+                })?;
+                mem.write_all_volatile_to(region.start_addr(), &mut mem_file, len)
+                    .map_err(|e| mem_io(std::io::Error::other(e.to_string())))?;
+            }
+            mem_file.sync_all().map_err(mem_io)?;
+            snapshot.memory.total()
+        }
+        MemoryContents::Diff(pagemap) => {
+            diff::write_written_pages(mem, pagemap, &mut mem_file).map_err(mem_io)? * 4096
+        }
+    };
     let mut snap_file = create_file(&paths.snapshot).map_err(snap_io)?;
     snap_file
         .write_all(&format::encode(&body))
         .and_then(|()| snap_file.sync_all())
         .map_err(snap_io)?;
-    Ok(())
+    Ok(bytes)
 }
 
 /// Reads and checks the snapshot at `paths.snapshot` and opens its memory file, checking its

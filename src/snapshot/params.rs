@@ -13,7 +13,7 @@ pub enum SnapshotType {
     /// All of guest memory.
     #[default]
     Full,
-    /// Only the pages dirtied since the last snapshot (not supported yet: refused).
+    /// Only the pages that differ from the memory file the VM was restored from.
     Diff,
 }
 
@@ -71,7 +71,7 @@ pub struct SnapshotLoadBody {
     /// The memory backend.
     #[serde(default)]
     pub mem_backend: Option<MemBackend>,
-    /// Track dirty pages for later diff snapshots (not supported yet: refused when true).
+    /// Allow diff snapshots of the restored VM (always allowed: accepted and ignored).
     #[serde(default)]
     pub enable_diff_snapshots: bool,
     /// The newer name of `enable_diff_snapshots`.
@@ -99,9 +99,6 @@ pub struct RestoreSpec {
 impl SnapshotLoadBody {
     /// The restore this body asks for, or why it cannot be done.
     pub fn to_spec(&self) -> Result<RestoreSpec, String> {
-        if self.enable_diff_snapshots || self.track_dirty_pages {
-            return Err("Dirty page tracking (diff snapshots) is not supported yet.".into());
-        }
         let mem = match (&self.mem_file_path, &self.mem_backend) {
             (Some(_), Some(_)) => {
                 return Err("Give either mem_file_path or mem_backend, not both.".into());
@@ -220,7 +217,6 @@ mod tests {
     fn test_load_body_unsupported_choices_are_refused() {
         for json in [
             r#"{"snapshot_path": "/s"}"#,
-            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "track_dirty_pages": true}"#,
             r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}}"#,
         ] {
             let body: SnapshotLoadBody = serde_json::from_str(json).expect("parse");

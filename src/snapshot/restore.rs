@@ -141,6 +141,11 @@ pub fn restore_microvm(
         snapshot.memory.total() >> 20,
         spec.paths.snapshot.display()
     );
-    let vmm = Vmm::new(vm, mem, vcpus, devices, policy, repair, msrs);
+    let mut vmm = Vmm::new(vm, mem, vcpus, devices, policy, repair, msrs);
+    // Opened now: the main thread's seccomp filter will not let it open anything later.
+    match std::fs::File::open("/proc/self/pagemap") {
+        Ok(pagemap) => vmm.set_diff_base(pagemap),
+        Err(e) => log::warn!("No diff snapshots for this VM: cannot open /proc/self/pagemap: {e}"),
+    }
     Ok((vmm, config))
 }

@@ -9,18 +9,24 @@ use crate::api::ApiResponse;
 use crate::config::VmConfigDraft;
 use crate::config::file::ConfigDocument;
 use crate::snapshot::params::{SnapshotCreateBody, SnapshotType};
-use crate::snapshot::{self, MemoryLayout, Snapshot, SnapshotPaths};
+use crate::snapshot::{self, MemoryContents, MemoryLayout, Snapshot, SnapshotPaths};
 use crate::vstate::vm_state::VmState;
 
 /// How long each parked vCPU may take to answer a state request.
 const SAVE_STATE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Controller {
-    /// Writes a full snapshot of the paused VM, or says why not.
+    /// Writes a full or diff snapshot of the paused VM, or says why not.
     pub(super) fn create_snapshot(&mut self, body: &SnapshotCreateBody) -> ApiResponse {
-        if body.snapshot_type == SnapshotType::Diff {
-            return ApiResponse::bad_request("Diff snapshots are not supported yet.");
-        }
+        let contents = match (body.snapshot_type, &self.diff_base) {
+            (SnapshotType::Full, _) => MemoryContents::Full,
+            (SnapshotType::Diff, Some(pagemap)) => MemoryContents::Diff(pagemap),
+            (SnapshotType::Diff, None) => {
+                return ApiResponse::bad_request(
+                    "A diff snapshot needs a VM restored from a snapshot (the diff is against its memory file): take a Full snapshot.",
+                );
+            }
+        };
         if !self.paused {
             return ApiResponse::bad_request(
                 "The microVM is running: pause it (PATCH /vm) before creating a snapshot.",
@@ -59,14 +65,15 @@ impl Controller {
             snapshot: body.snapshot_path.clone(),
             mem: body.mem_file_path.clone(),
         };
-        match snapshot::write(&state, &self.mem, &paths) {
-            Ok(()) => {
+        match snapshot::write(&state, &self.mem, &paths, contents) {
+            Ok(bytes) => {
                 let elapsed = started.elapsed();
-                let mib = state.memory.total() >> 20;
                 log::info!(
-                    "Snapshot written to {} and {} ({mib} MiB) in {} ms",
+                    "{:?} snapshot written to {} and {} ({} KiB of guest memory) in {} ms",
+                    body.snapshot_type,
                     paths.snapshot.display(),
                     paths.mem.display(),
+                    bytes >> 10,
                     elapsed.as_millis()
                 );
                 ApiResponse::no_content()
