@@ -384,6 +384,7 @@ mod tests {
             mem_size_mib: 64,
             smt: false,
             pvm_compat: Default::default(),
+            track_dirty_pages: false,
         };
         let r = handle_preboot(&mut draft, &ApiRequest::PutMachineConfig(body));
         assert_eq!(r.status, 204);
