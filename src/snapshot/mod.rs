@@ -212,13 +212,7 @@ pub fn load(paths: &SnapshotPaths) -> Result<(Snapshot, File), SnapshotError> {
     }
     let mut bytes = Vec::with_capacity(size as usize);
     file.read_to_end(&mut bytes).map_err(snap_io)?;
-    let body = format::decode(path, &bytes)?;
-    let snapshot: Snapshot =
-        crate::config::file::parse_json(body).map_err(|reason| SnapshotError::Contents {
-            path: path.clone(),
-            reason,
-        })?;
-    check_consistent(path, &snapshot)?;
+    let snapshot = parse(path, &bytes)?;
 
     let mem_io = |source| SnapshotError::MemoryIo {
         path: paths.mem.clone(),
@@ -235,6 +229,19 @@ pub fn load(paths: &SnapshotPaths) -> Result<(Snapshot, File), SnapshotError> {
         });
     }
     Ok((snapshot, mem_file))
+}
+
+/// The snapshot in `bytes` (the contents of the file at `path`), once the framing, the
+/// contents and their consistency are all checked.
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+    let body = format::decode(path, bytes)?;
+    let snapshot: Snapshot =
+        crate::config::file::parse_json(body).map_err(|reason| SnapshotError::Contents {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+    check_consistent(path, &snapshot)?;
+    Ok(snapshot)
 }
 
 /// The checks that need the whole snapshot: one vCPU state per configured vCPU, guest RAM as
