@@ -98,6 +98,9 @@ pub enum VmmError {
     /// The console output thread could not start.
     #[error(transparent)]
     ConsoleOutput(#[from] ConsoleOutputError),
+    /// A vCPU of a VM started paused (a restore) did not park.
+    #[error("A restored vCPU did not park")]
+    PausedStart(#[source] vcpu::VcpuControlError),
 }
 
 /// A built microVM, ready to run.
@@ -530,7 +533,7 @@ impl Vmm {
                 .try_for_each(|h| h.wait_ack(vcpu::VcpuAck::Paused, VCPU_STOP_TIMEOUT));
             if let Err(e) = parked {
                 Self::stop_vcpus(&mut controller.borrow_mut());
-                let e = VmmError::Io("a paused start", std::io::Error::other(e.to_string()));
+                let e = VmmError::PausedStart(e);
                 if let Some(call) = start_call.take() {
                     call.answer(ApiResponse::error(500, &crate::error_chain(&e)));
                 }

@@ -1,10 +1,11 @@
-//! Snapshot and restore of the reference Linux kernel: booted once (idle initramfs, a static
-//! address on virtio-net, in a network namespace the test creates) until it answers pings,
-//! paused, saved, and restored by `PUT /snapshot/load` in a fresh Ember, where it answers pings
-//! again without booting (its boot log is not printed again). The time from the load request to
-//! the first ping reply is printed (a measurement, not a pass condition). The boot takes a
-//! minute or more on software-nested hosts. Needs root and the built images; skips otherwise
-//! (fails under EMBER_REQUIRE_ALL).
+//! Snapshot and restore of the reference Linux kernel, one boot (a minute or more on
+//! software-nested hosts): a static address on virtio-net in a network namespace the test
+//! creates, and the initramfs's /bin/utest making system calls with signals, then fork+exec,
+//! from guest userspace. As soon as the init has started utest, the guest is paused, saved,
+//! and restored by `PUT /snapshot/load` in a fresh Ember: it answers pings without booting (its boot log is not printed again), utest finishes its checks in the
+//! restored guest, and the guest powers off (exit 0). The time from the load request to the
+//! first ping reply is printed (a measurement, not a pass condition). Needs root and the built
+//! images; skips otherwise (fails under EMBER_REQUIRE_ALL).
 
 mod common;
 
@@ -25,8 +26,8 @@ fn pings(ns: &NetNs, wait_s: &str) -> bool {
 }
 
 #[test]
-fn test_snapshot_linux_answers_pings_after_restore_in_a_new_process() {
-    let (Some(kernel), Some(initrd)) = (linux_image("vmlinux"), linux_image("initramfs-idle.cpio"))
+fn test_snapshot_linux_answers_pings_and_userspace_finishes_after_restore() {
+    let (Some(kernel), Some(initrd)) = (linux_image("vmlinux"), linux_image("initramfs.cpio"))
     else {
         return;
     };
@@ -44,7 +45,8 @@ fn test_snapshot_linux_answers_pings_after_restore_in_a_new_process() {
             .arg(
                 "--cmdline",
                 format!(
-                    "console=ttyS0 reboot=k panic=1 ip={GUEST_IP}::10.0.2.2:255.255.255.0::eth0:off"
+                    "console=ttyS0 reboot=k panic=1 ip={GUEST_IP}::10.0.2.2:255.255.255.0::eth0:off \
+                     ember.utest=syscalls:8000,fork:10"
                 ),
             )
             .arg("--net", "tap=tap0,mac=02:00:00:00:00:01")
@@ -52,20 +54,21 @@ fn test_snapshot_linux_answers_pings_after_restore_in_a_new_process() {
             .in_netns(ns.name()),
     );
     common::api::wait_for_socket(&sock, QUICK);
-    let deadline = Instant::now() + LINUX_TIMEOUT;
-    while !pings(&ns, "3") {
-        assert!(
-            Instant::now() < deadline,
-            "the guest never answered a ping\n--- console ---\n{}\n--- ember log ---\n{}",
-            vm.console().join("\n"),
-            vm.log()
-        );
-    }
+    // The last line of the init's report: utest starts right after it, and the kernel has
+    // configured eth0 before the init ran. Saved at once, so utest runs across the restore.
+    vm.wait_for_line("EMBER-INIT nics=", LINUX_TIMEOUT);
     save_and_stop(&mut vm, &sock, &files);
+    assert!(
+        !vm.console()
+            .iter()
+            .any(|l| l.starts_with("EMBER-INIT utest=")),
+        "utest finished before the snapshot: the test proves nothing about userspace\n{}",
+        vm.console().join("\n")
+    );
     assert!(!pings(&ns, "1"), "something else answers for the guest");
 
     let sock = sock_path("snap-linux-restored");
-    let restored = TestVm::start(
+    let mut restored = TestVm::start(
         VmArgs::default()
             .arg("--api-sock", sock.display())
             .in_netns(ns.name()),
@@ -97,4 +100,13 @@ fn test_snapshot_linux_answers_pings_after_restore_in_a_new_process() {
     );
     let info = expect(&sock, "GET", "/", "", 200);
     assert!(info.contains("Running"), "{info}");
+    restored.wait_for_line("EMBER-INIT utest=", LINUX_TIMEOUT);
+    let console = restored.console();
+    assert!(
+        console.iter().any(|l| l == "EMBER-INIT utest=ok"),
+        "utest failed in the restored guest\n{}\n--- ember log ---\n{}",
+        console.join("\n"),
+        restored.log()
+    );
+    assert_eq!(restored.exit_code(LINUX_TIMEOUT), 0, "{}", restored.log());
 }
