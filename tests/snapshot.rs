@@ -27,14 +27,19 @@ fn tick(line: &str) -> Option<(u32, u64, String)> {
     Some((cpu, n, nonce))
 }
 
-/// The last count each CPU printed, and the nonce (the same on every line).
+/// The last count each CPU printed, and the nonce. A process stopped at a snapshot may end its
+/// output in the middle of a line ("TICK cpu=2 n=5 nonce=0x1a"): only lines with the nonce of
+/// the first line (complete, since others followed it) count.
 fn last_ticks(console: &[String]) -> (BTreeMap<u32, u64>, String) {
-    let mut last = BTreeMap::new();
-    let mut nonce = String::new();
-    for (cpu, n, x) in console.iter().filter_map(|l| tick(l)) {
-        last.insert(cpu, n);
-        nonce = x;
-    }
+    let ticks: Vec<(u32, u64, String)> = console.iter().filter_map(|l| tick(l)).collect();
+    let Some(nonce) = ticks.first().map(|t| t.2.clone()) else {
+        return (BTreeMap::new(), String::new());
+    };
+    let last = ticks
+        .iter()
+        .filter(|t| t.2 == nonce)
+        .map(|t| (t.0, t.1))
+        .collect();
     (last, nonce)
 }
 
