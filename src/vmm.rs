@@ -548,6 +548,10 @@ impl Vmm {
             .emit(LifecycleEvent::Started {
                 vcpus: u8::try_from(vcpu_count).unwrap_or(u8::MAX),
             });
+        if options.start_paused {
+            log::info!("VM paused (restored without resume_vm)");
+            controller.borrow_mut().events.emit(LifecycleEvent::Paused);
+        }
         if let Some(call) = start_call {
             call.answer(ApiResponse::no_content());
         }

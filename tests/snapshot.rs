@@ -140,7 +140,13 @@ fn test_snapshot_load_over_api_paused_then_resumed() {
     let files = Files::new("api-load");
     let (before, nonce) = snapshot_ticking_guest(2, &files);
     let sock = sock_path("snap-api-load");
-    let vm = TestVm::start(VmArgs::default().arg("--api-sock", sock.display()));
+    let events = scratch_dir().join("snap-api-load-events.jsonl");
+    let _ = std::fs::remove_file(&events);
+    let vm = TestVm::start(
+        VmArgs::default()
+            .arg("--api-sock", sock.display())
+            .arg("--events", events.display()),
+    );
     common::api::wait_for_socket(&sock, QUICK);
     expect(&sock, "PUT", "/snapshot/load", &files.load_body(false), 204);
     let info = expect(&sock, "GET", "/", "", 200);
@@ -153,6 +159,15 @@ fn test_snapshot_load_over_api_paused_then_resumed() {
     );
     expect(&sock, "PATCH", "/vm", r#"{"state": "Resumed"}"#, 204);
     assert_continues(&vm, &before, &nonce);
+    let names: Vec<String> = std::fs::read_to_string(&events)
+        .expect("events file")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("one JSON object a line");
+            v["event"].as_str().expect("event").to_string()
+        })
+        .collect();
+    assert_eq!(names, ["started", "paused", "resumed"]);
     expect(&sock, "PUT", "/snapshot/load", &files.load_body(true), 400);
 }
 
