@@ -304,7 +304,7 @@ fn test_snapshot_cli_restore_of_a_corrupted_file_is_one_line_and_nonzero() {
     std::fs::write(&files.mem, [0u8; 4096]).expect("memory");
     let spec = files.spec(true);
     let (code, stderr) = run_ember(&["--restore", &spec], QUICK);
-    assert_ne!(code, 0, "{stderr}");
+    assert_eq!(code, 2, "bad input is a usage error: {stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].contains("truncated"), "{stderr}");
