@@ -13,7 +13,7 @@ use common::netns::{
     MAC0, NetNs, PacketSocket, host_frame, is_test_frame, payload_starts, rx_line,
 };
 use common::snapshot::{Files, save_and_stop};
-use common::{GUEST_TIMEOUT, TestVm, VmArgs, fnv1a64, scratch_dir};
+use common::{GUEST_TIMEOUT, TestVm, VmArgs, fnv1a64, run_ember, scratch_dir};
 
 const QUICK: Duration = Duration::from_secs(60);
 const FRAME_WAIT: Duration = Duration::from_secs(10);
@@ -57,6 +57,13 @@ fn test_snapshot_blk_check_spans_the_snapshot() {
         before[131072..],
         "nothing else was written"
     );
+    // The disk is reopened by path: without it the restore is one error line naming it.
+    std::fs::remove_file(&disk).expect("remove the disk");
+    let spec = files.spec(true);
+    let (code, stderr) = run_ember(&["--restore", &spec], QUICK);
+    assert_ne!(code, 0, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&disk.display().to_string()), "{stderr}");
 }
 
 #[test]
