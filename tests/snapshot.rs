@@ -191,7 +191,7 @@ fn test_snapshot_echo_guest_echoes_input_typed_after_restore() {
 }
 
 #[test]
-fn test_snapshot_create_refused_while_running_and_diff_refused_when_booted() {
+fn test_snapshot_create_refused_while_running_for_a_diff_of_a_booted_vm_and_a_bad_path() {
     let files = Files::new("running");
     let sock = sock_path("snap-running");
     let mut vm = TestVm::start(
@@ -214,6 +214,16 @@ fn test_snapshot_create_refused_while_running_and_diff_refused_when_booted() {
     let body = files.create_body().replace("Full", "Diff");
     let answer = expect(&sock, "PUT", "/snapshot/create", &body, 400);
     assert!(answer.contains("restored from a snapshot"), "{answer}");
+    // A memory file that cannot be created: 400 naming it, nothing left behind, the VM resumes.
+    let body = files
+        .create_body()
+        .replace(&*files.mem.to_string_lossy(), "/nonexistent-dir/vm.mem");
+    let answer = expect(&sock, "PUT", "/snapshot/create", &body, 400);
+    assert!(answer.contains("/nonexistent-dir/vm.mem"), "{answer}");
+    assert!(!files.snap.exists());
+    let (paused_at, _) = last_ticks(&vm.console());
+    expect(&sock, "PATCH", "/vm", r#"{"state": "Resumed"}"#, 204);
+    wait_for_counts(&vm, &[0], |_| paused_at.get(&0).copied().unwrap_or(0) + 2);
 }
 
 /// A copy of the good snapshot, changed by `edit`, at a new path.
