@@ -440,11 +440,11 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let fifo = dir.join("fifo");
         let _ = std::fs::remove_file(&fifo);
-        let status = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .expect("mkfifo");
-        assert!(status.success());
+        // mkfifo(3), not the program: a child forked while another test holds a pipe would
+        // keep its read end open and hide the EPIPE that test waits for.
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: mkfifo reads the NUL-terminated path only.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
         let err = EventSink::open(&fifo, || Some(15))
             .err()
             .expect("no reader");

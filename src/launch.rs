@@ -9,10 +9,10 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use crate::api::server::{ApiServer, ApiServerError};
 use crate::api::{
     ActionType, ApiCall, ApiChannel, ApiRequest, ApiResponse, InstanceInfo, InstanceState,
-    MSG_BEFORE_START, current_log_level,
+    MSG_BEFORE_START,
 };
 use crate::builder::{StartError, build_microvm};
-use crate::config::file::ConfigDocument;
+use crate::config::file::{ConfigDocument, ProcessSettings};
 use crate::config::machine::MachineConfigBody;
 use crate::config::{ConfigError, VmConfig, VmConfigDraft};
 use crate::events::{EventSink, EventsError, LifecycleEvent};
@@ -287,6 +287,7 @@ fn is_configuration(request: &ApiRequest) -> bool {
     matches!(
         request,
         ApiRequest::PutMachineConfig(_)
+            | ApiRequest::PatchMachineConfig(_)
             | ApiRequest::PutBootSource(_)
             | ApiRequest::PutDrive(_)
             | ApiRequest::PutNet(_)
@@ -327,18 +328,34 @@ pub fn handle_preboot(draft: &mut VmConfigDraft, request: &ApiRequest) -> ApiRes
         ApiRequest::GetInstanceInfo => {
             ApiResponse::json(&InstanceInfo::new(InstanceState::NotStarted))
         }
+        ApiRequest::GetVersion => crate::api::VersionInfo::answer(),
         ApiRequest::GetMachineConfig => ApiResponse::json(&MachineConfigBody::from_config(
             &draft.machine,
             draft.pvm_compat,
         )),
-        ApiRequest::GetVmConfig => ApiResponse::json(&ConfigDocument::from_draft(
-            draft,
-            Some(current_log_level()),
-        )),
+        ApiRequest::GetVmConfig => ApiResponse::json(
+            &ConfigDocument::from_draft(draft, ProcessSettings::current()).to_api_json(),
+        ),
         ApiRequest::PutMachineConfig(body) => applied(draft.put_machine(body)),
+        ApiRequest::PatchMachineConfig(patch) => {
+            let now = MachineConfigBody::from_config(&draft.machine, draft.pvm_compat);
+            applied(draft.put_machine(&patch.apply(now)))
+        }
         ApiRequest::PutBootSource(body) => applied(draft.put_boot(body)),
         ApiRequest::PutDrive(body) => applied(draft.put_drive(body)),
         ApiRequest::PutNet(body) => applied(draft.put_net(body)),
+        ApiRequest::PutSerial(body) => applied(draft.put_serial(body)),
+        ApiRequest::PutMetrics(body) => match crate::metrics::configure(&body.metrics_path) {
+            Ok(()) => ApiResponse::no_content(),
+            Err(e) => ApiResponse::bad_request(&format!("{}.", crate::error_chain(&e))),
+        },
+        ApiRequest::Action(ActionType::FlushMetrics) => {
+            crate::vmm::flush_metrics(&crate::metrics::Sources::default())
+        }
+        ApiRequest::PutLogger(body) => match crate::logger::configure(&body.settings()) {
+            Ok(()) => ApiResponse::no_content(),
+            Err(e) => ApiResponse::bad_request(&format!("log_path: {}.", crate::error_chain(&e))),
+        },
         ApiRequest::Action(ActionType::InstanceStart) | ApiRequest::LoadSnapshot(_) => {
             ApiResponse::error(
                 500,

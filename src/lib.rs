@@ -23,14 +23,18 @@ pub mod fdwait;
 pub mod host;
 /// From a front end's request to a finished VM: API socket, pre-boot wait, build, run.
 pub mod launch;
-/// Ember's stderr logger.
+/// Ember's logger: stderr, or a file or FIFO in Firecracker's line format.
 pub mod logger;
+/// Metrics lines (`--metrics-path`, `PUT /metrics`, `FlushMetrics`).
+pub mod metrics;
 /// Process-wide settings made before any thread starts (the malloc arena limit).
 pub mod process;
 /// seccomp filters per thread kind.
 pub mod seccomp;
 /// Host stop signals for the event loop.
 pub mod signals;
+/// Log and metrics destinations: a file or a FIFO, written without blocking.
+pub mod sink;
 /// Snapshots: the checked state file, the memory file, restore, and their API bodies.
 pub mod snapshot;
 /// The running microVM: event loop, lifecycle and exit status.

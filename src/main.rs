@@ -38,24 +38,61 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
+    // With a log file, the user may not see stderr at all (Firecracker's clients often send
+    // it to /dev/null): errors are said there too.
     let usage = |message: String| {
         eprintln!("ember: {message}");
+        if ember::logger::log_path().is_some() {
+            log::error!("{message}");
+        }
         ExitCode::from(EXIT_USAGE as u8)
     };
-    let (mut draft, file_level) = match &cli.config_file {
+    if cli.fc.version {
+        println!("{}", ember::config::fc_flags::version_line());
+        return ExitCode::SUCCESS;
+    }
+    if let Some(id) = &cli.fc.id {
+        ember::logger::set_instance_id(id);
+    }
+    ember::logger::init(LogLevel::Warn.into());
+    let (mut draft, process) = match &cli.config_file {
         Some(path) => match ember::config::file::load(path) {
             Ok(loaded) => loaded,
             Err(e) => return usage(ember::error_chain(&e)),
         },
         None => match cli.to_draft() {
-            Ok(draft) => (draft, None),
+            Ok(draft) => (draft, Default::default()),
             Err(e) => return usage(format!("Invalid configuration: {}", ember::error_chain(&e))),
         },
     };
     // The config file has no field for it: the flag applies to every front end.
     draft.virtio_discovery = cli.virtio_discovery;
-    let level = cli.log_level.or(file_level).unwrap_or(LogLevel::Warn);
-    ember::logger::init(level.into());
+    if let Err(e) = ember::logger::configure(&cli.logger_settings(process.logger.as_ref())) {
+        return usage(format!("log-path: {}", ember::error_chain(&e)));
+    }
+    if let Some(refusal) = cli.fc.refusal() {
+        return usage(refusal);
+    }
+    let metrics_path = cli.fc.metrics_path.clone();
+    if let Some(path) = metrics_path.or(process.metrics.map(|m| m.metrics_path))
+        && let Err(e) = ember::metrics::configure(&path)
+    {
+        return usage(ember::error_chain(&e));
+    }
+    log::info!(
+        "Running {} as {}",
+        ember::config::fc_flags::version_line(),
+        ember::logger::instance_id()
+    );
+    for warning in cli.fc.warnings() {
+        log::warn!("{warning}");
+    }
+    ember::api::http::set_max_body(cli.fc.http_api_max_payload_size);
+    ember::metrics::record_startup(
+        cli.fc.start_time_us,
+        cli.fc.start_time_cpu_us,
+        cli.fc.parent_cpu_time_us,
+    );
     let options = LaunchOptions {
         start_now: draft.boot.is_some(),
         draft,
@@ -67,7 +104,11 @@ fn main() -> ExitCode {
     match launch(options) {
         Ok(outcome) => ExitCode::from(outcome.exit_code() as u8),
         Err(e) => {
-            eprintln!("ember: {}", ember::error_chain(&e));
+            let message = ember::error_chain(&e);
+            eprintln!("ember: {message}");
+            if ember::logger::log_path().is_some() {
+                log::error!("{message}");
+            }
             let code = if e.is_usage() {
                 EXIT_USAGE
             } else {

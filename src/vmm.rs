@@ -170,6 +170,7 @@ enum Token {
     PowerOff = 7,
     AcpiReset = 8,
     Events = 9,
+    Metrics = 10,
 }
 
 /// The event-loop subscriber that decides when the VM ends and answers API requests.
@@ -182,6 +183,8 @@ struct Controller {
     quit_evt: EventFd,
     signals: StopSignals,
     sampler: Option<TimerFd>,
+    /// Fires every 60 s when a metrics path is set.
+    metrics_timer: Option<TimerFd>,
     handles: Vec<VcpuHandle>,
     exited: Vec<u8>,
     outcome: Option<VmOutcome>,
@@ -263,6 +266,15 @@ impl MutEventSubscriber for Controller {
             }
             d if d == Token::Api as u32 => self.serve_api(),
             d if d == Token::Events as u32 => self.events.flush(),
+            d if d == Token::Metrics as u32 => {
+                if let Some(timer) = self.metrics_timer.as_mut() {
+                    let _ = timer.wait();
+                }
+                let answer = self.flush_metrics();
+                if let Some(body) = answer.body.filter(|_| answer.status >= 400) {
+                    log::warn!("Periodic metrics: {body}");
+                }
+            }
             other => log::warn!("Controller: unexpected event token {other}"),
         }
     }
@@ -285,6 +297,9 @@ impl MutEventSubscriber for Controller {
         add(&self.signals, Token::Signal);
         if let Some(timer) = &self.sampler {
             add(timer, Token::Sample);
+        }
+        if let Some(timer) = &self.metrics_timer {
+            add(timer, Token::Metrics);
         }
         if let Some(api) = &self.api {
             add(&api.notify, Token::Api);
@@ -402,6 +417,20 @@ impl Vmm {
             None
         };
 
+        let metrics_timer = if crate::metrics::path().is_some() {
+            let mut timer =
+                or_give_back!(TimerFd::new().map_err(|e| VmmError::Io("a timerfd", e.into())));
+            let period = crate::metrics::FLUSH_PERIOD;
+            or_give_back!(
+                timer
+                    .reset(period, Some(period))
+                    .map_err(|e| VmmError::Io("a timerfd", e.into()))
+            );
+            Some(timer)
+        } else {
+            None
+        };
+
         // Raw mode only while the guest owns a terminal console; dropped (restored) on return.
         let mut _raw_terminal = None;
         if let Some(console) = self.console.take() {
@@ -476,6 +505,7 @@ impl Vmm {
             quit_evt,
             signals,
             sampler,
+            metrics_timer,
             handles: Vec::new(),
             exited: Vec::new(),
             outcome: None,
@@ -542,6 +572,10 @@ impl Vmm {
             controller.borrow_mut().paused = true;
         }
         log::info!("Started {vcpu_count} vCPU thread(s)");
+        crate::metrics::record_latency(
+            "process_start_to_vcpus",
+            crate::devices::legacy::boot_timer::since_process_start(),
+        );
         controller
             .borrow_mut()
             .events
@@ -566,6 +600,10 @@ impl Vmm {
         };
         Self::stop_vcpus(&mut controller.borrow_mut());
         log::debug!("VM ran for {:?}", started.elapsed());
+        if crate::metrics::path().is_some() {
+            // The last line, with everything since the previous one.
+            let _ = controller.borrow().flush_metrics();
+        }
         for device in self.devices.virtio.virtio() {
             log::debug!("{}: {}", device.name(), device.counters());
         }
@@ -600,6 +638,15 @@ impl Vmm {
             &controller.exits,
             &mut controller.exited,
         );
+    }
+}
+
+/// Writes a metrics line now: the answer to `FlushMetrics` (400 when no metrics path is set,
+/// or when the line could not be written whole).
+pub fn flush_metrics(sources: &crate::metrics::Sources) -> ApiResponse {
+    match crate::metrics::flush(sources) {
+        Ok(()) => ApiResponse::no_content(),
+        Err(e) => ApiResponse::bad_request(&format!("Cannot flush the metrics: {e}.")),
     }
 }
 

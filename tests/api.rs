@@ -57,18 +57,7 @@ fn test_api_configure_start_pause_resume_quit() {
     );
     wait_for_socket(&sock);
     assert_eq!(state(&sock), "Not started");
-    expect(
-        &sock,
-        "PUT",
-        "/machine-config",
-        r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
-        204,
-    );
-    let boot = format!(
-        r#"{{"kernel_image_path": "{}"}}"#,
-        test_guest("echo").display()
-    );
-    expect(&sock, "PUT", "/boot-source", &boot, 204);
+    common::api::configure_guest(&sock, &test_guest("echo"));
     let config = expect(&sock, "GET", "/vm/config", "", 200);
     assert!(config.contains(r#""mem_size_mib":64"#), "{config}");
     expect(

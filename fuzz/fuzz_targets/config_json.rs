@@ -9,7 +9,7 @@ use ember::config::file::{ConfigDocument, parse};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &[u8]| {
-    let Ok((draft, level)) = parse(text) else {
+    let Ok((draft, process)) = parse(text) else {
         return;
     };
     if let Ok(config) = draft.build() {
@@ -19,8 +19,8 @@ fuzz_target!(|text: &[u8]| {
         };
         let _ = config.validate(&limits);
     }
-    let written = serde_json::to_vec(&ConfigDocument::from_draft(&draft, level))
+    let written = serde_json::to_vec(&ConfigDocument::from_draft(&draft, process.clone()))
         .expect("a config document serialises");
     let again = parse(&written).expect("Ember reads back the document it writes");
-    assert_eq!(again, (draft, level), "the round trip changed the config");
+    assert_eq!(again, (draft, process), "the round trip changed the config");
 });

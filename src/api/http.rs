@@ -1,12 +1,27 @@
 //! The little HTTP/1.1 the API needs: one request parsed from a connection's buffer (httparse
 //! for the head, Content-Length bodies only), and responses written with Content-Length.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use super::ApiResponse;
 
 /// Largest request head (request line and headers).
 pub const MAX_HEAD: usize = 8 * 1024;
-/// Largest request body (Firecracker's default payload limit).
+/// Largest request body by default (Firecracker's default payload limit).
 pub const MAX_BODY: usize = 51_200;
+
+/// The body limit in force (`--http-api-max-payload-size`; one API server per process).
+static BODY_LIMIT: AtomicUsize = AtomicUsize::new(MAX_BODY);
+
+/// Sets the largest request body the API accepts (`--http-api-max-payload-size`).
+pub fn set_max_body(limit: usize) {
+    BODY_LIMIT.store(limit, Ordering::Relaxed);
+}
+
+/// The largest request body the API accepts.
+pub fn max_body() -> usize {
+    BODY_LIMIT.load(Ordering::Relaxed)
+}
 /// Most headers in one request.
 const MAX_HEADERS: usize = 32;
 
@@ -110,11 +125,12 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
         }
     }
     let content_length = content_length.unwrap_or(0);
-    if content_length > MAX_BODY {
+    let limit = max_body();
+    if content_length > limit {
         return Parsed::Error(ApiResponse::error(
             413,
             &format!(
-                "The request body of {content_length} bytes is larger than the limit of {MAX_BODY}."
+                "The request body of {content_length} bytes is larger than the limit of {limit}."
             ),
         ));
     }

@@ -13,30 +13,37 @@ use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::boot::BootSourceBody;
-use crate::config::cli::LogLevel;
 use crate::config::drive::DriveBody;
-use crate::config::machine::MachineConfigBody;
+use crate::config::logger::LoggerBody;
+use crate::config::machine::{MachineConfigBody, MachineConfigPatch};
+use crate::config::metrics::MetricsBody;
 use crate::config::net::NetBody;
+use crate::config::serial::SerialBody;
 use crate::snapshot::params::{SnapshotCreateBody, SnapshotLoadBody};
 
 pub use routes::{ActionType, VmStateChange};
 
 /// Name reported as `app_name` by `GET /`.
 pub const APP_NAME: &str = "ember";
-/// Instance id reported by `GET /` (Firecracker's default).
-pub const INSTANCE_ID: &str = "anonymous-instance";
+/// The Firecracker API level Ember answers as: `vmm_version` in `GET /` and the version word of
+/// `ember --version`, which Firecracker's clients check (docs/usage.md says why this one).
+pub const FIRECRACKER_API_VERSION: &str = "1.13.0";
 
 /// A request the main thread must answer.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ApiRequest {
     /// `GET /`.
     GetInstanceInfo,
+    /// `GET /version`.
+    GetVersion,
     /// `GET /machine-config`.
     GetMachineConfig,
     /// `GET /vm/config`.
     GetVmConfig,
     /// `PUT /machine-config`.
     PutMachineConfig(MachineConfigBody),
+    /// `PATCH /machine-config`.
+    PatchMachineConfig(MachineConfigPatch),
     /// `PUT /boot-source`.
     PutBootSource(BootSourceBody),
     /// `PUT /drives/{id}`.
@@ -47,6 +54,12 @@ pub enum ApiRequest {
     Action(ActionType),
     /// `PATCH /vm`.
     SetVmState(VmStateChange),
+    /// `PUT /logger`.
+    PutLogger(LoggerBody),
+    /// `PUT /serial`.
+    PutSerial(SerialBody),
+    /// `PUT /metrics`.
+    PutMetrics(MetricsBody),
     /// `PUT /snapshot/create`.
     CreateSnapshot(SnapshotCreateBody),
     /// `PUT /snapshot/load`.
@@ -120,36 +133,47 @@ pub enum InstanceState {
 /// `GET /`'s body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct InstanceInfo {
-    /// Instance id.
-    pub id: &'static str,
+    /// Instance id (`--id`, else `anonymous-instance`).
+    pub id: String,
     /// State.
     pub state: InstanceState,
-    /// Ember's version.
+    /// The Firecracker API level Ember follows.
     pub vmm_version: &'static str,
     /// "ember".
     pub app_name: &'static str,
+    /// Ember's own version.
+    pub ember_version: &'static str,
 }
 
 impl InstanceInfo {
     /// The info for a VM in `state`.
     pub fn new(state: InstanceState) -> Self {
         InstanceInfo {
-            id: INSTANCE_ID,
+            id: crate::logger::instance_id(),
             state,
-            vmm_version: env!("CARGO_PKG_VERSION"),
+            vmm_version: FIRECRACKER_API_VERSION,
             app_name: APP_NAME,
+            ember_version: env!("CARGO_PKG_VERSION"),
         }
     }
 }
 
-/// The current log level, as the config document names it.
-pub fn current_log_level() -> LogLevel {
-    match log::max_level() {
-        log::LevelFilter::Off | log::LevelFilter::Error => LogLevel::Error,
-        log::LevelFilter::Warn => LogLevel::Warn,
-        log::LevelFilter::Info => LogLevel::Info,
-        log::LevelFilter::Debug => LogLevel::Debug,
-        log::LevelFilter::Trace => LogLevel::Trace,
+/// `GET /version`'s body: Firecracker's field, then Ember's own version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VersionInfo {
+    /// The Firecracker API level Ember follows.
+    pub firecracker_version: &'static str,
+    /// Ember's version.
+    pub ember_version: &'static str,
+}
+
+impl VersionInfo {
+    /// This build's versions.
+    pub fn answer() -> ApiResponse {
+        ApiResponse::json(&VersionInfo {
+            firecracker_version: FIRECRACKER_API_VERSION,
+            ember_version: env!("CARGO_PKG_VERSION"),
+        })
     }
 }
 

@@ -15,6 +15,8 @@ pub enum ActionType {
     InstanceStart,
     /// Type Ctrl-Alt-Del on the guest's i8042 keyboard.
     SendCtrlAltDel,
+    /// Write a metrics line now.
+    FlushMetrics,
 }
 
 /// `state` of `PATCH /vm`.
@@ -59,9 +61,10 @@ fn check_id(kind: &str, path_id: &str, body_id: &str) -> Result<(), ApiResponse>
 /// The methods a known path accepts, for 405 answers.
 fn allowed(path: &[&str]) -> Option<&'static str> {
     match path {
-        [] => Some("GET"),
-        ["machine-config"] => Some("GET, PUT"),
+        [] | ["version"] => Some("GET"),
+        ["machine-config"] => Some("GET, PUT, PATCH"),
         ["boot-source"] | ["actions"] | ["drives", _] | ["network-interfaces", _] => Some("PUT"),
+        ["logger"] | ["serial"] | ["metrics"] => Some("PUT"),
         ["vm"] => Some("PATCH"),
         ["vm", "config"] => Some("GET"),
         ["snapshot", "create"] | ["snapshot", "load"] => Some("PUT"),
@@ -75,8 +78,10 @@ pub fn route(method: &str, target: &str, bytes: &[u8]) -> Result<ApiRequest, Api
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     match (method, parts.as_slice()) {
         ("GET", []) => Ok(ApiRequest::GetInstanceInfo),
+        ("GET", ["version"]) => Ok(ApiRequest::GetVersion),
         ("GET", ["machine-config"]) => Ok(ApiRequest::GetMachineConfig),
         ("PUT", ["machine-config"]) => Ok(ApiRequest::PutMachineConfig(body(bytes)?)),
+        ("PATCH", ["machine-config"]) => Ok(ApiRequest::PatchMachineConfig(body(bytes)?)),
         ("PUT", ["boot-source"]) => Ok(ApiRequest::PutBootSource(body(bytes)?)),
         ("PUT", ["drives", id]) => {
             let drive: crate::config::drive::DriveBody = body(bytes)?;
@@ -91,6 +96,9 @@ pub fn route(method: &str, target: &str, bytes: &[u8]) -> Result<ApiRequest, Api
         ("PUT", ["actions"]) => Ok(ApiRequest::Action(body::<ActionBody>(bytes)?.action_type)),
         ("PATCH", ["vm"]) => Ok(ApiRequest::SetVmState(body::<VmStateBody>(bytes)?.state)),
         ("GET", ["vm", "config"]) => Ok(ApiRequest::GetVmConfig),
+        ("PUT", ["logger"]) => Ok(ApiRequest::PutLogger(body(bytes)?)),
+        ("PUT", ["serial"]) => Ok(ApiRequest::PutSerial(body(bytes)?)),
+        ("PUT", ["metrics"]) => Ok(ApiRequest::PutMetrics(body(bytes)?)),
         ("PUT", ["snapshot", "create"]) => Ok(ApiRequest::CreateSnapshot(body(bytes)?)),
         ("PUT", ["snapshot", "load"]) => Ok(ApiRequest::LoadSnapshot(body(bytes)?)),
         (_, known) if allowed(known).is_some() => Err(ApiResponse::error(
@@ -190,6 +198,26 @@ mod tests {
         let body = br#"{"drive_id": "b", "path_on_host": "/x", "is_root_device": false}"#;
         assert_eq!(status(route("PUT", "/drives/a", body)), 400);
         assert_eq!(status(route("PUT", "/drives/b", body)), 200);
+    }
+
+    #[test]
+    fn test_route_logger_and_serial_bodies() {
+        let r = route(
+            "PUT",
+            "/logger",
+            br#"{"log_path": "/l", "level": "Warning"}"#,
+        );
+        let Ok(ApiRequest::PutLogger(body)) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(body.log_path, Some(std::path::PathBuf::from("/l")));
+        let r = route("PUT", "/serial", br#"{"serial_out_path": "/s"}"#);
+        assert!(matches!(r, Ok(ApiRequest::PutSerial(_))), "{r:?}");
+        assert_eq!(
+            status(route("PUT", "/logger", br#"{"log_file": "/l"}"#)),
+            400
+        );
+        assert_eq!(status(route("GET", "/logger", b"")), 405);
     }
 
     #[test]

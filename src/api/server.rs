@@ -255,7 +255,7 @@ impl Connection {
     /// Reads what the client sent, up to one request's worth beyond what is buffered.
     fn read_input(&mut self) -> Next {
         let mut chunk = [0u8; 4096];
-        while self.buf.len() <= http::MAX_HEAD + http::MAX_BODY {
+        while self.buf.len() <= http::MAX_HEAD + http::max_body() {
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
                     self.eof = true;
@@ -657,9 +657,17 @@ impl Worker {
         }
     }
 
-    /// Routes a request and, when it needs the VM, waits for the main thread's answer.
+    /// Routes a request and, when it needs the VM, waits for the main thread's answer; counts
+    /// it for the metrics.
     fn dispatch(&self, request: Request) -> ApiResponse {
         log::debug!("API: {} {}", request.method, request.target);
+        let (method, target) = (request.method.clone(), request.target.clone());
+        let response = self.answer_request(request);
+        crate::metrics::count_api_request(&method, &target, response.status);
+        response
+    }
+
+    fn answer_request(&self, request: Request) -> ApiResponse {
         let api_request = match route(&request.method, &request.target, &request.body) {
             Ok(r) => r,
             Err(response) => return response,

@@ -6,6 +6,8 @@ use clap::{Parser, ValueEnum};
 
 use super::ConfigError;
 use super::boot::DEFAULT_CMDLINE;
+use super::fc_flags::FirecrackerFlags;
+use super::logger::LoggerBody;
 use super::machine::{DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
 use super::{
     BootConfig, DriveConfig, MachineConfig, NetConfig, SerialConfig, VirtioDiscovery, VmConfig,
@@ -13,6 +15,7 @@ use super::{
 };
 use crate::arch::kernel::ProtocolChoice;
 use crate::host::CompatMode;
+use crate::logger::LoggerSettings;
 use crate::snapshot::params::{RestoreSpec, parse_restore_arg};
 
 const AFTER_HELP: &str = "\
@@ -33,15 +36,19 @@ Exit status:
   3    the guest crashed: triple fault, KVM internal (emulation) error, failed VM entry
   130  stopped by SIGINT or Ctrl-A x;  143  stopped by SIGTERM";
 
-/// Log verbosity. In JSON: Firecracker's names (`"Error"`, `"Warning"`, `"Info"`, `"Debug"`,
-/// `"Trace"`) or the CLI's lower-case ones.
+/// Log verbosity. In JSON and on the command line: Firecracker's names (`"Off"`, `"Error"`,
+/// `"Warning"`, `"Info"`, `"Debug"`, `"Trace"`) or the lower-case ones.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LogLevel {
+    /// Nothing.
+    #[serde(alias = "off")]
+    Off,
     /// Only errors.
     #[serde(alias = "error")]
     Error,
     /// Errors and warnings (default).
     #[serde(rename = "Warning", alias = "warning", alias = "warn", alias = "Warn")]
+    #[value(alias = "warning")]
     Warn,
     /// Rare state changes too.
     #[serde(alias = "info")]
@@ -57,11 +64,25 @@ pub enum LogLevel {
 impl From<LogLevel> for log::LevelFilter {
     fn from(level: LogLevel) -> Self {
         match level {
+            LogLevel::Off => log::LevelFilter::Off,
             LogLevel::Error => log::LevelFilter::Error,
             LogLevel::Warn => log::LevelFilter::Warn,
             LogLevel::Info => log::LevelFilter::Info,
             LogLevel::Debug => log::LevelFilter::Debug,
             LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+impl From<log::LevelFilter> for LogLevel {
+    fn from(level: log::LevelFilter) -> Self {
+        match level {
+            log::LevelFilter::Off => LogLevel::Off,
+            log::LevelFilter::Error => LogLevel::Error,
+            log::LevelFilter::Warn => LogLevel::Warn,
+            log::LevelFilter::Info => LogLevel::Info,
+            log::LevelFilter::Debug => LogLevel::Debug,
+            log::LevelFilter::Trace => LogLevel::Trace,
         }
     }
 }
@@ -93,11 +114,12 @@ pub enum CompatArg {
 /// Ember: a KVM microVM monitor. Boots a Linux kernel (ELF vmlinux or bzImage) with its console
 /// on your terminal.
 #[derive(Parser, Debug)]
-#[command(name = "ember", version, about, after_help = AFTER_HELP)]
+#[command(name = "ember", about, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage. Required
     /// unless --config-file or --api-sock is given. Example: --kernel guest-images/out/vmlinux
-    #[arg(long, value_name = "PATH", required_unless_present_any = ["config_file", "api_sock", "restore"])]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["config_file", "api_sock", "version",
+          "snapshot_version", "describe_snapshot", "seccomp_filter", "restore"])]
     pub kernel: Option<PathBuf>,
 
     /// Initrd or initramfs, loaded at the top of low guest memory.
@@ -138,9 +160,16 @@ pub struct Cli {
     #[arg(long)]
     pub no_seccomp: bool,
 
-    /// Log level of Ember's own messages (on stderr) [default: warn]. Overrides the config
-    /// file's logger level. Example: --log-level info
-    #[arg(long, value_name = "LEVEL", value_enum)]
+    /// Log level of Ember's own messages [default: warn]; --level is Firecracker's name for it
+    /// and takes its level names too (Warning, Info, ...). Overrides the config file's logger
+    /// level. Example: --log-level info
+    #[arg(
+        long,
+        visible_alias = "level",
+        value_name = "LEVEL",
+        value_enum,
+        ignore_case = true
+    )]
     pub log_level: Option<LogLevel>,
 
     /// Kernel entry protocol. Example: --boot-protocol linux
@@ -185,6 +214,10 @@ pub struct Cli {
           value_parser = parse_restore_arg,
           conflicts_with_all = ["kernel", "config_file", "memory", "vcpus", "disk", "net"])]
     pub restore: Option<RestoreSpec>,
+
+    /// Firecracker's flags (fc_flags.rs).
+    #[command(flatten)]
+    pub fc: FirecrackerFlags,
 }
 
 /// Flags that describe the VM, and so conflict with --config-file.
@@ -202,6 +235,25 @@ const VM_FLAGS: [&str; 10] = [
 ];
 
 impl Cli {
+    /// The logger settings: the config file's `logger`, then the flags (which win).
+    pub fn logger_settings(&self, file: Option<&LoggerBody>) -> LoggerSettings {
+        let mut settings = file.map(LoggerBody::settings).unwrap_or_default();
+        settings.level = self.log_level.map(Into::into).or(settings.level);
+        if let Some(path) = &self.fc.log_path {
+            settings.log_path = Some(path.clone());
+        }
+        if self.fc.show_level {
+            settings.show_level = Some(true);
+        }
+        if self.fc.show_log_origin {
+            settings.show_log_origin = Some(true);
+        }
+        if let Some(module) = &self.fc.module {
+            settings.module = Some(module.clone());
+        }
+        settings
+    }
+
     /// The `VmConfig` these flags describe (not yet validated against the host).
     pub fn to_config(&self) -> Result<VmConfig, ConfigError> {
         self.to_draft()?.build()

@@ -108,6 +108,14 @@ impl VmConfigDraft {
         self.nets = nets;
         Ok(())
     }
+
+    /// `PUT /serial`: where the console goes.
+    pub fn put_serial(&mut self, body: &super::serial::SerialBody) -> Result<(), ConfigError> {
+        let serial = SerialConfig::try_from(body)?;
+        serial.validate()?;
+        self.serial = serial;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -178,6 +186,7 @@ mod tests {
             is_root_device: true,
             is_read_only: false,
             shared: false,
+            ..Default::default()
         };
         draft.put_drive(&body).expect("first");
         body.is_read_only = true;
@@ -195,6 +204,7 @@ mod tests {
             iface_id: id.into(),
             host_dev_name: "tap0".into(),
             guest_mac: None,
+            ..Default::default()
         };
         draft.put_net(&body("a")).expect("first");
         assert!(draft.put_net(&body("b")).is_err());

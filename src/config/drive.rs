@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::Absent;
+
 /// One virtio-blk disk backed by a host file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DriveConfig {
@@ -23,7 +25,7 @@ pub struct DriveConfig {
 
 /// One entry of `drives` in the JSON file, and the body of `PUT /drives/{id}`, with
 /// Firecracker's field names.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DriveBody {
     /// Identifier (required).
@@ -40,6 +42,35 @@ pub struct DriveBody {
     /// see `DriveConfig::shared`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared: bool,
+    /// Firecracker's cache type: either is accepted and served as `Writeback` (FLUSH is
+    /// offered and reaches the host file).
+    #[serde(default, skip_serializing)]
+    pub cache_type: Option<CacheType>,
+    /// Firecracker's I/O engine: `Sync`, Ember's, only.
+    #[serde(default, skip_serializing)]
+    pub io_engine: Option<IoEngine>,
+    /// Firecracker's root partition UUID: `null` only.
+    #[serde(default, skip_serializing)]
+    pub partuuid: Option<Absent>,
+    /// Firecracker's rate limiter: `null` only.
+    #[serde(default, skip_serializing)]
+    pub rate_limiter: Option<Absent>,
+}
+
+/// Firecracker's `cache_type` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheType {
+    /// Flushes may be dropped: Ember honours them anyway.
+    Unsafe,
+    /// Flushes reach the host file, as Ember always does.
+    Writeback,
+}
+
+/// Firecracker's `io_engine` values that Ember has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IoEngine {
+    /// Requests served synchronously on the event loop.
+    Sync,
 }
 
 impl From<&DriveBody> for DriveConfig {
@@ -62,6 +93,7 @@ impl From<&DriveConfig> for DriveBody {
             is_root_device: drive.root,
             is_read_only: drive.readonly,
             shared: drive.shared,
+            ..Default::default()
         }
     }
 }
@@ -224,6 +256,28 @@ mod tests {
             !text.contains("shared"),
             "Firecracker's shape when unset: {text}"
         );
+    }
+
+    #[test]
+    fn test_drive_body_firecracker_fields_with_neutral_values() {
+        let body: DriveBody = serde_json::from_str(
+            r#"{"drive_id": "a", "path_on_host": "/a", "cache_type": "Unsafe",
+                "io_engine": "Sync", "partuuid": null, "rate_limiter": null}"#,
+        )
+        .expect("accepted");
+        assert_eq!(body.cache_type, Some(CacheType::Unsafe));
+        for refused in [
+            r#"{"drive_id": "a", "path_on_host": "/a", "io_engine": "Async"}"#,
+            r#"{"drive_id": "a", "path_on_host": "/a", "partuuid": "1234-56"}"#,
+            r#"{"drive_id": "a", "path_on_host": "/a", "rate_limiter": {"bandwidth": null}}"#,
+        ] {
+            assert!(
+                crate::config::file::parse_json::<DriveBody>(refused.as_bytes()).is_err(),
+                "{refused}"
+            );
+        }
+        let text = serde_json::to_string(&body).expect("json");
+        assert!(!text.contains("cache_type"), "{text}");
     }
 
     #[test]

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::boot::BootSourceBody;
-use super::cli::LogLevel;
 use super::drive::DriveBody;
 use super::logger::LoggerBody;
 use super::machine::MachineConfigBody;
+use super::metrics::MetricsBody;
 use super::net::NetBody;
 use super::serial::SerialBody;
-use super::{BootConfig, ConfigError, DriveConfig, NetConfig, SerialConfig, VmConfigDraft};
+use super::{Absent, BootConfig, ConfigError, DriveConfig, NetConfig, SerialConfig, VmConfigDraft};
 
 /// Largest config file Ember reads.
 const MAX_FILE_SIZE: usize = 1 << 20;
@@ -53,9 +53,54 @@ pub struct ConfigDocument {
     /// Serial console (default: stdio).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialBody>,
-    /// Ember's log level.
+    /// Ember's log: destination, level, line format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logger: Option<LoggerBody>,
+    /// Where the metrics lines go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsBody>,
+    /// Firecracker's resources that Ember lacks, accepted as `null` only (as `GET /vm/config`
+    /// writes them, so that its answer can be a config file again). A device that lands here
+    /// (vsock, entropy) replaces its placeholder with its own resource.
+    #[serde(default, skip_serializing)]
+    pub balloon: Option<Absent>,
+    /// See `balloon`.
+    #[serde(rename = "cpu-config", default, skip_serializing)]
+    pub cpu_config: Option<Absent>,
+    /// See `balloon`.
+    #[serde(default, skip_serializing)]
+    pub entropy: Option<Absent>,
+    /// See `balloon`.
+    #[serde(rename = "memory-hotplug", default, skip_serializing)]
+    pub memory_hotplug: Option<Absent>,
+    /// See `balloon`.
+    #[serde(rename = "mmds-config", default, skip_serializing)]
+    pub mmds_config: Option<Absent>,
+    /// See `balloon`.
+    #[serde(default, skip_serializing)]
+    pub pmem: Option<Absent>,
+    /// See `balloon`.
+    #[serde(default, skip_serializing)]
+    pub vsock: Option<Absent>,
+}
+
+/// What a document says about the Ember process rather than the VM: its log and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessSettings {
+    /// `logger`.
+    pub logger: Option<LoggerBody>,
+    /// `metrics`.
+    pub metrics: Option<MetricsBody>,
+}
+
+impl ProcessSettings {
+    /// The settings in force now (for `GET /vm/config`).
+    pub fn current() -> Self {
+        ProcessSettings {
+            logger: Some(LoggerBody::current()),
+            metrics: crate::metrics::path().map(|metrics_path| MetricsBody { metrics_path }),
+        }
+    }
 }
 
 /// Why a config file was not accepted.
@@ -118,8 +163,8 @@ pub fn parse_json<'a, T: Deserialize<'a>>(text: &'a [u8]) -> Result<T, String> {
 }
 
 impl ConfigDocument {
-    /// The draft this document describes (each resource checked), and the log level if set.
-    pub fn to_draft(&self) -> Result<(VmConfigDraft, Option<LogLevel>), ConfigError> {
+    /// The draft this document describes (each resource checked), and the process settings.
+    pub fn to_draft(&self) -> Result<(VmConfigDraft, ProcessSettings), ConfigError> {
         let mut draft = VmConfigDraft::default();
         if let Some(machine) = &self.machine_config {
             let (machine, compat) = machine.to_config()?;
@@ -136,11 +181,15 @@ impl ConfigDocument {
             .iter()
             .map(NetConfig::from)
             .collect();
-        Ok((draft, self.logger.map(|l| l.level)))
+        let process = ProcessSettings {
+            logger: self.logger.clone(),
+            metrics: self.metrics.clone(),
+        };
+        Ok((draft, process))
     }
 
     /// The document describing `draft` (what `GET /vm/config` returns).
-    pub fn from_draft(draft: &VmConfigDraft, log_level: Option<LogLevel>) -> Self {
+    pub fn from_draft(draft: &VmConfigDraft, process: ProcessSettings) -> Self {
         ConfigDocument {
             boot_source: draft.boot.as_ref().map(BootSourceBody::from),
             machine_config: Some(MachineConfigBody::from_config(
@@ -150,13 +199,46 @@ impl ConfigDocument {
             drives: draft.drives.iter().map(DriveBody::from).collect(),
             network_interfaces: draft.nets.iter().map(NetBody::from).collect(),
             serial: Some(SerialBody::from(&draft.serial)),
-            logger: log_level.map(|level| LoggerBody { level }),
+            logger: process.logger,
+            metrics: process.metrics,
+            ..Default::default()
         }
     }
 }
 
-/// Reads and parses a config file into a draft and an optional log level.
-pub fn load(path: &Path) -> Result<(VmConfigDraft, Option<LogLevel>), ConfigFileError> {
+/// Every top-level key of Firecracker's `GET /vm/config` answer.
+pub const FIRECRACKER_KEYS: [&str; 13] = [
+    "balloon",
+    "boot-source",
+    "cpu-config",
+    "drives",
+    "entropy",
+    "logger",
+    "machine-config",
+    "memory-hotplug",
+    "metrics",
+    "mmds-config",
+    "network-interfaces",
+    "pmem",
+    "vsock",
+];
+
+impl ConfigDocument {
+    /// The document as `GET /vm/config` answers it: Ember's resources, and every key of
+    /// Firecracker's answer, `null` where Ember has no such resource (or it is not set).
+    pub fn to_api_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            for key in FIRECRACKER_KEYS {
+                map.entry(key).or_insert(serde_json::Value::Null);
+            }
+        }
+        value
+    }
+}
+
+/// Reads and parses a config file into a draft and its process settings.
+pub fn load(path: &Path) -> Result<(VmConfigDraft, ProcessSettings), ConfigFileError> {
     let read_err = |source| ConfigFileError::Read {
         path: path.to_owned(),
         source,
@@ -237,7 +319,7 @@ pub enum ParseError {
 }
 
 /// Parses a document; a complete VM needs its boot source.
-pub fn parse(text: &[u8]) -> Result<(VmConfigDraft, Option<LogLevel>), ParseError> {
+pub fn parse(text: &[u8]) -> Result<(VmConfigDraft, ProcessSettings), ParseError> {
     let doc: ConfigDocument = parse_json(text).map_err(ParseError::Syntax)?;
     let (draft, level) = doc.to_draft().map_err(ParseError::Invalid)?;
     if draft.boot.is_none() {
@@ -250,6 +332,7 @@ pub fn parse(text: &[u8]) -> Result<(VmConfigDraft, Option<LogLevel>), ParseErro
 mod tests {
     use super::*;
     use crate::arch::kernel::ProtocolChoice;
+    use crate::config::cli::LogLevel;
     use crate::host::CompatMode;
 
     const FULL: &str = r#"{
@@ -261,12 +344,13 @@ mod tests {
         "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0",
                                 "guest_mac": "02:00:00:00:00:01"}],
         "serial": {"mode": "none"},
-        "logger": {"level": "Debug"}
+        "logger": {"level": "Debug"},
+        "metrics": {"metrics_path": "/m.fifo"}
     }"#;
 
     #[test]
     fn test_file_full_document_maps_every_field() {
-        let (draft, level) = parse(FULL.as_bytes()).expect("valid");
+        let (draft, logger) = parse(FULL.as_bytes()).expect("valid");
         let config = draft.build().expect("complete");
         assert_eq!(config.machine.vcpus, 2);
         assert_eq!(config.machine.memory_mib, 256);
@@ -278,14 +362,43 @@ mod tests {
         assert!(config.drives[0].readonly && config.drives[0].root);
         assert_eq!(config.nets[0].tap, "tap0");
         assert_eq!(config.serial, SerialConfig::None);
-        assert_eq!(level, Some(LogLevel::Debug));
+        assert_eq!(logger.logger.and_then(|l| l.level), Some(LogLevel::Debug));
+        assert_eq!(
+            logger.metrics.map(|m| m.metrics_path),
+            Some(PathBuf::from("/m.fifo"))
+        );
     }
 
     #[test]
     fn test_file_roundtrip_through_document() {
-        let (draft, level) = parse(FULL.as_bytes()).expect("valid");
-        let text = serde_json::to_vec(&ConfigDocument::from_draft(&draft, level)).expect("json");
-        assert_eq!(parse(&text).expect("valid again"), (draft, level));
+        let (draft, logger) = parse(FULL.as_bytes()).expect("valid");
+        let text =
+            serde_json::to_vec(&ConfigDocument::from_draft(&draft, logger.clone())).expect("json");
+        assert_eq!(parse(&text).expect("valid again"), (draft, logger));
+    }
+
+    #[test]
+    fn test_api_json_has_every_firecracker_key() {
+        let (draft, logger) = parse(FULL.as_bytes()).expect("valid");
+        let value = ConfigDocument::from_draft(&draft, logger).to_api_json();
+        for key in FIRECRACKER_KEYS {
+            assert!(value.get(key).is_some(), "{key} missing: {value}");
+        }
+        assert!(value["balloon"].is_null());
+        assert_eq!(value["machine-config"]["vcpu_count"], 2);
+        assert_eq!(value["serial"]["mode"], "none");
+        // The answer is a config file again.
+        let text = serde_json::to_vec(&value).expect("json");
+        assert!(parse(&text).is_ok(), "{value}");
+    }
+
+    #[test]
+    fn test_file_absent_resource_with_a_value_names_it() {
+        let text = br#"{"boot-source": {"kernel_image_path": "/k"}, "balloon": {"amount_mib": 1}}"#;
+        let ParseError::Syntax(msg) = parse(text).expect_err("rejected") else {
+            panic!("not a syntax error")
+        };
+        assert!(msg.starts_with("balloon: not supported by Ember"), "{msg}");
     }
 
     #[test]
@@ -314,10 +427,10 @@ mod tests {
 
     #[test]
     fn test_file_unknown_top_level_resource_rejected() {
-        let ParseError::Syntax(msg) = parse(br#"{"metrics": {}}"#).expect_err("rejected") else {
+        let ParseError::Syntax(msg) = parse(br#"{"gpu": {}}"#).expect_err("rejected") else {
             panic!("not a syntax error")
         };
-        assert!(msg.contains("unknown field `metrics`"), "{msg}");
+        assert!(msg.contains("unknown field `gpu`"), "{msg}");
     }
 
     #[test]

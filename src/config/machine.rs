@@ -161,6 +161,43 @@ impl MachineConfig {
     }
 }
 
+/// The body of `PATCH /machine-config` (before the start): only the fields given change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigPatch {
+    /// New vCPU count.
+    #[serde(default)]
+    pub vcpu_count: Option<u8>,
+    /// New memory size in MiB.
+    #[serde(default)]
+    pub mem_size_mib: Option<u64>,
+    /// SMT (only `false` is valid).
+    #[serde(default)]
+    pub smt: Option<bool>,
+    /// Ember extension: software-nested KVM workarounds.
+    #[serde(default)]
+    pub pvm_compat: Option<CompatMode>,
+}
+
+impl MachineConfigPatch {
+    /// `body` with this patch's fields put in.
+    pub fn apply(&self, mut body: MachineConfigBody) -> MachineConfigBody {
+        if let Some(vcpus) = self.vcpu_count {
+            body.vcpu_count = vcpus;
+        }
+        if let Some(mib) = self.mem_size_mib {
+            body.mem_size_mib = mib;
+        }
+        if let Some(smt) = self.smt {
+            body.smt = smt;
+        }
+        if let Some(compat) = self.pvm_compat {
+            body.pvm_compat = compat;
+        }
+        body
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +312,17 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(top.memory_bytes(), Ok(MAX_MEMORY_MIB << 20));
+    }
+
+    #[test]
+    fn test_machine_patch_changes_only_given_fields() {
+        let body = MachineConfigBody::from_config(&MachineConfig::default(), CompatMode::Off);
+        let patch: MachineConfigPatch =
+            serde_json::from_str(r#"{"mem_size_mib": 256}"#).expect("parses");
+        let patched = patch.apply(body.clone());
+        assert_eq!(patched.mem_size_mib, 256);
+        assert_eq!(patched.vcpu_count, body.vcpu_count);
+        assert_eq!(patched.pvm_compat, CompatMode::Off);
+        assert!(serde_json::from_str::<MachineConfigPatch>(r#"{"cpus": 2}"#).is_err());
     }
 }

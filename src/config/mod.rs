@@ -6,9 +6,11 @@ pub mod cli;
 pub mod discovery;
 pub mod draft;
 pub mod drive;
+pub mod fc_flags;
 pub mod file;
 pub mod logger;
 pub mod machine;
+pub mod metrics;
 pub mod net;
 pub mod serial;
 
@@ -20,7 +22,22 @@ pub use machine::MachineConfig;
 pub use net::NetConfig;
 pub use serial::SerialConfig;
 
+use serde::{Deserialize, Deserializer};
+
 use crate::host::CompatMode;
+
+/// A Firecracker resource or field Ember does not have: only `null` (which serde reads as
+/// `None` without asking this type) is accepted; any value is an error naming the field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Absent;
+
+impl<'de> Deserialize<'de> for Absent {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "not supported by Ember (only null is accepted here)",
+        ))
+    }
+}
 
 /// A complete microVM configuration.
 #[derive(Clone, Debug, PartialEq)]

@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::Absent;
 use super::drive::{key_values, valid_id};
 
 /// A MAC address.
@@ -83,7 +84,7 @@ pub struct NetConfig {
 
 /// One entry of `network-interfaces` in the JSON file, and the body of
 /// `PUT /network-interfaces/{id}`, with Firecracker's field names.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetBody {
     /// Identifier (required).
@@ -93,6 +94,12 @@ pub struct NetBody {
     /// Guest MAC (default: generated from the id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<MacAddr>,
+    /// Firecracker's receive rate limiter: `null` only.
+    #[serde(default, skip_serializing)]
+    pub rx_rate_limiter: Option<Absent>,
+    /// Firecracker's transmit rate limiter: `null` only.
+    #[serde(default, skip_serializing)]
+    pub tx_rate_limiter: Option<Absent>,
 }
 
 impl From<&NetBody> for NetConfig {
@@ -111,6 +118,7 @@ impl From<&NetConfig> for NetBody {
             iface_id: net.id.clone(),
             host_dev_name: net.tap.clone(),
             guest_mac: net.mac,
+            ..Default::default()
         }
     }
 }
@@ -210,6 +218,17 @@ pub fn validate_nets(nets: &[NetConfig]) -> Result<(), NetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_net_body_rate_limiters_null_only() {
+        let ok = r#"{"iface_id": "eth0", "host_dev_name": "tap0",
+                     "rx_rate_limiter": null, "tx_rate_limiter": null}"#;
+        assert!(serde_json::from_str::<NetBody>(ok).is_ok());
+        let refused = r#"{"iface_id": "eth0", "host_dev_name": "tap0",
+                          "rx_rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#;
+        let e = crate::config::file::parse_json::<NetBody>(refused.as_bytes()).expect_err("no");
+        assert!(e.starts_with("rx_rate_limiter: not supported"), "{e}");
+    }
 
     #[test]
     fn test_net_parse_and_generated_mac_is_local_unicast() {

@@ -17,16 +17,21 @@ pub enum SerialConfig {
     None,
 }
 
-/// Ember's `serial` resource in the JSON file: `{"mode": "stdio"}`, `{"mode": "none"}` or
-/// `{"mode": "file", "path": "/tmp/console.log"}`.
+/// The `serial` resource (JSON file, `PUT /serial`): Ember's `{"mode": "stdio"}`,
+/// `{"mode": "none"}`, `{"mode": "file", "path": "/tmp/console.log"}`, or Firecracker's
+/// `{"serial_out_path": "/tmp/console.log"}` (the same as mode `file`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SerialBody {
-    /// Where the console goes.
-    pub mode: SerialMode,
+    /// Where the console goes (`file` when only `serial_out_path` is given, else required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<SerialMode>,
     /// Output file; required with `file`, refused otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// Firecracker's name for the output file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_out_path: Option<PathBuf>,
 }
 
 /// The `mode` of a `SerialBody`.
@@ -45,7 +50,26 @@ impl TryFrom<&SerialBody> for SerialConfig {
     type Error = SerialError;
 
     fn try_from(body: &SerialBody) -> Result<Self, SerialError> {
-        match (body.mode, &body.path) {
+        let (mode, path) = match (body.mode, &body.path, &body.serial_out_path) {
+            (_, Some(_), Some(_)) => {
+                return Err(SerialError::Body(
+                    "give path or serial_out_path, not both".into(),
+                ));
+            }
+            (None | Some(SerialMode::File), None, Some(out)) => (SerialMode::File, Some(out)),
+            (Some(_), _, Some(_)) => {
+                return Err(SerialError::Body(
+                    "serial_out_path is only valid with mode file".into(),
+                ));
+            }
+            (Some(mode), path, None) => (mode, path.as_ref()),
+            (None, _, None) => {
+                return Err(SerialError::Body(
+                    "give mode (stdio, file, none) or serial_out_path".into(),
+                ));
+            }
+        };
+        match (mode, path) {
             (SerialMode::File, Some(path)) if !path.as_os_str().is_empty() => {
                 Ok(SerialConfig::File(path.clone()))
             }
@@ -66,7 +90,11 @@ impl From<&SerialConfig> for SerialBody {
             SerialConfig::File(path) => (SerialMode::File, Some(path.clone())),
             SerialConfig::None => (SerialMode::None, None),
         };
-        SerialBody { mode, path }
+        SerialBody {
+            mode: Some(mode),
+            path,
+            serial_out_path: None,
+        }
     }
 }
 
@@ -147,6 +175,24 @@ mod tests {
         let body: SerialBody =
             serde_json::from_str(r#"{"mode": "none", "path": "/x"}"#).expect("parses");
         assert!(SerialConfig::try_from(&body).is_err());
+    }
+
+    #[test]
+    fn test_serial_body_firecracker_serial_out_path_is_file_mode() {
+        let body: SerialBody =
+            serde_json::from_str(r#"{"serial_out_path": "/tmp/s.log"}"#).expect("parses");
+        assert_eq!(
+            SerialConfig::try_from(&body),
+            Ok(SerialConfig::File(PathBuf::from("/tmp/s.log")))
+        );
+        for bad in [
+            r#"{}"#,
+            r#"{"mode": "none", "serial_out_path": "/x"}"#,
+            r#"{"mode": "file", "path": "/x", "serial_out_path": "/y"}"#,
+        ] {
+            let body: SerialBody = serde_json::from_str(bad).expect("parses");
+            assert!(SerialConfig::try_from(&body).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,17 +1,18 @@
 //! API requests while the VM runs: state queries, pause and resume of every vCPU, and
 //! Ctrl-Alt-Del. Configuration changes are refused once the VM has started.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Controller;
 use crate::api::{
     ActionType, ApiRequest, ApiResponse, InstanceInfo, InstanceState, MSG_AFTER_START,
-    VmStateChange, current_log_level,
+    VmStateChange,
 };
 use crate::config::VmConfigDraft;
-use crate::config::file::ConfigDocument;
+use crate::config::file::{ConfigDocument, ProcessSettings};
 use crate::config::machine::MachineConfigBody;
 use crate::events::LifecycleEvent;
+use crate::metrics::Sources;
 use crate::vstate::vcpu::{VcpuAck, VcpuControlError};
 
 /// How long each vCPU may take to acknowledge a pause or resume.
@@ -39,6 +40,7 @@ impl Controller {
                     InstanceState::Running
                 }))
             }
+            ApiRequest::GetVersion => crate::api::VersionInfo::answer(),
             ApiRequest::GetMachineConfig => match &self.config {
                 Some(c) => {
                     ApiResponse::json(&MachineConfigBody::from_config(&c.machine, c.pvm_compat))
@@ -46,16 +48,21 @@ impl Controller {
                 None => ApiResponse::error(500, "The configuration is not known."),
             },
             ApiRequest::GetVmConfig => match &self.config {
-                Some(c) => ApiResponse::json(&ConfigDocument::from_draft(
-                    &VmConfigDraft::from(c),
-                    Some(current_log_level()),
-                )),
+                Some(c) => ApiResponse::json(
+                    &ConfigDocument::from_draft(&VmConfigDraft::from(c), ProcessSettings::current())
+                        .to_api_json(),
+                ),
                 None => ApiResponse::error(500, "The configuration is not known."),
             },
             ApiRequest::PutMachineConfig(_)
+            | ApiRequest::PatchMachineConfig(_)
             | ApiRequest::PutBootSource(_)
             | ApiRequest::PutDrive(_)
-            | ApiRequest::PutNet(_) => ApiResponse::bad_request(MSG_AFTER_START),
+            | ApiRequest::PutNet(_)
+            | ApiRequest::PutSerial(_)
+            | ApiRequest::PutMetrics(_)
+            // Opening a log file needs open(2), which the running VMM's seccomp filter refuses.
+            | ApiRequest::PutLogger(_) => ApiResponse::bad_request(MSG_AFTER_START),
             ApiRequest::Action(ActionType::InstanceStart) => {
                 ApiResponse::bad_request("The microVM is already running.")
             }
@@ -73,6 +80,7 @@ impl Controller {
                     Err(e) => ApiResponse::bad_request(&format!("{e}.")),
                 }
             }
+            ApiRequest::Action(ActionType::FlushMetrics) => self.flush_metrics(),
             ApiRequest::SetVmState(VmStateChange::Paused) => self.pause(),
             ApiRequest::SetVmState(VmStateChange::Resumed) => self.resume(),
             ApiRequest::CreateSnapshot(body) => self.create_snapshot(body),
@@ -80,6 +88,16 @@ impl Controller {
                 "A snapshot can only be loaded before any configuration: this microVM already runs.",
             ),
         }
+    }
+
+    /// Writes a metrics line with every device's and vCPU's counters.
+    pub(super) fn flush_metrics(&self) -> ApiResponse {
+        let devices = self.devices.virtio.counters();
+        let sources = Sources {
+            devices: &devices,
+            vcpus: self.handles.iter().map(|h| h.exit_counters()).collect(),
+        };
+        super::flush_metrics(&sources)
     }
 
     fn control_error(e: VcpuControlError) -> ApiResponse {
@@ -103,6 +121,7 @@ impl Controller {
         if self.outcome.is_some() || !self.exited.is_empty() {
             return ApiResponse::bad_request("The microVM is shutting down.");
         }
+        let started = Instant::now();
         // Devices first: they stop serving guest queues before the vCPUs stop.
         self.devices.virtio.quiesce();
         let result = self
@@ -117,6 +136,7 @@ impl Controller {
         match result {
             Ok(()) => {
                 self.paused = true;
+                crate::metrics::record_latency("pause_vm", started.elapsed());
                 log::info!("VM paused");
                 self.events.emit(LifecycleEvent::Paused);
                 ApiResponse::no_content()
@@ -138,6 +158,7 @@ impl Controller {
         if !self.is_paused() {
             return ApiResponse::no_content();
         }
+        let started = Instant::now();
         let result = self
             .handles
             .iter()
@@ -153,6 +174,7 @@ impl Controller {
         self.devices.virtio.wake();
         match result {
             Ok(()) => {
+                crate::metrics::record_latency("resume_vm", started.elapsed());
                 log::info!("VM resumed");
                 self.events.emit(LifecycleEvent::Resumed);
                 ApiResponse::no_content()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::Controller;
 use crate::api::ApiResponse;
 use crate::config::VmConfigDraft;
-use crate::config::file::ConfigDocument;
+use crate::config::file::{ConfigDocument, ProcessSettings};
 use crate::snapshot::params::{SnapshotCreateBody, SnapshotType};
 use crate::snapshot::{self, MemoryContents, MemoryLayout, Snapshot, SnapshotPaths};
 use crate::vstate::vm_state::VmState;
@@ -55,7 +55,11 @@ impl Controller {
             }
         };
         let state = Snapshot {
-            config: ConfigDocument::from_draft(&VmConfigDraft::from(config), None),
+            // The machine only: the logger and metrics belong to the process that restores.
+            config: ConfigDocument::from_draft(
+                &VmConfigDraft::from(config),
+                ProcessSettings::default(),
+            ),
             memory: MemoryLayout::of(&self.mem),
             vcpus,
             vm,

@@ -21,6 +21,7 @@ use crate::arch::kernel::BootProtocol;
 use crate::arch::{lapic, msr, regs};
 use crate::devices::bus::Bus;
 use crate::host::{EmulationFixup, HostPolicy, KVM_ENOSYS_RETURN, VMCALL};
+use crate::metrics::VcpuExitCounters;
 use crate::seccomp::{StartGate, ThreadKind};
 use crate::vstate::syscall_repair::{self, DebugOutcome, RepairCounters, SyscallRepair};
 use crate::vstate::vcpu_control::{Action, PARK_POLL, RunState, transition};
@@ -79,6 +80,7 @@ pub enum VcpuExitReason {
 pub struct VcpuShared {
     stop: AtomicBool,
     sample: AtomicBool,
+    exits: VcpuExitCounters,
 }
 
 thread_local! {
@@ -271,6 +273,11 @@ impl VcpuHandle {
     /// vCPU index.
     pub fn index(&self) -> u8 {
         self.index
+    }
+
+    /// The exits this vCPU's thread counted (for the metrics).
+    pub fn exit_counters(&self) -> &VcpuExitCounters {
+        &self.shared.exits
     }
 
     fn signal(&self) {
@@ -494,18 +501,22 @@ impl VcpuRunner {
             }
             let step = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
+                    VcpuExitCounters::count(&self.shared.exits.io_in);
                     self.ctx.pio.read(u64::from(port), data);
                     Step::Continue
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
+                    VcpuExitCounters::count(&self.shared.exits.io_out);
                     self.ctx.pio.write(u64::from(port), data);
                     Step::Continue
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
+                    VcpuExitCounters::count(&self.shared.exits.mmio_read);
                     self.ctx.mmio.read(addr, data);
                     Step::Continue
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    VcpuExitCounters::count(&self.shared.exits.mmio_write);
                     self.ctx.mmio.write(addr, data);
                     Step::Continue
                 }
@@ -526,6 +537,7 @@ impl VcpuRunner {
                     "vCPU halted with no way to wake up".into(),
                 )),
                 Ok(VcpuExit::IoapicEoi(_) | VcpuExit::Intr | VcpuExit::IrqWindowOpen) => {
+                    VcpuExitCounters::count(&self.shared.exits.other);
                     Step::Continue
                 }
                 Ok(VcpuExit::Debug(arch)) => Step::Debug(arch),

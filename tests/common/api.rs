@@ -83,12 +83,16 @@ pub fn statuses(text: &str) -> Vec<u16> {
 /// One request on an open keep-alive connection; returns the status code and the body.
 pub fn exchange(stream: &mut UnixStream, method: &str, target: &str, body: &str) -> (u16, String) {
     let keep_alive = request(method, target, body).replace("Connection: close\r\n", "");
+    exchange_raw(stream, keep_alive.as_bytes())
+}
+
+/// Sends the bytes of one request on an open keep-alive connection and reads one answer
+/// (by its Content-Length); returns the status code and the body.
+pub fn exchange_raw(stream: &mut UnixStream, bytes: &[u8]) -> (u16, String) {
     stream
         .set_read_timeout(Some(ANSWER_TIMEOUT))
         .expect("read timeout");
-    stream
-        .write_all(keep_alive.as_bytes())
-        .expect("send request");
+    stream.write_all(bytes).expect("send request");
     let mut answer = Vec::new();
     let mut byte = [0u8; 1];
     while !answer.ends_with(b"\r\n\r\n") {
@@ -107,4 +111,21 @@ pub fn exchange(stream: &mut UnixStream, method: &str, target: &str, body: &str)
     stream.read_exact(&mut body).expect("answer body");
     let (status, _) = split_response(&head);
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// `PUT`s `body` to `target` and checks for 204.
+pub fn put_ok(sock: &Path, target: &str, body: &str) {
+    let (status, answer) = http(sock, "PUT", target, body);
+    assert_eq!(status, 204, "PUT {target} {body} -> {answer}");
+}
+
+/// Configures a 1-vCPU, 64 MiB VM booting `kernel`, without starting it.
+pub fn configure_guest(sock: &Path, kernel: &Path) {
+    put_ok(
+        sock,
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
+    );
+    let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display());
+    put_ok(sock, "/boot-source", &boot);
 }

@@ -30,10 +30,19 @@ pub fn since_process_start() -> Duration {
 
 /// CPU time (user + system, all threads) the process has used.
 pub fn process_cpu_time() -> Duration {
+    clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// The monotonic clock (what a launcher's `--start-time-us` is read from).
+pub fn monotonic_time() -> Duration {
+    clock(libc::CLOCK_MONOTONIC)
+}
+
+fn clock(id: libc::clockid_t) -> Duration {
     // SAFETY: timespec is plain data; clock_gettime fills it and reads nothing else.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: `ts` is a valid timespec owned by this frame.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(id, &mut ts) };
     if rc != 0 {
         return Duration::ZERO;
     }

@@ -97,22 +97,22 @@ fn host_utc_seconds() -> i64 {
         .unwrap_or(0)
 }
 
-/// A calendar date and time of day, UTC.
+/// A calendar date and time of day, UTC (also the logger's timestamps).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct DateTime {
-    year: i64,
-    month: u8,
-    day: u8,
+pub(crate) struct DateTime {
+    pub(crate) year: i64,
+    pub(crate) month: u8,
+    pub(crate) day: u8,
     /// 1 = Sunday, as the RTC counts.
     weekday: u8,
-    hour: u8,
-    minute: u8,
-    second: u8,
+    pub(crate) hour: u8,
+    pub(crate) minute: u8,
+    pub(crate) second: u8,
 }
 
 impl DateTime {
     /// Seconds since the epoch to a civil date (proleptic Gregorian calendar).
-    fn from_unix(secs: i64) -> Self {
+    pub(crate) fn from_unix(secs: i64) -> Self {
         let days = secs.div_euclid(86_400);
         let tod = secs.rem_euclid(86_400);
         // Days since 0000-03-01, in 400-year eras of 146,097 days.
