@@ -421,3 +421,24 @@ fn test_snapshot_diff_of_a_restored_vm_merges_onto_its_base_and_continues() {
     let restored = TestVm::start(VmArgs::restore(&spec));
     assert_continues(&restored, &before, &nonce);
 }
+
+#[test]
+fn test_snapshot_version_flags_name_the_format() {
+    let files = Files::new("describe");
+    std::fs::write(&files.snap, b"EMBERSNP\x07\0\0\0").expect("a header of version 7");
+    let run = |args: &[&str]| {
+        let out = common::output_of(std::process::Command::new(common::ember_bin()).args(args));
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (
+            out.status.code(),
+            text,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    assert_eq!(run(&["--snapshot-version"]).1, "v1.0.0");
+    let path = files.snap.display().to_string();
+    assert_eq!(run(&["--describe-snapshot", &path]).1, "v7.0.0");
+    let (code, _, stderr) = run(&["--describe-snapshot", "/nonexistent.snap"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}

@@ -72,6 +72,42 @@ pub enum FormatError {
     },
 }
 
+/// The version string `--snapshot-version` and `--describe-snapshot` print (Firecracker's
+/// `vMAJOR.MINOR.PATCH` form).
+pub fn version_string(version: u32) -> String {
+    format!("v{version}.0.0")
+}
+
+/// The format version of the snapshot file at `path`, read from its header (magic checked;
+/// the rest is not: `--describe-snapshot` also names versions this build cannot load).
+pub fn file_version(path: &Path) -> Result<u32, FormatError> {
+    use std::io::Read;
+    let io = |source| FormatError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut header = [0u8; 12];
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut got = 0;
+    while got < header.len() {
+        match file.read(&mut header[got..]).map_err(io)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    if got < MAGIC.len() || &header[..MAGIC.len()] != MAGIC {
+        return Err(FormatError::Magic(path.to_path_buf()));
+    }
+    if got < header.len() {
+        return Err(FormatError::Length {
+            path: path.to_path_buf(),
+            expected: (HEADER_LEN + TRAILER_LEN) as u64,
+            actual: got as u64,
+        });
+    }
+    Ok(le_u32(&header[8..12]))
+}
+
 /// CRC-64/XZ (ECMA-182 polynomial, reflected, initial and final XOR all ones).
 pub fn crc64(data: &[u8]) -> u64 {
     const POLY: u64 = 0xc96c_5795_d787_0f42;
