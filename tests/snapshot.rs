@@ -367,7 +367,13 @@ fn test_snapshot_diff_of_a_restored_vm_merges_onto_its_base_and_continues() {
     let base = Files::new("diff-base");
     let (_, nonce) = snapshot_ticking_guest(1, &base);
     let sock = sock_path("snap-diff");
-    let mut vm = TestVm::start(VmArgs::restore(&base.spec(true)).arg("--api-sock", sock.display()));
+    let metrics = scratch_dir().join("diff-metrics.jsonl");
+    let _ = std::fs::remove_file(&metrics);
+    let mut vm = TestVm::start(
+        VmArgs::restore(&base.spec(true))
+            .arg("--api-sock", sock.display())
+            .arg("--metrics-path", metrics.display()),
+    );
     common::api::wait_for_socket(&sock, QUICK);
     let (first, _) = last_ticks(&vm.console());
     wait_for_counts(&vm, &[0], |_| first.get(&0).copied().unwrap_or(0) + 3);
@@ -378,6 +384,19 @@ fn test_snapshot_diff_of_a_restored_vm_merges_onto_its_base_and_continues() {
     // Still paused: a full snapshot now holds exactly the memory the merged diff must give.
     let full = Files::new("diff-full");
     expect(&sock, "PUT", "/snapshot/create", &full.create_body(), 204);
+    let flush = r#"{"action_type": "FlushMetrics"}"#;
+    expect(&sock, "PUT", "/actions", flush, 204);
+    let lines = std::fs::read_to_string(&metrics).expect("metrics file");
+    for name in [
+        "load_snapshot",
+        "diff_create_snapshot",
+        "full_create_snapshot",
+    ] {
+        assert!(
+            lines.contains(&format!("\"{name}\"")),
+            "no {name} in {lines}"
+        );
+    }
     vm.signal(SIGTERM);
     vm.wait_exit(QUICK);
     let (before, diff_nonce) = last_ticks(&vm.console());

@@ -130,6 +130,7 @@ pub fn restore_microvm(
         .map_err(state_err("device"))?;
     let repair = builder::arm_syscall_repair(&vm, policy);
     step("state");
+    crate::metrics::record_latency("load_snapshot", t0.elapsed());
     let steps: Vec<String> = steps
         .iter()
         .map(|(name, at)| format!("{name} {:.1}", at.as_secs_f64() * 1000.0))

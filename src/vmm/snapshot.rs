@@ -72,6 +72,12 @@ impl Controller {
         match snapshot::write(&state, &self.mem, &paths, contents) {
             Ok(bytes) => {
                 let elapsed = started.elapsed();
+                // Firecracker's names for these latencies.
+                let name = match body.snapshot_type {
+                    SnapshotType::Full => "full_create_snapshot",
+                    SnapshotType::Diff => "diff_create_snapshot",
+                };
+                crate::metrics::record_latency(name, elapsed);
                 log::info!(
                     "{:?} snapshot written to {} and {} ({} KiB of guest memory) in {} ms",
                     body.snapshot_type,
