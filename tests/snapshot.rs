@@ -391,6 +391,7 @@ fn test_snapshot_diff_of_a_restored_vm_merges_onto_its_base_and_continues() {
         "load_snapshot",
         "diff_create_snapshot",
         "full_create_snapshot",
+        "snapshot_create_count",
     ] {
         assert!(
             lines.contains(&format!("\"{name}\"")),
