@@ -18,15 +18,11 @@ use common::{GUEST_TIMEOUT, TestVm, VmArgs, fnv1a64, run_ember, scratch_dir};
 const QUICK: Duration = Duration::from_secs(60);
 const FRAME_WAIT: Duration = Duration::from_secs(10);
 
-#[test]
-fn test_snapshot_blk_check_spans_the_snapshot() {
-    let disk = scratch_dir().join("snap-blk.img");
-    let before: Vec<u8> = (0..1usize << 20)
-        .map(|i| (i.wrapping_mul(7) + 3) as u8)
-        .collect();
-    std::fs::write(&disk, &before).expect("disk file");
-    let files = Files::new("blk-span");
-    let sock = sock_path("snap-blk");
+/// Runs the `blk` guest in span mode on `disk` until it waits between its write and its
+/// read-back, and saves it into `files`; returns its `BLK write fnv=` line.
+fn save_blk_guest_mid_check(disk: &std::path::Path, files: &Files) -> String {
+    let name = files.snap.file_stem().expect("name").to_string_lossy();
+    let sock = sock_path(&format!("snap-{name}"));
     let mut vm = TestVm::start(
         VmArgs::device_guest("blk")
             .arg("--disk", format!("path={}", disk.display()))
@@ -36,7 +32,19 @@ fn test_snapshot_blk_check_spans_the_snapshot() {
     common::api::wait_for_socket(&sock, QUICK);
     let write = vm.wait_for_line("BLK write fnv=", GUEST_TIMEOUT);
     vm.wait_for_line("BLK waiting", GUEST_TIMEOUT);
-    save_and_stop(&mut vm, &sock, &files);
+    save_and_stop(&mut vm, &sock, files);
+    write
+}
+
+#[test]
+fn test_snapshot_blk_check_spans_the_snapshot() {
+    let disk = scratch_dir().join("snap-blk.img");
+    let before: Vec<u8> = (0..1usize << 20)
+        .map(|i| (i.wrapping_mul(7) + 3) as u8)
+        .collect();
+    std::fs::write(&disk, &before).expect("disk file");
+    let files = Files::new("blk-span");
+    let write = save_blk_guest_mid_check(&disk, &files);
     // The write reached the file before the snapshot; the restored guest reads it back.
     let written = std::fs::read(&disk).expect("disk");
     assert_eq!(
@@ -116,4 +124,64 @@ fn test_snapshot_net_guest_continues_on_the_override_tap() {
             .is_none(),
         "a frame went out on the saved TAP instead of the override"
     );
+}
+
+#[test]
+fn test_snapshot_clones_with_their_own_disk_copies_run_at_once() {
+    let disk = scratch_dir().join("snap-clones.img");
+    std::fs::write(&disk, vec![0x5au8; 1 << 20]).expect("disk file");
+    let files = Files::new("blk-clones");
+    save_blk_guest_mid_check(&disk, &files);
+
+    // Two clones on their own copies (disk=ID:PATH), one on the saved image.
+    let copies: Vec<_> = (0..2)
+        .map(|i| {
+            let copy = scratch_dir().join(format!("snap-clone-{i}.img"));
+            std::fs::copy(&disk, &copy).expect("copy the image");
+            copy
+        })
+        .collect();
+    let mut clones: Vec<TestVm> = copies
+        .iter()
+        .map(|copy| {
+            let spec = format!("{},disk=disk0:{}", files.spec(true), copy.display());
+            TestVm::start(VmArgs::restore(&spec))
+        })
+        .collect();
+    clones.push(TestVm::start(VmArgs::restore(&files.spec(true))));
+    // The clones wait for a serial byte: the one on the saved image holds its lock meanwhile,
+    // so one more restore without a copy is refused, naming the conflict.
+    let holder = clones.last().expect("a clone").pid();
+    let deadline = std::time::Instant::now() + QUICK;
+    while !has_open(holder, &disk) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clone never opened the image"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (code, stderr) = run_ember(&["--restore", &files.spec(true)], QUICK);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("in use by another disk or process"),
+        "{stderr}"
+    );
+    for clone in &mut clones {
+        clone.send(b"g");
+    }
+    for clone in &mut clones {
+        clone.wait_for_line("BLK readback ok", GUEST_TIMEOUT);
+        clone.wait_for_line("EMBER-TEST blk done", GUEST_TIMEOUT);
+        assert_eq!(clone.exit_code(GUEST_TIMEOUT), 0, "{}", clone.log());
+    }
+}
+
+/// Whether process `pid` has `path` open.
+fn has_open(pid: u32, path: &std::path::Path) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+        })
+        .unwrap_or(false)
 }

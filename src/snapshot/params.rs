@@ -59,6 +59,17 @@ pub struct NetworkOverride {
     pub host_dev_name: String,
 }
 
+/// One entry of `drive_overrides` (Ember extension): the image a restored disk uses instead of
+/// the saved one, e.g. a clone's own copy (same size and read-only flag as saved).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveOverride {
+    /// The drive's id in the snapshot.
+    pub drive_id: String,
+    /// The image file to use.
+    pub path_on_host: PathBuf,
+}
+
 /// `PUT /snapshot/load`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,6 +94,9 @@ pub struct SnapshotLoadBody {
     /// TAPs to use instead of the saved ones.
     #[serde(default)]
     pub network_overrides: Vec<NetworkOverride>,
+    /// Ember extension: disk images to use instead of the saved ones.
+    #[serde(default)]
+    pub drive_overrides: Vec<DriveOverride>,
 }
 
 /// A restore to perform: from the API or the command line.
@@ -94,6 +108,8 @@ pub struct RestoreSpec {
     pub resume: bool,
     /// TAPs to use instead of the saved ones.
     pub network_overrides: Vec<NetworkOverride>,
+    /// Disk images to use instead of the saved ones.
+    pub drive_overrides: Vec<DriveOverride>,
 }
 
 impl SnapshotLoadBody {
@@ -119,14 +135,25 @@ impl SnapshotLoadBody {
             },
             resume: self.resume_vm,
             network_overrides: self.network_overrides.clone(),
+            drive_overrides: self.drive_overrides.clone(),
         })
     }
 }
 
-/// Parses `--restore snapshot=PATH,mem=PATH[,resume=on|off][,net=ID:TAP]...`.
+/// `ID:WHAT` in `key=ID:WHAT`, both parts non-empty.
+fn id_and<'a>(key: &str, value: &'a str, what: &str) -> Result<(String, &'a str), String> {
+    value
+        .split_once(':')
+        .filter(|(id, rest)| !id.is_empty() && !rest.is_empty())
+        .map(|(id, rest)| (id.to_string(), rest))
+        .ok_or_else(|| format!("{key}={value}: expected ID:{what}"))
+}
+
+/// Parses `--restore snapshot=PATH,mem=PATH[,resume=on|off][,net=ID:TAP]...[,disk=ID:PATH]...`.
 pub fn parse_restore_arg(arg: &str) -> Result<RestoreSpec, String> {
     let (mut snapshot, mut mem, mut resume) = (None, None, false);
     let mut network_overrides = Vec::new();
+    let mut drive_overrides = Vec::new();
     for part in arg.split(',').filter(|p| !p.is_empty()) {
         let (key, value) = part
             .split_once('=')
@@ -142,18 +169,22 @@ pub fn parse_restore_arg(arg: &str) -> Result<RestoreSpec, String> {
                 }
             }
             "net" => {
-                let (iface_id, tap) = value
-                    .split_once(':')
-                    .filter(|(id, tap)| !id.is_empty() && !tap.is_empty())
-                    .ok_or_else(|| format!("net={value}: expected ID:TAP"))?;
+                let (iface_id, tap) = id_and(key, value, "TAP")?;
                 network_overrides.push(NetworkOverride {
-                    iface_id: iface_id.to_string(),
+                    iface_id,
                     host_dev_name: tap.to_string(),
+                });
+            }
+            "disk" => {
+                let (drive_id, path) = id_and(key, value, "PATH")?;
+                drive_overrides.push(DriveOverride {
+                    drive_id,
+                    path_on_host: PathBuf::from(path),
                 });
             }
             other => {
                 return Err(format!(
-                    "unknown key `{other}` (snapshot, mem, resume, net)"
+                    "unknown key `{other}` (snapshot, mem, resume, net, disk)"
                 ));
             }
         }
@@ -165,6 +196,7 @@ pub fn parse_restore_arg(arg: &str) -> Result<RestoreSpec, String> {
         },
         resume,
         network_overrides,
+        drive_overrides,
     })
 }
 
@@ -174,7 +206,10 @@ mod tests {
 
     #[test]
     fn test_parse_restore_arg_full() {
-        let spec = parse_restore_arg("snapshot=/a,mem=/b,resume=on,net=eth0:tap7").expect("ok");
+        let spec = parse_restore_arg("snapshot=/a,mem=/b,resume=on,net=eth0:tap7,disk=root:/c")
+            .expect("ok");
+        assert_eq!(spec.drive_overrides[0].drive_id, "root");
+        assert_eq!(spec.drive_overrides[0].path_on_host, PathBuf::from("/c"));
         assert_eq!(spec.paths.snapshot, PathBuf::from("/a"));
         assert_eq!(spec.paths.mem, PathBuf::from("/b"));
         assert!(spec.resume);

@@ -1,5 +1,6 @@
 //! Building a microVM from a snapshot: guest RAM mapped copy-on-write from the memory file,
-//! devices built from the saved configuration (with the TAPs of `network_overrides`), then the
+//! devices built from the saved configuration (with the TAPs of `network_overrides` and the
+//! images of `drive_overrides`), then the
 //! saved state put back in the order KVM needs (vCPUs created with CPUID, the irqchip, PIT and
 //! clock, each vCPU, each device). Nothing of the guest runs here.
 
@@ -29,6 +30,9 @@ pub enum RestoreError {
     /// A network override names no saved interface.
     #[error("network_overrides: no network interface {0} in the snapshot")]
     UnknownInterface(String),
+    /// A drive override names no saved drive.
+    #[error("drive_overrides: no drive {0} in the snapshot")]
+    UnknownDrive(String),
     /// A saved state could not be put back.
     #[error("Cannot restore the {what} state")]
     State {
@@ -74,6 +78,14 @@ fn restored_config(
             .find(|n| n.id == o.iface_id)
             .ok_or_else(|| RestoreError::UnknownInterface(o.iface_id.clone()))?;
         nic.tap = o.host_dev_name.clone();
+    }
+    for o in &spec.drive_overrides {
+        let drive = config
+            .drives
+            .iter_mut()
+            .find(|d| d.id == o.drive_id)
+            .ok_or_else(|| RestoreError::UnknownDrive(o.drive_id.clone()))?;
+        drive.path = o.path_on_host.clone();
     }
     Ok(config)
 }
