@@ -277,6 +277,22 @@ fn test_snapshot_bad_input_is_400_naming_the_problem_and_ember_keeps_waiting() {
         assert!(answer.contains("fault_message"), "{answer}");
         assert!(answer.contains(needle), "{needle:?} not in {answer}");
     }
+    for (overrides, needle) in [
+        (
+            r#""network_overrides": [{"iface_id": "eth9", "host_dev_name": "tap9"}]"#,
+            "no network interface eth9",
+        ),
+        (
+            r#""drive_overrides": [{"drive_id": "nope", "path_on_host": "/x"}]"#,
+            "no drive nope",
+        ),
+    ] {
+        let body = files
+            .load_body(true)
+            .replacen('{', &format!("{{{overrides}, "), 1);
+        let answer = expect(&sock, "PUT", "/snapshot/load", &body, 400);
+        assert!(answer.contains(needle), "{needle:?} not in {answer}");
+    }
     let after: Vec<Vec<u8>> = [&truncated, &corrupted, &version, &files.snap]
         .iter()
         .map(|p| std::fs::read(p).expect("input"))
