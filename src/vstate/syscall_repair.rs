@@ -76,6 +76,12 @@ const DR7_FIXED: u64 = 1 << 10;
 
 /// Which handler a breakpoint slot watches.
 const SLOTS: [u64; 2] = [PF_VECTOR, GP_VECTOR];
+/// The breakpoint slot on the kernel's `sysretq`.
+const SYSRET_SLOT: usize = 2;
+/// How far past LSTAR the SYSCALL exit's `swapgs; sysretq` is looked for.
+const SYSRET_SCAN: usize = 0x400;
+/// The RFLAGS bits SYSRET takes from R11.
+const SYSRET_RFLAGS: u64 = 0x3c_7fd7;
 
 /// Counters of one VM's repair, shared by its vCPUs (and read by the VMM for its log).
 #[derive(Debug, Default)]
@@ -90,6 +96,8 @@ pub struct RepairCounters {
     pub armed: AtomicU64,
     /// Breakpoint hits left alone because KVM was delivering an event (see `event_in_flight`).
     pub deferred: AtomicU64,
+    /// SYSCALL exits done by the repair (`finish_sysret`).
+    pub sysrets: AtomicU64,
 }
 
 /// Turns on the trap of guest writes to STAR, LSTAR and SFMASK (a `KVM_EXIT_X86_WRMSR` each).
@@ -317,13 +325,57 @@ fn event_in_flight(fd: &VcpuFd) -> Option<String> {
     (!what.is_empty()).then(|| what.join(", "))
 }
 
+/// The offset of the `sysretq` (48 0f 07) that ends the SYSCALL exit in `code` (the guest's
+/// entry text from LSTAR): right after a `swapgs` (0f 01 f8), after a VERW with a RIP-relative
+/// operand (0f 00 2d disp32), or after a two-byte jump over that VERW (eb 07), as Linux lays
+/// out `entry_SYSRETQ_unsafe_stack` with and without its mitigation.
+pub fn find_sysret(code: &[u8]) -> Option<usize> {
+    const SWAPGS: [u8; 3] = [0x0f, 0x01, 0xf8];
+    const SYSRETQ: [u8; 3] = [0x48, 0x0f, 0x07];
+    let at = |i: usize, bytes: &[u8]| code.get(i..i + bytes.len()) == Some(bytes);
+    (0..code.len()).find_map(|i| {
+        if !at(i, &SWAPGS) {
+            return None;
+        }
+        let next = i + SWAPGS.len();
+        let verw = |j: usize| at(j, &[0x0f, 0x00, 0x2d]);
+        [
+            at(next, &SYSRETQ).then_some(next),
+            (verw(next) && at(next + 7, &SYSRETQ)).then_some(next + 7),
+            (at(next, &[0xeb, 0x07]) && verw(next + 2) && at(next + 9, &SYSRETQ))
+                .then_some(next + 9),
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+    })
+}
+
+/// Whether `addr` is canonical with 4-level paging (SYSRET faults in ring 0 otherwise).
+fn canonical(addr: u64) -> bool {
+    let top = addr >> 47;
+    top == 0 || top == (1 << 17) - 1
+}
+
+/// The flat 64-bit user code and data segments SYSRET loads from STAR[63:48].
+fn user_segments(sregs: &mut kvm_sregs, star: u64) {
+    // Bits 63:48 fit 16 bits.
+    let base = (star >> 48) as u16 & 0xfffc;
+    flat_segments(sregs, (base + 16) | 3, (base + 8) | 3, 3);
+}
+
 /// The flat 64-bit kernel code and data segments SYSCALL loads from STAR.
 fn kernel_segments(sregs: &mut kvm_sregs, cs: u16) {
+    flat_segments(sregs, cs, cs + 8, 0);
+}
+
+/// Flat 4 GiB-limit 64-bit code (`cs`) and data (`ss`) segments of privilege `dpl`.
+fn flat_segments(sregs: &mut kvm_sregs, cs: u16, ss: u16, dpl: u8) {
     let flat = kvm_segment {
         base: 0,
         limit: 0xffff_ffff,
         present: 1,
-        dpl: 0,
+        dpl,
         s: 1,
         g: 1,
         ..Default::default()
@@ -335,7 +387,7 @@ fn kernel_segments(sregs: &mut kvm_sregs, cs: u16) {
         ..flat
     };
     sregs.ss = kvm_segment {
-        selector: cs + 8,
+        selector: ss,
         type_: 0x3,
         db: 1,
         ..flat
@@ -347,8 +399,9 @@ fn kernel_segments(sregs: &mut kvm_sregs, cs: u16) {
 pub struct SyscallRepair {
     index: u8,
     msrs: SyscallMsrs,
-    /// #PF and #GP handler entries the breakpoints are on (0: none).
-    handlers: [u64; 2],
+    /// #PF and #GP handler entries and the SYSCALL exit's `sysretq` the breakpoints are on
+    /// (0: none).
+    handlers: [u64; 3],
     armed: bool,
     stepping: bool,
     warned_unreadable: bool,
@@ -362,7 +415,7 @@ impl SyscallRepair {
         SyscallRepair {
             index,
             msrs: SyscallMsrs::default(),
-            handlers: [0; 2],
+            handlers: [0; 3],
             armed: false,
             stepping: false,
             warned_unreadable: false,
@@ -464,7 +517,7 @@ impl SyscallRepair {
             }
             return;
         }
-        let mut handlers = [0u64; 2];
+        let mut handlers = [0u64; 3];
         for (slot, vector) in SLOTS.into_iter().enumerate() {
             let mut gate = [0u8; 16];
             if !read_virt(mem, fd, &sregs, sregs.idt.base + 16 * vector, &mut gate) {
@@ -474,6 +527,10 @@ impl SyscallRepair {
                 return;
             };
             handlers[slot] = handler;
+        }
+        let mut code = vec![0u8; SYSRET_SCAN];
+        if read_virt(mem, fd, &sregs, self.msrs.lstar, &mut code) {
+            handlers[SYSRET_SLOT] = find_sysret(&code).map_or(0, |at| self.msrs.lstar + at as u64);
         }
         if self.armed && handlers == self.handlers {
             return;
@@ -493,8 +550,15 @@ impl SyscallRepair {
         self.armed = true;
         let times = self.counters.armed.fetch_add(1, Ordering::Relaxed);
         let line = format!(
-            "Software-nested KVM: vCPU {}: SYSCALL repair armed (LSTAR {:#x}, #PF handler {:#x}, #GP handler {:#x})",
-            self.index, self.msrs.lstar, handlers[0], handlers[1]
+            "Software-nested KVM: vCPU {}: SYSCALL repair armed (LSTAR {:#x}, #PF handler {:#x}, #GP handler {:#x}, SYSRET {})",
+            self.index,
+            self.msrs.lstar,
+            handlers[0],
+            handlers[1],
+            match handlers[SYSRET_SLOT] {
+                0 => "not found: the kernel's own".to_string(),
+                at => format!("at {at:#x}"),
+            }
         );
         // One info line per VM; the other vCPUs and later re-arms at debug level.
         if times == 0 {
@@ -513,7 +577,7 @@ impl SyscallRepair {
             );
         }
         self.armed = false;
-        self.handlers = [0; 2];
+        self.handlers = [0; 3];
         log::debug!(
             "Software-nested KVM: vCPU {}: SYSCALL repair disarmed",
             self.index
@@ -543,6 +607,15 @@ impl SyscallRepair {
         };
         let sync = fd.sync_regs();
         let (regs, sregs) = (sync.regs, sync.sregs);
+        if slot == SYSRET_SLOT {
+            if sregs.cs.selector & 3 == 0 && canonical(regs.rcx) {
+                self.finish_sysret(fd, regs, sregs);
+            } else {
+                // Not the state the exit path runs in: let the instruction do what it does.
+                self.pass_fault(fd, mem, &sregs, arch.pc);
+            }
+            return DebugOutcome::Handled;
+        }
         let mut raw = [0u8; 48];
         if read_virt(mem, fd, &sregs, regs.rsp, &mut raw) {
             let frame = ExceptionFrame::from_bytes(&raw);
@@ -560,6 +633,16 @@ impl SyscallRepair {
                     regs.rcx,
                     regs.r11
                 );
+                // Linux's entry code leaves the previous entry's pt_regs in RAX: its vector
+                // (orig_ax) and hardware frame tell where the first entry on this stack hit.
+                let mut prev = [0u8; 48];
+                if regs.rax >= 0x78 && read_virt(mem, fd, &sregs, regs.rax + 0x78, &mut prev) {
+                    log::warn!(
+                        "Software-nested KVM: vCPU {}: the entry before (if RAX is its pt_regs): orig_ax/frame {:x?}",
+                        self.index,
+                        ExceptionFrame::from_bytes(&prev)
+                    );
+                }
             }
             if is_misdelivered_syscall(&self.msrs, SLOTS[slot], &frame, sregs.cr2, regs.r11) {
                 if let Some(events) = event_in_flight(fd) {
@@ -648,6 +731,22 @@ impl SyscallRepair {
                 regs.rcx
             );
         }
+    }
+
+    /// Does the kernel's `sysretq` in one step: back to user mode at RCX with the flags in R11
+    /// and the user selectors from STAR. Emulated in pieces by the host, the instruction can
+    /// take an interrupt with the user's stack and GS but still in ring 0, which the guest
+    /// kernel does not survive (a double fault, "Fatal exception in interrupt").
+    fn finish_sysret(&mut self, fd: &mut VcpuFd, mut regs: kvm_regs, mut sregs: kvm_sregs) {
+        user_segments(&mut sregs, self.msrs.star);
+        regs.rip = regs.rcx;
+        regs.rflags = (regs.r11 & SYSRET_RFLAGS) | RFLAGS_FIXED;
+        let sync = fd.sync_regs_mut();
+        sync.regs = regs;
+        sync.sregs = sregs;
+        fd.set_sync_dirty_reg(SyncReg::Register);
+        fd.set_sync_dirty_reg(SyncReg::SystemRegister);
+        self.counters.sysrets.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Lets a genuine fault continue past the breakpoint at `pc`.
@@ -826,6 +925,36 @@ mod tests {
             ..LINUX
         };
         assert_eq!(rpl.kernel_cs(), 0x10);
+    }
+
+    #[test]
+    fn test_find_sysret_knows_linux_exit_layouts() {
+        // Linux 6.1 with the VERW alternative jumped over (the reference kernel).
+        let mut code = vec![0x90u8; 0x120];
+        code[0x102..0x111].copy_from_slice(&[
+            0x0f, 0x01, 0xf8, 0xeb, 0x07, 0x0f, 0x00, 0x2d, 0xb2, 0xfe, 0xff, 0xff, 0x48, 0x0f,
+            0x07,
+        ]);
+        assert_eq!(find_sysret(&code), Some(0x10e));
+        // VERW executed, and no mitigation at all.
+        let verw = [
+            0x0f, 0x01, 0xf8, 0x0f, 0x00, 0x2d, 1, 2, 3, 4, 0x48, 0x0f, 0x07,
+        ];
+        assert_eq!(find_sysret(&verw), Some(10));
+        assert_eq!(find_sysret(&[0x0f, 0x01, 0xf8, 0x48, 0x0f, 0x07]), Some(3));
+        // A `swapgs` elsewhere (the entry's) and a lone `sysretq` are not the exit.
+        assert_eq!(find_sysret(&[0x0f, 0x01, 0xf8, 0x65, 0x48, 0x89]), None);
+        assert_eq!(find_sysret(&[0x90, 0x48, 0x0f, 0x07]), None);
+    }
+
+    #[test]
+    fn test_user_segments_come_from_star() {
+        let mut sregs = kvm_sregs::default();
+        user_segments(&mut sregs, LINUX.star);
+        assert_eq!((sregs.cs.selector, sregs.ss.selector), (0x33, 0x2b));
+        assert_eq!((sregs.cs.dpl, sregs.cs.l, sregs.ss.dpl), (3, 1, 3));
+        assert!(canonical(0x7fff_ffff_f000) && canonical(LINUX.lstar));
+        assert!(!canonical(0x8000_0000_0000));
     }
 
     #[test]
