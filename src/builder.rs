@@ -29,6 +29,7 @@ use crate::vmm::Vmm;
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::syscall_repair::{self, RepairCounters};
 use crate::vstate::vcpu::{Vcpu, VcpuError, supported_cpuid};
+use crate::vstate::vcpu_state::saveable_msrs;
 use crate::vstate::vm::{KvmHost, Vm, VmError};
 
 /// Why a microVM could not be built.
@@ -111,7 +112,10 @@ fn open_host(config: &VmConfig) -> Result<KvmHost, StartError> {
 
 /// Step 2: every virtio device, disks then NICs, attached to the device manager, which gives
 /// each its interrupt line and register window. Everything after this reads them from there.
-fn attach_virtio_devices(config: &VmConfig, devices: &mut DeviceManager) -> Result<(), StartError> {
+pub(crate) fn attach_virtio_devices(
+    config: &VmConfig,
+    devices: &mut DeviceManager,
+) -> Result<(), StartError> {
     for (index, drive) in config.drives.iter().enumerate() {
         let block = Block::with_sharing(&drive.id, &drive.path, (drive.readonly, drive.shared))?;
         devices.attach(block, format!("disk {} ({})", drive.id, disk_name(index)))?;
@@ -279,7 +283,7 @@ const QUIET_PORTS: [(u64, u64); 5] = [(0x80, 1), (0x2f8, 8), (0x3e8, 8), (0x2e8,
 
 /// Step 6: legacy devices on the port bus (UART, i8042, ACPI PM registers, CMOS), their interrupts
 /// wired through irqfds; the boot timer and the virtio devices on the MMIO bus.
-fn create_devices(
+pub(crate) fn create_devices(
     vm: &Vm,
     config: &VmConfig,
     virtio: DeviceManager,
@@ -388,7 +392,7 @@ fn create_vcpus(
 /// Step 8: on software-nested hosts, trap the guest's system-call MSR writes so that the
 /// vCPUs arm the SYSCALL repair (`vstate::syscall_repair`). Without the trap guest userspace
 /// cannot make system calls there, but the kernel still boots: a failure is a warning.
-fn arm_syscall_repair(vm: &Vm, policy: HostPolicy) -> Option<Arc<RepairCounters>> {
+pub(crate) fn arm_syscall_repair(vm: &Vm, policy: HostPolicy) -> Option<Arc<RepairCounters>> {
     if !policy.syscall_repair() {
         return None;
     }
@@ -428,7 +432,19 @@ pub fn build_microvm(config: &VmConfig) -> Result<Vmm, StartError> {
     let devices = create_devices(&vm, config, virtio)?;
     let vcpus = create_vcpus(&host, &vm, &mem, config, policy, &kernel)?;
     let repair = arm_syscall_repair(&vm, policy);
-    Ok(Vmm::new(vm, mem, vcpus, devices, policy, repair))
+    let msrs = saveable_msrs(&host.kvm).map_err(|e| StartError::Io {
+        what: "the list of saveable MSRs".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(Vmm::new(
+        vm,
+        mem,
+        vcpus,
+        devices,
+        policy,
+        repair,
+        msrs.into(),
+    ))
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ use crate::config::machine::MachineConfigBody;
 use crate::config::{ConfigError, VmConfig, VmConfigDraft};
 use crate::events::{EventSink, EventsError, LifecycleEvent};
 use crate::signals::StopSignals;
+use crate::snapshot::params::{RestoreSpec, SnapshotLoadBody};
+use crate::snapshot::restore::{RestoreError, restore_microvm};
 use crate::vmm::{NotStarted, RunError, RunOptions, VmOutcome, Vmm, VmmError};
 
 /// What to launch.
@@ -31,6 +33,8 @@ pub struct LaunchOptions {
     pub events: Option<PathBuf>,
     /// Install the seccomp filters (off only with `--no-seccomp`).
     pub seccomp: bool,
+    /// `--restore`: run the VM of a snapshot instead of booting one.
+    pub restore: Option<RestoreSpec>,
 }
 
 /// Why Ember could not run a VM.
@@ -57,6 +61,9 @@ pub enum LaunchError {
     /// The SIGSYS handler could not be installed.
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    /// The snapshot could not be restored.
+    #[error("Cannot restore the snapshot")]
+    Restore(#[from] RestoreError),
 }
 
 impl LaunchError {
@@ -66,6 +73,7 @@ impl LaunchError {
             LaunchError::Config(_) | LaunchError::Events(_) => true,
             LaunchError::Api(e) => e.is_usage(),
             LaunchError::Start(e) => e.is_usage(),
+            LaunchError::Restore(e) => e.is_usage(),
             LaunchError::Io(..) | LaunchError::Vmm(_) | LaunchError::Seccomp(_) => false,
         }
     }
@@ -107,8 +115,15 @@ pub fn launch(options: LaunchOptions) -> Result<VmOutcome, LaunchError> {
     };
 
     let seccomp = options.seccomp;
-    if let Some(config) = config {
-        let vmm = build_microvm(&config)?;
+    let built = match (&options.restore, config) {
+        (Some(spec), _) => {
+            let (vmm, config) = restore_microvm(spec, &options.draft.serial)?;
+            Some((vmm, config, !spec.resume))
+        }
+        (None, Some(config)) => Some((build_microvm(&config)?, config, false)),
+        (None, None) => None,
+    };
+    if let Some((vmm, config, start_paused)) = built {
         let run = RunOptions {
             api,
             start_call: None,
@@ -116,6 +131,7 @@ pub fn launch(options: LaunchOptions) -> Result<VmOutcome, LaunchError> {
             signals: Some(signals),
             config: Some(config),
             seccomp,
+            start_paused,
         };
         return vmm.run_with(run).map_err(LaunchError::from);
     }
@@ -139,6 +155,7 @@ pub fn launch(options: LaunchOptions) -> Result<VmOutcome, LaunchError> {
             signals: Some(started.signals),
             config: Some(started.config),
             seccomp,
+            start_paused: started.paused,
         };
         let back = match started.vmm.try_run(run) {
             Ok(outcome) => return Ok(outcome),
@@ -172,12 +189,14 @@ enum PreBoot {
     Stopped(VmOutcome),
 }
 
-/// A VM built by InstanceStart; `call` is answered once the vCPUs run.
+/// A VM built by InstanceStart or restored by `PUT /snapshot/load`; `call` is answered once
+/// the vCPUs run (or, `paused`, are parked).
 struct Started {
     vmm: Vmm,
     config: VmConfig,
     call: ApiCall,
     signals: StopSignals,
+    paused: bool,
 }
 
 const TOKEN_SIGNAL: u64 = 0;
@@ -207,6 +226,8 @@ fn wait_for_start(
     }
     log::info!("Waiting for the configuration and InstanceStart on the API socket");
     let mut events = vec![EpollEvent::default(); 2];
+    // A snapshot loads only into an unconfigured Ember (Firecracker's rule).
+    let mut configured = false;
     loop {
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
@@ -222,18 +243,26 @@ fn wait_for_start(
                 continue;
             }
             while let Some(call) = api.next() {
-                if call.request != ApiRequest::Action(ActionType::InstanceStart) {
-                    let response = handle_preboot(draft, &call.request);
-                    call.answer(response);
-                    continue;
-                }
-                match start(draft) {
-                    Ok((vmm, config)) => {
+                let built = match &call.request {
+                    ApiRequest::Action(ActionType::InstanceStart) => {
+                        start(draft).map(|(vmm, config)| (vmm, config, false))
+                    }
+                    ApiRequest::LoadSnapshot(body) => load_snapshot(draft, body, configured),
+                    request => {
+                        let response = handle_preboot(draft, request);
+                        configured |= response.status < 300 && is_configuration(request);
+                        call.answer(response);
+                        continue;
+                    }
+                };
+                match built {
+                    Ok((vmm, config, paused)) => {
                         return Ok(PreBoot::Start(Box::new(Started {
                             vmm,
                             config,
                             call,
                             signals,
+                            paused,
                         })));
                     }
                     Err(response) => call.answer(response),
@@ -251,6 +280,42 @@ fn start(draft: &VmConfigDraft) -> Result<(Vmm, VmConfig), ApiResponse> {
     build_microvm(&config)
         .map(|vmm| (vmm, config))
         .map_err(|e| start_refusal(&e))
+}
+
+/// Whether `request` changes the configuration.
+fn is_configuration(request: &ApiRequest) -> bool {
+    matches!(
+        request,
+        ApiRequest::PutMachineConfig(_)
+            | ApiRequest::PatchMachineConfig(_)
+            | ApiRequest::PutBootSource(_)
+            | ApiRequest::PutDrive(_)
+            | ApiRequest::PutNet(_)
+    )
+}
+
+/// Restores the VM of `PUT /snapshot/load`, or says why not (400, Ember keeps waiting).
+fn load_snapshot(
+    draft: &VmConfigDraft,
+    body: &SnapshotLoadBody,
+    configured: bool,
+) -> Result<(Vmm, VmConfig, bool), ApiResponse> {
+    if configured {
+        return Err(ApiResponse::bad_request(
+            "Loading a snapshot is not allowed after configuring the microVM: load it into a fresh Ember.",
+        ));
+    }
+    let spec = body
+        .to_spec()
+        .map_err(|e| ApiResponse::bad_request(&format!("Cannot load the snapshot: {e}")))?;
+    match restore_microvm(&spec, &draft.serial) {
+        Ok((vmm, config)) => Ok((vmm, config, !spec.resume)),
+        Err(e) => {
+            let message = format!("Cannot load the snapshot: {}", crate::error_chain(&e));
+            log::error!("{message}");
+            Err(ApiResponse::bad_request(&format!("{message}.")))
+        }
+    }
 }
 
 /// Answers a request before InstanceStart.
@@ -293,12 +358,15 @@ pub fn handle_preboot(draft: &mut VmConfigDraft, request: &ApiRequest) -> ApiRes
             Ok(()) => ApiResponse::no_content(),
             Err(e) => ApiResponse::bad_request(&format!("log_path: {}.", crate::error_chain(&e))),
         },
-        ApiRequest::Action(ActionType::InstanceStart) => {
-            ApiResponse::error(500, "InstanceStart is handled by the launcher.")
+        ApiRequest::Action(ActionType::InstanceStart) | ApiRequest::LoadSnapshot(_) => {
+            ApiResponse::error(
+                500,
+                "InstanceStart and snapshot loads are handled by the launcher.",
+            )
         }
-        ApiRequest::Action(ActionType::SendCtrlAltDel) | ApiRequest::SetVmState(_) => {
-            ApiResponse::bad_request(MSG_BEFORE_START)
-        }
+        ApiRequest::Action(ActionType::SendCtrlAltDel)
+        | ApiRequest::SetVmState(_)
+        | ApiRequest::CreateSnapshot(_) => ApiResponse::bad_request(MSG_BEFORE_START),
     }
 }
 
@@ -335,6 +403,7 @@ mod tests {
             mem_size_mib: 64,
             smt: false,
             pvm_compat: Default::default(),
+            track_dirty_pages: false,
         };
         let r = handle_preboot(&mut draft, &ApiRequest::PutMachineConfig(body));
         assert_eq!(r.status, 204);

@@ -35,6 +35,8 @@ pub mod seccomp;
 pub mod signals;
 /// Log and metrics destinations: a file or a FIFO, written without blocking.
 pub mod sink;
+/// Snapshots: the checked state file, the memory file, restore, and their API bodies.
+pub mod snapshot;
 /// The running microVM: event loop, lifecycle and exit status.
 pub mod vmm;
 /// KVM state: VM, guest memory and vCPU threads.

@@ -51,6 +51,20 @@ fn main() -> ExitCode {
         println!("{}", ember::config::fc_flags::version_line());
         return ExitCode::SUCCESS;
     }
+    use ember::snapshot::format::{FORMAT_VERSION, file_version, version_string};
+    if cli.fc.snapshot_version {
+        println!("{}", version_string(FORMAT_VERSION));
+        return ExitCode::SUCCESS;
+    }
+    if let Some(path) = &cli.fc.describe_snapshot {
+        return match file_version(path) {
+            Ok(version) => {
+                println!("{}", version_string(version));
+                ExitCode::SUCCESS
+            }
+            Err(e) => usage(ember::error_chain(&e)),
+        };
+    }
     if let Some(id) = &cli.fc.id {
         ember::logger::set_instance_id(id);
     }
@@ -99,6 +113,7 @@ fn main() -> ExitCode {
         api_sock: cli.api_sock.clone(),
         events: cli.events.clone(),
         seccomp: !cli.no_seccomp,
+        restore: cli.restore.clone(),
     };
     match launch(options) {
         Ok(outcome) => ExitCode::from(outcome.exit_code() as u8),

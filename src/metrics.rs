@@ -170,6 +170,8 @@ pub fn count_api_request(method: &str, target: &str, status: u16) {
         (_, ["network-interfaces", ..]) => "network".to_string(),
         (_, ["drives", ..]) => "drive".to_string(),
         (_, ["vm", "config"]) => "vm_config".to_string(),
+        (_, ["snapshot", "create"]) => "snapshot_create".to_string(),
+        (_, ["snapshot", "load"]) => "snapshot_load".to_string(),
         (_, [first, ..]) => first.replace('-', "_"),
     };
     let mut api = API.lock().unwrap_or_else(|e| e.into_inner());

@@ -93,6 +93,8 @@ const VMM: &[libc::c_long] = &[
     libc::SYS_fsync,
     libc::SYS_fdatasync,
     libc::SYS_fallocate,
+    // A diff snapshot's memory file is sized before its pages are written (sparse).
+    libc::SYS_ftruncate,
     libc::SYS_timerfd_settime,
     libc::SYS_timerfd_gettime,
     libc::SYS_tgkill,
@@ -174,7 +176,8 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             vec![SeccompRule::new(vec![unix]).map_err(build)?],
         );
     }
-    // Decided by `open_refusal`, stacked on this filter: ENOENT, never allowed.
+    // Decided by `open_refusal`, stacked on this filter: ENOENT, except the main thread's
+    // snapshot files.
     rules.insert(libc::SYS_openat, vec![]);
     let filter = SeccompFilter::new(
         rules,
@@ -192,9 +195,36 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
 /// memory (the API thread did, after a burst of large answers). The thread still cannot open
 /// anything (crosvm's policies answer `openat` with an errno for the same reason). The kernel
 /// applies the stricter of the two filters' answers, so ENOENT wins over the list's allow.
-pub fn open_refusal() -> Result<BpfProgram, SeccompError> {
-    let build = |e: seccompiler::BackendError| SeccompError::Build(ThreadKind::Vmm, e.to_string());
-    let rules = BTreeMap::from([(libc::SYS_openat, vec![])]);
+///
+/// One exception, on the main thread only: `PUT /snapshot/create` writes the snapshot and
+/// memory files, so it may open a file write-only, created or truncated (`O_WRONLY | O_CREAT |
+/// O_TRUNC`, no `O_PATH`). It still cannot open an existing file for reading.
+pub fn open_refusal(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let build = |e: seccompiler::BackendError| SeccompError::Build(kind, e.to_string());
+    let rules = if kind == ThreadKind::Vmm {
+        // Refused (ENOENT) when any of these holds of the flags (argument 2).
+        let flags = |mask: i32, value: i32| {
+            SeccompCondition::new(
+                2,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(mask as u64),
+                value as u64,
+            )
+            .and_then(|c| SeccompRule::new(vec![c]))
+            .map_err(build)
+        };
+        let refused = vec![
+            flags(libc::O_ACCMODE, libc::O_RDONLY)?,
+            flags(libc::O_ACCMODE, libc::O_RDWR)?,
+            flags(libc::O_ACCMODE, libc::O_ACCMODE)?,
+            flags(libc::O_CREAT, 0)?,
+            flags(libc::O_TRUNC, 0)?,
+            flags(libc::O_PATH, libc::O_PATH)?,
+        ];
+        BTreeMap::from([(libc::SYS_openat, refused)])
+    } else {
+        BTreeMap::from([(libc::SYS_openat, vec![])])
+    };
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -213,7 +243,7 @@ thread_local! {
 /// Installs `kind`'s filter on the calling thread (threads it spawns later inherit it).
 pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
     let program = filter(kind)?;
-    let refusal = open_refusal()?;
+    let refusal = open_refusal(kind)?;
     THREAD_KIND.with(|k| k.set(Some(kind)));
     seccompiler::apply_filter(&refusal)
         .and_then(|()| seccompiler::apply_filter(&program))
@@ -373,7 +403,54 @@ mod tests {
 
     #[test]
     fn test_open_refusal_builds() {
-        assert!(!open_refusal().expect("filter builds").is_empty());
+        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::Api] {
+            assert!(!open_refusal(kind).expect("filter builds").is_empty());
+        }
+    }
+
+    #[test]
+    fn test_main_thread_may_only_create_files_write_only() {
+        let path = std::env::temp_dir().join(format!("ember-openat-{}", std::process::id()));
+        let opened = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                // Only the stacked filter: it decides openat and allows every other call.
+                let refusal = open_refusal(ThreadKind::Vmm).expect("filter builds");
+                seccompiler::apply_filter(&refusal).expect("install on this thread");
+                let errno =
+                    |r: std::io::Result<std::fs::File>| r.err().and_then(|e| e.raw_os_error());
+                let mut open = std::fs::OpenOptions::new();
+                let create = open.write(true).create(true).truncate(true);
+                (
+                    errno(std::fs::File::open("/proc/self/status")),
+                    create.open(&path).is_ok(),
+                    errno(
+                        std::fs::OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .open(&path),
+                    ),
+                    errno(
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .create(true)
+                            .truncate(false)
+                            .open(&path),
+                    ),
+                )
+            }
+        })
+        .join()
+        .expect("thread");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(opened.0, Some(libc::ENOENT), "read-only open allowed");
+        assert!(opened.1, "write-only create and truncate refused");
+        assert_eq!(opened.2, Some(libc::ENOENT), "read-write open allowed");
+        assert_eq!(
+            opened.3,
+            Some(libc::ENOENT),
+            "open without truncate allowed"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! API requests while the VM runs (pause, resume, Ctrl-Alt-Del) are answered in vmm/api.rs.
 
 mod api;
+mod snapshot;
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -21,9 +22,8 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::api::{ApiCall, ApiChannel, ApiResponse};
 use crate::config::VmConfig;
-use crate::device_manager::{DeviceManager, Devices};
+use crate::device_manager::{ConsoleInput, Devices};
 use crate::devices::legacy::console_output::ConsoleOutputError;
-use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::SerialInput;
 use crate::devices::legacy::terminal::RawTerminal;
 use crate::events::{EventSink, LifecycleEvent};
@@ -98,17 +98,23 @@ pub enum VmmError {
     /// The console output thread could not start.
     #[error(transparent)]
     ConsoleOutput(#[from] ConsoleOutputError),
+    /// A vCPU of a VM started paused (a restore) did not park.
+    #[error("A restored vCPU did not park")]
+    PausedStart(#[source] vcpu::VcpuControlError),
 }
 
 /// A built microVM, ready to run.
 pub struct Vmm {
     // Field order is drop order: the VM (and its memory slots) goes before guest memory.
     vcpus: Vec<Vcpu>,
-    devices: Devices,
-    vm: Vm,
+    devices: Arc<Devices>,
+    console: Option<ConsoleInput>,
+    vm: Arc<Vm>,
     mem: GuestMemoryMmap,
     policy: HostPolicy,
     syscall_repair: Option<Arc<RepairCounters>>,
+    saveable_msrs: Arc<[u32]>,
+    diff_base: Option<Arc<File>>,
 }
 
 /// What a front end hands the running VMM besides the VM itself; all optional.
@@ -126,6 +132,9 @@ pub struct RunOptions {
     pub config: Option<VmConfig>,
     /// Install the seccomp filters on the main and vCPU threads before the guest runs.
     pub seccomp: bool,
+    /// Start with every vCPU parked and every device quiesced (a restore without
+    /// `resume_vm`): the guest runs from `PATCH /vm` Resumed on.
+    pub start_paused: bool,
 }
 
 /// Why `Vmm::try_run` returned without an outcome.
@@ -182,8 +191,12 @@ struct Controller {
     api: Option<ApiChannel>,
     /// Every vCPU is parked and every device quiesced.
     paused: bool,
-    devices: Arc<DeviceManager>,
-    i8042: Arc<I8042>,
+    // The VM goes before guest memory (drop order).
+    vm: Arc<Vm>,
+    mem: GuestMemoryMmap,
+    devices: Arc<Devices>,
+    /// `/proc/self/pagemap`, when the VM was restored (diff snapshots).
+    diff_base: Option<Arc<File>>,
     config: Option<VmConfig>,
     events: EventSink,
 }
@@ -308,23 +321,35 @@ impl MutEventSubscriber for Controller {
 type Subscriber = Rc<RefCell<dyn MutEventSubscriber>>;
 
 impl Vmm {
-    /// Assembles a VMM from the parts the builder made.
+    /// Assembles a VMM from the parts the builder made; `saveable_msrs` from
+    /// `vcpu_state::saveable_msrs` (what a snapshot saves of each vCPU).
     pub fn new(
         vm: Vm,
         mem: GuestMemoryMmap,
         vcpus: Vec<Vcpu>,
-        devices: Devices,
+        mut devices: Devices,
         policy: HostPolicy,
         syscall_repair: Option<Arc<RepairCounters>>,
+        saveable_msrs: Arc<[u32]>,
     ) -> Self {
+        let console = devices.console.take();
         Vmm {
             vcpus,
-            devices,
-            vm,
+            devices: Arc::new(devices),
+            console,
+            vm: Arc::new(vm),
             mem,
             policy,
             syscall_repair,
+            saveable_msrs,
+            diff_base: None,
         }
+    }
+
+    /// Lets `PUT /snapshot/create` write diff snapshots against the memory file this VM was
+    /// restored from: `pagemap` is this process's `/proc/self/pagemap` (snapshot/diff.rs).
+    pub fn set_diff_base(&mut self, pagemap: File) {
+        self.diff_base = Some(Arc::new(pagemap));
     }
 
     /// The VM (for tests and tools that inspect it).
@@ -408,7 +433,7 @@ impl Vmm {
 
         // Raw mode only while the guest owns a terminal console; dropped (restored) on return.
         let mut _raw_terminal = None;
-        if let Some(console) = self.devices.console.take() {
+        if let Some(console) = self.console.take() {
             or_give_back!(console.serial.start_output(options.seccomp));
             let stdin = std::io::stdin();
             _raw_terminal = RawTerminal::enter(0);
@@ -441,6 +466,7 @@ impl Vmm {
             mem: self.mem.clone(),
             policy: self.policy,
             syscall_repair: self.syscall_repair.clone(),
+            saveable_msrs: self.saveable_msrs.clone(),
         };
         let started = Instant::now();
         let mut handles = Vec::new();
@@ -485,8 +511,10 @@ impl Vmm {
             outcome: None,
             api: options.api,
             paused: false,
-            devices: self.devices.virtio.clone(),
-            i8042: self.devices.i8042.clone(),
+            vm: self.vm.clone(),
+            mem: self.mem.clone(),
+            devices: self.devices.clone(),
+            diff_base: self.diff_base.clone(),
             config: options.config,
             events: options.events,
         }));
@@ -505,6 +533,13 @@ impl Vmm {
                     Ok(())
                 }
             });
+        if options.start_paused {
+            // Queued before the gate opens: each thread parks before its first KVM_RUN.
+            self.devices.virtio.quiesce();
+            for handle in &handles {
+                let _ = handle.request_pause();
+            }
+        }
         gate.open(filtered.is_ok());
         if let Err(e) = filtered {
             controller.borrow_mut().handles = handles;
@@ -520,6 +555,22 @@ impl Vmm {
         }
         let vcpu_count = handles.len();
         controller.borrow_mut().handles = handles;
+        if options.start_paused {
+            let parked = controller
+                .borrow()
+                .handles
+                .iter()
+                .try_for_each(|h| h.wait_ack(vcpu::VcpuAck::Paused, VCPU_STOP_TIMEOUT));
+            if let Err(e) = parked {
+                Self::stop_vcpus(&mut controller.borrow_mut());
+                let e = VmmError::PausedStart(e);
+                if let Some(call) = start_call.take() {
+                    call.answer(ApiResponse::error(500, &crate::error_chain(&e)));
+                }
+                return Err(RunError::Failed(e));
+            }
+            controller.borrow_mut().paused = true;
+        }
         log::info!("Started {vcpu_count} vCPU thread(s)");
         crate::metrics::record_latency(
             "process_start_to_vcpus",
@@ -531,6 +582,10 @@ impl Vmm {
             .emit(LifecycleEvent::Started {
                 vcpus: u8::try_from(vcpu_count).unwrap_or(u8::MAX),
             });
+        if options.start_paused {
+            log::info!("VM paused (restored without resume_vm)");
+            controller.borrow_mut().events.emit(LifecycleEvent::Paused);
+        }
         if let Some(call) = start_call {
             call.answer(ApiResponse::no_content());
         }

@@ -9,41 +9,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::netns::{NetNs, PacketSocket};
-use common::{GUEST_TIMEOUT, TestVm, VmArgs, fnv1a64, run_ember};
+use common::netns::{
+    ETHERTYPE, MAC0, NetNs, PacketSocket, host_frame, is_test_frame, payload_starts, rx_line,
+};
+use common::{GUEST_TIMEOUT, TestVm, VmArgs, run_ember};
 
-const MAC0: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const MAC1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
-const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 const FRAME_WAIT: Duration = Duration::from_secs(10);
-
-/// A frame from the host to the guest: `tag`, then a pattern up to `len` bytes.
-fn host_frame(dst: [u8; 6], tag: &str, len: usize) -> Vec<u8> {
-    let mut f = dst.to_vec();
-    f.extend_from_slice(&HOST_MAC);
-    f.extend_from_slice(&ETHERTYPE);
-    f.extend_from_slice(tag.as_bytes());
-    let mut i = 0u8;
-    while f.len() < len {
-        f.push(i);
-        i = i.wrapping_add(13);
-    }
-    f
-}
-
-/// The line the guest prints for a received frame.
-fn rx_line(frame: &[u8]) -> String {
-    format!("RX len={:#x} fnv={:#x}", frame.len(), fnv1a64(frame))
-}
-
-fn is_test_frame(f: &[u8]) -> bool {
-    f.len() >= 14 && f[12..14] == ETHERTYPE
-}
-
-fn payload_starts(f: &[u8], tag: &str) -> bool {
-    f.len() >= 14 + tag.len() && &f[14..14 + tag.len()] == tag.as_bytes()
-}
 
 /// Time on CPU of the thread `tid` of process `pid` (schedstat, nanoseconds).
 fn thread_cpu_time(pid: u32, tid: u32) -> Duration {

@@ -113,7 +113,7 @@ fn wait_with_timeout(mut child: std::process::Child, timeout: Duration) -> (Opti
 /// `Err(signal)` the filter killed the child.
 fn in_filtered_child(kind: ember::seccomp::ThreadKind, call: fn() -> bool) -> Result<bool, i32> {
     let program = ember::seccomp::filter(kind).expect("filter");
-    let refusal = ember::seccomp::open_refusal().expect("refusal");
+    let refusal = ember::seccomp::open_refusal(kind).expect("refusal");
     // SAFETY: the child only applies the prepared filters, makes one system call and exits
     // with _exit; it touches no lock another thread could hold.
     let pid = unsafe { libc::fork() };

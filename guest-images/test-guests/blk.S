@@ -14,6 +14,10 @@
  *                    end of the disk (expects an I/O error status).
  *   flush            check, then a FLUSH request; prints "BLK flushed" and
  *                    waits forever (the host kills Ember and checks the file).
+ *   span             check, but between the write and the read-back prints
+ *                    "BLK waiting" and waits for a serial byte (a snapshot
+ *                    and restore go there: the read-back then runs in the
+ *                    restored VM, on the queue where it was).
  *   early            a read of 64 KiB at sector 0 posted before DRIVER_OK and
  *                    never notified (the device must look at its queue when
  *                    it starts), "BLK early read fnv=<hex>", then check.
@@ -78,6 +82,8 @@ k_ops:          .asciz  "ops="
 k_qd:           .asciz  "qd="
 w_perf:         .asciz  "perf"
 w_flush:        .asciz  "flush"
+w_span:         .asciz  "span"
+s_waiting:      .asciz  "BLK waiting"
 w_early:        .asciz  "early"
 s_early:        .asciz  "BLK early read fnv="
 s_flushed:      .asciz  "BLK flushed"
@@ -115,6 +121,7 @@ nfree:          .quad   0
 rng:            .quad   0x2545f4914f6cdd1d
 /* phase parameters */
 flush_mode:     .quad   0               /* blk=flush: flush after check, then wait */
+span_mode:      .quad   0               /* blk=span: wait for a serial byte mid-check */
 early_mode:     .quad   0               /* blk=early: a request before DRIVER_OK */
 ph_type:        .quad   0
 ph_rand:        .quad   0
@@ -559,6 +566,11 @@ guest_main:
         call    token_eq
         movl    %eax, %eax
         movq    %rax, flush_mode(%rip)
+        movq    %r12, %rdi
+        leaq    w_span(%rip), %rsi
+        call    token_eq
+        movl    %eax, %eax
+        movq    %rax, span_mode(%rip)
         cmpq    $0, early_mode(%rip)
         je      check
         /* blk=early: the request posted before DRIVER_OK completes unprompted */
@@ -606,6 +618,17 @@ check:
         leaq    s_write(%rip), %rdi
         leaq    chk_b(%rip), %rsi
         call    put_fnv
+        cmpq    $0, span_mode(%rip)
+        je      3f
+        leaq    s_waiting(%rip), %rdi
+        call    put_line
+4:      call    getc_poll
+        cmpl    $-1, %eax
+        jne     3f
+        movl    $20000, %edi
+        call    delay_ticks
+        jmp     4b
+3:
         /* read it back over two descriptors and compare */
         leaq    chk_a(%rip), %rdi
         movl    $CHK_BYTES / 8, %ecx

@@ -2,7 +2,13 @@
  * other CPU with INIT/SIPI/SIPI through the xAPIC ICR (from ring 3: the LAPIC
  * page is mapped user-accessible), and waits until all check in. Every CPU
  * prints "CPU apic=<id>" under a spinlock; the BSP then prints
- * "SMP online=<n> expected=<n>". */
+ * "SMP online=<n> expected=<n>".
+ *
+ * With "tick=<k>" on the command line the CPUs do not stop there: each counts
+ * forever, printing "TICK cpu=<apic id> n=<count> nonce=<hex>" about every
+ * TICKS_PERIOD/k TSC ticks (tick=1: 30-100 ms; the benchmark uses a large k). The nonce is the BSP's TSC at start, kept in RAM
+ * only: a restored snapshot prints the same nonce and counts on, a reboot
+ * would not (the snapshot tests). */
 #include "common/defs.h"
 
 #define LAPIC_ID     0x20
@@ -15,6 +21,7 @@
 #define TICKS_SIPI_DELAY 600000         /* >= 200 us: after each SIPI */
 #define TICKS_ICR_WAIT   300000000      /* ICR delivery status, 100 ms */
 #define TICKS_AP_TIMEOUT 60000000000    /* all APs online: 20-60 s */
+#define TICKS_PERIOD     100000000      /* tick mode: one line per CPU, 30-100 ms */
 
         .section .rodata
         .globl  guest_name
@@ -26,6 +33,10 @@ s_expected:     .asciz  " expected="
 s_no_mp:        .asciz  "no-mp-table"
 s_icr:          .asciz  "icr-busy"
 s_timeout:      .asciz  "ap-timeout"
+s_tick_key:     .asciz  "tick="
+s_tick:         .asciz  "TICK cpu="
+s_tick_n:       .asciz  " n="
+s_tick_nonce:   .asciz  " nonce="
 
         .text
         .globl  guest_main
@@ -35,7 +46,16 @@ guest_main:
         pushq   %r13
         pushq   %r14
         pushq   %r15
-        leaq    s_cpus_key(%rip), %rdi  /* testing aid: cpus=<n> overrides */
+        call    rdtsc64                 /* the nonce: this boot's TSC */
+        movq    %rax, nonce(%rip)
+        leaq    s_tick_key(%rip), %rdi
+        call    cmdline_value
+        testq   %rax, %rax
+        jz      0f
+        movq    %rax, %rdi
+        call    parse_dec
+        movl    %eax, tick_mode(%rip)   /* set before any AP starts */
+0:      leaq    s_cpus_key(%rip), %rdi  /* testing aid: cpus=<n> overrides */
         call    cmdline_value           /* the MP table (APIC ids 0..n-1) */
         testq   %rax, %rax
         jz      0f
@@ -119,11 +139,17 @@ guest_main:
         movl    %r12d, %edi
         call    put_dec
         call    put_nl
+        leaq    print_lock(%rip), %rdi
+        call    spin_unlock
         cmpl    %r12d, online(%rip)
         jae     7f
         leaq    s_timeout(%rip), %rdi
         jmp     test_fail
-7:      popq    %r15
+7:      cmpl    $0, tick_mode(%rip)
+        je      8f
+        movl    %r13d, %edi
+        call    tick_loop               /* never returns */
+8:      popq    %r15
         popq    %r14
         popq    %r13
         popq    %r12
@@ -182,22 +208,62 @@ print_cpu:
         popq    %rbx
         ret
 
-/* ap_main(EDI = CPU index), ring 3 on an AP: check in, then return (halt). */
+/* tick_loop(EDI = APIC id): count forever, one TICK line per period. */
+tick_loop:
+        movl    %edi, %r13d
+        xorl    %r12d, %r12d
+        movq    $TICKS_PERIOD, %rax
+        xorl    %edx, %edx
+        movl    tick_mode(%rip), %ecx
+        divq    %rcx
+        movq    %rax, %r14              /* the period */
+1:      movq    %r14, %rdi
+        call    delay_ticks
+        incq    %r12
+        leaq    print_lock(%rip), %rdi
+        call    spin_lock
+        leaq    s_tick(%rip), %rdi
+        call    puts
+        movl    %r13d, %edi
+        call    put_dec
+        leaq    s_tick_n(%rip), %rdi
+        call    puts
+        movq    %r12, %rdi
+        call    put_dec
+        leaq    s_tick_nonce(%rip), %rdi
+        call    puts
+        movq    nonce(%rip), %rdi
+        call    put_hex
+        call    put_nl
+        leaq    print_lock(%rip), %rdi
+        call    spin_unlock
+        jmp     1b
+
+/* ap_main(EDI = CPU index), ring 3 on an AP: check in, then return (halt),
+ * or count in tick mode. */
         .globl  ap_main
 ap_main:
-        pushq   %rax
+        pushq   %rbx
         movl    $LAPIC_BASE, %eax
-        movl    LAPIC_ID(%rax), %edi
-        shrl    $24, %edi
+        movl    LAPIC_ID(%rax), %ebx
+        shrl    $24, %ebx
+        movl    %ebx, %edi
         call    print_cpu
         lock incl online(%rip)
-        popq    %rax
+        cmpl    $0, tick_mode(%rip)
+        je      1f
+        movl    %ebx, %edi
+        call    tick_loop               /* never returns */
+1:      popq    %rbx
         ret
 
         .data
         .p2align 2
 print_lock:     .long   0
 online:         .long   1               /* the BSP */
+tick_mode:      .long   0
+        .p2align 3
+nonce:          .quad   0
         .bss
         .p2align 2
 apic_ids:       .skip   MAX_CPUS * 4

@@ -21,6 +21,7 @@ use crate::config::metrics::MetricsBody;
 use crate::config::net::NetBody;
 use crate::config::serial::SerialBody;
 use crate::config::vsock::VsockBody;
+use crate::snapshot::params::{SnapshotCreateBody, SnapshotLoadBody};
 
 pub use routes::{ActionType, VmStateChange};
 
@@ -65,6 +66,10 @@ pub enum ApiRequest {
     PutSerial(SerialBody),
     /// `PUT /metrics`.
     PutMetrics(MetricsBody),
+    /// `PUT /snapshot/create`.
+    CreateSnapshot(SnapshotCreateBody),
+    /// `PUT /snapshot/load`.
+    LoadSnapshot(SnapshotLoadBody),
 }
 
 /// An answer: status code and optional JSON body.

@@ -68,6 +68,7 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         ["logger"] | ["serial"] | ["metrics"] => Some("PUT"),
         ["vm"] => Some("PATCH"),
         ["vm", "config"] => Some("GET"),
+        ["snapshot", "create"] | ["snapshot", "load"] => Some("PUT"),
         _ => None,
     }
 }
@@ -101,6 +102,8 @@ pub fn route(method: &str, target: &str, bytes: &[u8]) -> Result<ApiRequest, Api
         ("PUT", ["logger"]) => Ok(ApiRequest::PutLogger(body(bytes)?)),
         ("PUT", ["serial"]) => Ok(ApiRequest::PutSerial(body(bytes)?)),
         ("PUT", ["metrics"]) => Ok(ApiRequest::PutMetrics(body(bytes)?)),
+        ("PUT", ["snapshot", "create"]) => Ok(ApiRequest::CreateSnapshot(body(bytes)?)),
+        ("PUT", ["snapshot", "load"]) => Ok(ApiRequest::LoadSnapshot(body(bytes)?)),
         (_, known) if allowed(known).is_some() => Err(ApiResponse::error(
             405,
             &format!(

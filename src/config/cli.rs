@@ -16,6 +16,7 @@ use super::{
 use crate::arch::kernel::ProtocolChoice;
 use crate::host::CompatMode;
 use crate::logger::LoggerSettings;
+use crate::snapshot::params::{RestoreSpec, parse_restore_arg};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -118,7 +119,7 @@ pub struct Cli {
     /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage. Required
     /// unless --config-file or --api-sock is given. Example: --kernel guest-images/out/vmlinux
     #[arg(long, value_name = "PATH", required_unless_present_any = ["config_file", "api_sock", "version",
-          "snapshot_version", "describe_snapshot", "seccomp_filter"])]
+          "snapshot_version", "describe_snapshot", "seccomp_filter", "restore"])]
     pub kernel: Option<PathBuf>,
 
     /// Initrd or initramfs, loaded at the top of low guest memory.
@@ -214,6 +215,16 @@ pub struct Cli {
     /// Example: --virtio-discovery cmdline
     #[arg(long, value_name = "MODE", value_enum, default_value_t = VirtioDiscovery::Auto)]
     pub virtio_discovery: VirtioDiscovery,
+
+    /// Run the microVM of a snapshot (made with PUT /snapshot/create) instead of booting one:
+    /// its state file, its memory file (mapped copy-on-write, never changed), resume=on to run
+    /// at once (else it waits paused for PATCH /vm), net=ID:TAP to give an interface another
+    /// TAP, disk=ID:PATH to give a disk another image (a clone's copy).
+    /// Example: --restore snapshot=vm.snap,mem=vm.mem,resume=on
+    #[arg(long, value_name = "snapshot=PATH,mem=PATH[,resume=on][,net=ID:TAP][,disk=ID:PATH]",
+          value_parser = parse_restore_arg,
+          conflicts_with_all = ["kernel", "config_file", "memory", "vcpus", "disk", "net"])]
+    pub restore: Option<RestoreSpec>,
 
     /// Firecracker's flags (fc_flags.rs).
     #[command(flatten)]

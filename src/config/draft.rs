@@ -195,6 +195,7 @@ mod tests {
             mem_size_mib: 64,
             smt: false,
             pvm_compat: CompatMode::Auto,
+            track_dirty_pages: false,
         };
         assert!(draft.put_machine(&body).is_err());
         assert_eq!(draft.machine, MachineConfig::default());

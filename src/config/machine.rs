@@ -51,6 +51,10 @@ pub struct MachineConfigBody {
     /// Ember extension: software-nested KVM workarounds, `auto` (default), `on` or `off`.
     #[serde(default)]
     pub pvm_compat: CompatMode,
+    /// Firecracker's switch for diff snapshots: accepted and ignored (any VM restored from a
+    /// snapshot can take diffs, docs/snapshots.md), never reported back.
+    #[serde(default, skip_serializing)]
+    pub track_dirty_pages: bool,
 }
 
 impl MachineConfigBody {
@@ -75,6 +79,7 @@ impl MachineConfigBody {
             mem_size_mib: machine.memory_mib,
             smt: false,
             pvm_compat,
+            track_dirty_pages: false,
         }
     }
 }
@@ -236,6 +241,17 @@ mod tests {
         assert_eq!(machine.vcpus, 2);
         assert_eq!(machine.memory_mib, 1024);
         assert_eq!(compat, CompatMode::Auto);
+    }
+
+    #[test]
+    fn test_machine_body_track_dirty_pages_accepted_not_reported() {
+        let body: MachineConfigBody = serde_json::from_str(
+            r#"{"vcpu_count": 1, "mem_size_mib": 64, "track_dirty_pages": true}"#,
+        )
+        .expect("parses");
+        assert!(body.to_config().is_ok());
+        let json = serde_json::to_string(&body).expect("serialize");
+        assert!(!json.contains("track_dirty_pages"), "{json}");
     }
 
     #[test]

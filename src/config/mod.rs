@@ -131,8 +131,13 @@ pub enum ConfigError {
 impl VmConfig {
     /// Checks every field; the first problem found is returned.
     pub fn validate(&self, limits: &HostLimits) -> Result<(), ConfigError> {
-        self.machine.validate(limits)?;
         self.boot.validate()?;
+        self.validate_without_boot(limits)
+    }
+
+    /// Checks every field but the boot source (a restored VM does not load its kernel again).
+    pub fn validate_without_boot(&self, limits: &HostLimits) -> Result<(), ConfigError> {
+        self.machine.validate(limits)?;
         self.serial.validate()?;
         drive::validate_drives(&self.drives)?;
         for d in &self.drives {

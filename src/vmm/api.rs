@@ -74,7 +74,7 @@ impl Controller {
                         "The microVM is paused: resume it before sending Ctrl-Alt-Del.",
                     );
                 }
-                match self.i8042.send_ctrl_alt_del() {
+                match self.devices.i8042.send_ctrl_alt_del() {
                     Ok(()) => {
                         log::info!("Ctrl-Alt-Del sent to the guest keyboard");
                         ApiResponse::no_content()
@@ -85,12 +85,16 @@ impl Controller {
             ApiRequest::Action(ActionType::FlushMetrics) => self.flush_metrics(),
             ApiRequest::SetVmState(VmStateChange::Paused) => self.pause(),
             ApiRequest::SetVmState(VmStateChange::Resumed) => self.resume(),
+            ApiRequest::CreateSnapshot(body) => self.create_snapshot(body),
+            ApiRequest::LoadSnapshot(_) => ApiResponse::bad_request(
+                "A snapshot can only be loaded before any configuration: this microVM already runs.",
+            ),
         }
     }
 
     /// Writes a metrics line with every device's and vCPU's counters.
     pub(super) fn flush_metrics(&self) -> ApiResponse {
-        let devices = self.devices.counters();
+        let devices = self.devices.virtio.counters();
         let sources = Sources {
             devices: &devices,
             vcpus: self.handles.iter().map(|h| h.exit_counters()).collect(),
@@ -121,7 +125,7 @@ impl Controller {
         }
         let started = Instant::now();
         // Devices first: they stop serving guest queues before the vCPUs stop.
-        self.devices.quiesce();
+        self.devices.virtio.quiesce();
         let result = self
             .handles
             .iter()
@@ -144,7 +148,7 @@ impl Controller {
                 for h in &self.handles {
                     let _ = h.request_resume();
                 }
-                self.devices.wake();
+                self.devices.virtio.wake();
                 Self::control_error(e)
             }
         }
@@ -169,7 +173,7 @@ impl Controller {
         self.paused = false;
         // Queue notifications that arrived while paused were consumed and left unserved: waking
         // kicks every queue once, so the devices look at their rings again.
-        self.devices.wake();
+        self.devices.virtio.wake();
         match result {
             Ok(()) => {
                 crate::metrics::record_latency("resume_vm", started.elapsed());

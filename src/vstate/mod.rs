@@ -3,5 +3,7 @@
 pub mod memory;
 pub mod syscall_repair;
 pub mod vcpu;
+pub mod vcpu_control;
 pub mod vcpu_state;
 pub mod vm;
+pub mod vm_state;

@@ -1,6 +1,6 @@
 //! vCPUs: per-vCPU setup, the thread that runs KVM_RUN and dispatches exits, the kick that
 //! gets a thread out of KVM_RUN, and the Running / Paused / Exited state machine that pause and
-//! resume drive over a channel.
+//! resume drive over a channel (its protocol in vcpu_control.rs).
 
 use std::cell::Cell;
 use std::os::unix::thread::JoinHandleExt;
@@ -24,6 +24,8 @@ use crate::host::{EmulationFixup, HostPolicy, KVM_ENOSYS_RETURN, VMCALL};
 use crate::metrics::VcpuExitCounters;
 use crate::seccomp::{StartGate, ThreadKind};
 use crate::vstate::syscall_repair::{self, DebugOutcome, RepairCounters, SyscallRepair};
+use crate::vstate::vcpu_control::{Action, PARK_POLL, RunState, transition};
+pub use crate::vstate::vcpu_control::{VcpuAck, VcpuControlError, VcpuRequest};
 use crate::vstate::vcpu_state::{VcpuState, VcpuStateError};
 
 /// Errors while creating or configuring a vCPU.
@@ -79,75 +81,6 @@ pub struct VcpuShared {
     stop: AtomicBool,
     sample: AtomicBool,
     exits: VcpuExitCounters,
-}
-
-/// A request from the VMM to a vCPU thread, sent over its channel before the kick signal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VcpuRequest {
-    /// Leave KVM_RUN and park until `Resume` (answered with `VcpuAck::Paused`).
-    Pause,
-    /// Continue running (answered with `VcpuAck::Resumed`).
-    Resume,
-    /// Wake up a parked thread so that it sees the stop flag.
-    Stop,
-}
-
-/// A vCPU thread's answer to a `VcpuRequest`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VcpuAck {
-    /// The thread is out of KVM_RUN and parked.
-    Paused,
-    /// The thread is back in its run loop.
-    Resumed,
-}
-
-/// Why a pause or resume did not complete.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum VcpuControlError {
-    /// The thread did not answer in time: a deadlock or a vCPU stuck in the host kernel.
-    #[error("vCPU {index} did not acknowledge {what} within {timeout_ms} ms")]
-    Timeout {
-        /// vCPU index.
-        index: u8,
-        /// "pause" or "resume".
-        what: &'static str,
-        /// How long the VMM waited.
-        timeout_ms: u128,
-    },
-    /// The thread has already ended (the guest is shutting down).
-    #[error("vCPU {0} has exited")]
-    Exited(u8),
-    /// The thread answered something else than expected.
-    #[error("vCPU {index} answered {got:?}")]
-    Unexpected {
-        /// vCPU index.
-        index: u8,
-        /// The answer.
-        got: VcpuAck,
-    },
-}
-
-/// The state a request leads to, and the answer the VMM waits for.
-fn transition(request: VcpuRequest) -> (RunState, Option<VcpuAck>) {
-    match request {
-        VcpuRequest::Pause => (RunState::Paused, Some(VcpuAck::Paused)),
-        VcpuRequest::Resume => (RunState::Running, Some(VcpuAck::Resumed)),
-        VcpuRequest::Stop => (RunState::Exited, None),
-    }
-}
-
-/// How often a parked vCPU thread re-checks its stop flag.
-const PARK_POLL: Duration = Duration::from_millis(500);
-
-/// The run state of a vCPU thread.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RunState {
-    /// Running guest code (in or around KVM_RUN).
-    Running,
-    /// Out of KVM_RUN, parked on the request channel.
-    Paused,
-    /// Done: the thread returns its exit reason.
-    Exited,
 }
 
 thread_local! {
@@ -240,6 +173,11 @@ impl Vcpu {
         VcpuState::save(&self.fd, msrs)
     }
 
+    /// The vCPU index.
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
     /// Puts `state` into this vCPU, configured (CPUID set) and not started.
     pub fn restore_state(&self, state: &VcpuState) -> Result<(), VcpuStateError> {
         state.restore(&self.fd)
@@ -318,6 +256,8 @@ pub struct VcpuContext {
     /// The SYSCALL repair's counters, when the VM traps the system-call MSRs for it
     /// (software-nested hosts only; see `syscall_repair`).
     pub syscall_repair: Option<Arc<RepairCounters>>,
+    /// The MSRs a `SaveState` request reads (`vcpu_state::saveable_msrs`).
+    pub saveable_msrs: Arc<[u32]>,
 }
 
 /// The VMM's handle on a running vCPU thread.
@@ -388,19 +328,46 @@ impl VcpuHandle {
         let what = match expected {
             VcpuAck::Paused => "pause",
             VcpuAck::Resumed => "resume",
+            VcpuAck::State(_) => "a state request",
         };
-        match self.acks.recv_timeout(timeout) {
-            Ok(got) if got == expected => Ok(()),
-            Ok(got) => Err(VcpuControlError::Unexpected {
+        let got = self.recv_ack(what, timeout)?;
+        if std::mem::discriminant(&got) == std::mem::discriminant(&expected) {
+            Ok(())
+        } else {
+            Err(VcpuControlError::Unexpected {
                 index: self.index,
-                got,
-            }),
-            Err(RecvTimeoutError::Timeout) => Err(VcpuControlError::Timeout {
+                got: got.name(),
+            })
+        }
+    }
+
+    fn recv_ack(&self, what: &'static str, timeout: Duration) -> Result<VcpuAck, VcpuControlError> {
+        self.acks.recv_timeout(timeout).map_err(|e| match e {
+            RecvTimeoutError::Timeout => VcpuControlError::Timeout {
                 index: self.index,
                 what,
                 timeout_ms: timeout.as_millis(),
+            },
+            RecvTimeoutError::Disconnected => VcpuControlError::Exited(self.index),
+        })
+    }
+
+    /// Asks a paused vCPU for its whole state and waits (at most `timeout`) for it. No signal:
+    /// a paused thread waits on its channel.
+    pub fn save_state(&self, timeout: Duration) -> Result<VcpuState, VcpuControlError> {
+        self.drain_acks();
+        self.requests
+            .send(VcpuRequest::SaveState)
+            .map_err(|_| VcpuControlError::Exited(self.index))?;
+        match self.recv_ack("a state request", timeout)? {
+            VcpuAck::State(result) => (*result).map_err(|reason| VcpuControlError::SaveState {
+                index: self.index,
+                reason,
             }),
-            Err(RecvTimeoutError::Disconnected) => Err(VcpuControlError::Exited(self.index)),
+            other => Err(VcpuControlError::Unexpected {
+                index: self.index,
+                got: other.name(),
+            }),
         }
     }
 
@@ -452,6 +419,12 @@ impl VcpuRunner {
     fn run(&mut self) -> VcpuExitReason {
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|r| r.set(run_ptr));
+        // A restored vCPU may already run a guest kernel with its system calls set up: the
+        // repair arms from the MSRs and IDT now rather than at the first sample tick (a vCPU
+        // at its boot entry is not in long mode yet, and this does nothing).
+        if let Some(repair) = self.repair.as_mut() {
+            repair.refresh(&mut self.fd, &self.ctx.mem);
+        }
         let reason = self.run_loop();
         KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
         reason
@@ -476,16 +449,43 @@ impl VcpuRunner {
                 },
                 RunState::Exited => return RunState::Exited,
             };
-            let (next, ack) = transition(request);
-            if next != state {
-                log::debug!("vCPU {}: {state:?} -> {next:?}", self.index);
-            }
-            state = next;
+            let ack = match transition(request, state) {
+                Action::Go(next, ack) => {
+                    if next != state {
+                        log::debug!("vCPU {}: {state:?} -> {next:?}", self.index);
+                    }
+                    state = next;
+                    match next {
+                        RunState::Paused if ack => Some(VcpuAck::Paused),
+                        RunState::Running if ack => Some(VcpuAck::Resumed),
+                        _ => None,
+                    }
+                }
+                Action::SaveState => Some(VcpuAck::State(Box::new(self.save_state()))),
+                Action::Refuse(why) => Some(VcpuAck::State(Box::new(Err(why.to_string())))),
+            };
             if let Some(ack) = ack {
                 // The VMM only goes away when it is tearing down; the stop flag follows.
                 let _ = self.acks.send(ack);
             }
         }
+    }
+
+    /// The whole state of this (parked) vCPU. An exit the thread handled last (a port or MMIO
+    /// read, say) is finished first: KVM completes that instruction only on the next KVM_RUN,
+    /// which `immediate_exit` makes return before any guest instruction runs.
+    fn save_state(&mut self) -> Result<VcpuState, String> {
+        self.fd.set_kvm_immediate_exit(1);
+        let completed = match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Ok(exit) => Err(format!("KVM_RUN did not complete the last exit: {exit:?}")),
+            Err(e) => Err(format!(
+                "KVM_RUN failed while completing the last exit: {e}"
+            )),
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        completed?;
+        VcpuState::save(&self.fd, &self.ctx.saveable_msrs).map_err(|e| crate::error_chain(&e))
     }
 
     fn run_loop(&mut self) -> VcpuExitReason {
@@ -729,31 +729,5 @@ impl VcpuRunner {
         } else {
             self.last_vmcall_rip = Some(regs.rip);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn test_transition_pause_parks_and_acks() {
-        assert_eq!(
-            transition(VcpuRequest::Pause),
-            (RunState::Paused, Some(VcpuAck::Paused))
-        );
-    }
-
-    #[test]
-    fn test_transition_resume_runs_and_acks() {
-        assert_eq!(
-            transition(VcpuRequest::Resume),
-            (RunState::Running, Some(VcpuAck::Resumed))
-        );
-    }
-
-    #[test]
-    fn test_transition_stop_exits_without_ack() {
-        assert_eq!(transition(VcpuRequest::Stop), (RunState::Exited, None));
     }
 }

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod dhcp;
 pub mod netns;
+pub mod snapshot;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -177,6 +178,14 @@ impl VmArgs {
     pub fn kernel(path: &Path) -> Self {
         VmArgs {
             args: vec!["--kernel".into(), path.display().to_string()],
+            netns: None,
+        }
+    }
+
+    /// Restores a snapshot: `--restore SPEC` (`snapshot=PATH,mem=PATH[,resume=on]`).
+    pub fn restore(spec: &str) -> Self {
+        VmArgs {
+            args: vec!["--restore".into(), spec.to_string()],
             netns: None,
         }
     }

@@ -286,3 +286,39 @@ impl PacketSocket {
         }
     }
 }
+
+/// The `net` test guest's first MAC (`--net ...,mac=02:00:00:00:00:01`).
+pub const MAC0: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// The source MAC of frames the host sends.
+pub const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+/// The EtherType of the test frames (local experimental).
+pub const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
+
+/// A frame from the host to the guest: `tag`, then a pattern up to `len` bytes.
+pub fn host_frame(dst: [u8; 6], tag: &str, len: usize) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&HOST_MAC);
+    f.extend_from_slice(&ETHERTYPE);
+    f.extend_from_slice(tag.as_bytes());
+    let mut i = 0u8;
+    while f.len() < len {
+        f.push(i);
+        i = i.wrapping_add(13);
+    }
+    f
+}
+
+/// The line the `net` guest prints for a received frame.
+pub fn rx_line(frame: &[u8]) -> String {
+    format!("RX len={:#x} fnv={:#x}", frame.len(), super::fnv1a64(frame))
+}
+
+/// Whether `f` is one of the test frames (their EtherType).
+pub fn is_test_frame(f: &[u8]) -> bool {
+    f.len() >= 14 && f[12..14] == ETHERTYPE
+}
+
+/// Whether the payload of `f` starts with `tag`.
+pub fn payload_starts(f: &[u8], tag: &str) -> bool {
+    f.len() >= 14 + tag.len() && &f[14..14 + tag.len()] == tag.as_bytes()
+}
