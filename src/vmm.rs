@@ -609,11 +609,12 @@ impl Vmm {
         }
         if let Some(counters) = &self.syscall_repair {
             log::debug!(
-                "Software-nested KVM: SYSCALL repair: {} system calls repaired, {} faults passed ({} single-stepped), {} waited for an event in flight, {} exits done by the repair, armed {} times",
+                "Software-nested KVM: SYSCALL repair: {} system calls repaired, {} faults passed ({} single-stepped), {} waited for an event in flight, {} entries and {} exits run by the repair, armed {} times",
                 counters.repaired.load(Ordering::Relaxed),
                 counters.passed.load(Ordering::Relaxed),
                 counters.stepped.load(Ordering::Relaxed),
                 counters.deferred.load(Ordering::Relaxed),
+                counters.prologues.load(Ordering::Relaxed),
                 counters.sysrets.load(Ordering::Relaxed),
                 counters.armed.load(Ordering::Relaxed)
             );

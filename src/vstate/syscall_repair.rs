@@ -98,6 +98,8 @@ pub struct RepairCounters {
     pub deferred: AtomicU64,
     /// SYSCALL exits done by the repair (`finish_sysret`).
     pub sysrets: AtomicU64,
+    /// SYSCALL entry prologues run by the repair (`run_prologue`).
+    pub prologues: AtomicU64,
 }
 
 /// Turns on the trap of guest writes to STAR, LSTAR and SFMASK (a `KVM_EXIT_X86_WRMSR` each).
@@ -307,6 +309,53 @@ fn read_msr(fd: &VcpuFd, index: u32) -> Option<u64> {
     (fd.get_msrs(&mut msrs).ok()? == 1).then(|| msrs.as_slice()[0].data)
 }
 
+/// Writes one MSR of the vCPU; false if KVM refused it.
+fn write_msr(fd: &VcpuFd, index: u32, data: u64) -> bool {
+    Msrs::from_entries(&[kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    }])
+    .is_ok_and(|msrs| fd.set_msrs(&msrs).ok() == Some(1))
+}
+
+/// Runs a SYSCALL entry prologue for the guest: `swapgs` (the kernel GS base from
+/// KERNEL_GS_BASE, which gets the user's), the user RSP stored in its per-CPU slot, the kernel
+/// stack top read from its own. Returns the new GS base and RSP; `None`, with nothing changed,
+/// when the MSR or the per-CPU slots cannot be reached.
+fn run_prologue(
+    fd: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    sregs: &kvm_sregs,
+    prologue: &EntryPrologue,
+    user_rsp: u64,
+) -> Option<(u64, u64)> {
+    let kernel_gs = read_msr(fd, MSR_KERNEL_GS_BASE)?;
+    let slot = |offset: u64| -> Option<u64> {
+        let gva = kernel_gs.wrapping_add(offset);
+        // Both slots are aligned u64s inside one page.
+        if gva % 8 != 0 || sregs.cr4 & CR4_LA57 != 0 {
+            return None;
+        }
+        translate(mem, sregs.cr3, gva)
+    };
+    let save = slot(prologue.save_rsp)?;
+    let top = slot(prologue.stack_top)?;
+    let stack: u64 = mem.read_obj(GuestAddress(top)).ok()?;
+    if !canonical(stack) || stack < USER_HALF_END {
+        return None;
+    }
+    if !write_msr(fd, MSR_KERNEL_GS_BASE, sregs.gs.base) {
+        return None;
+    }
+    if mem.write_obj(user_rsp, GuestAddress(save)).is_err() {
+        // Put the MSR back: the guest then runs the prologue itself.
+        write_msr(fd, MSR_KERNEL_GS_BASE, kernel_gs);
+        return None;
+    }
+    Some((kernel_gs, stack))
+}
+
 /// The event KVM is delivering to the vCPU (an exception, interrupt or NMI injected or pending at
 /// this instruction boundary), described for the log; `None` when there is none or the events
 /// cannot be read.
@@ -325,29 +374,67 @@ fn event_in_flight(fd: &VcpuFd) -> Option<String> {
     (!what.is_empty()).then(|| what.join(", "))
 }
 
-/// The offset of the `sysretq` (48 0f 07) that ends the SYSCALL exit in `code` (the guest's
-/// entry text from LSTAR): right after a `swapgs` (0f 01 f8), after a VERW with a RIP-relative
-/// operand (0f 00 2d disp32), or after a two-byte jump over that VERW (eb 07), as Linux lays
-/// out `entry_SYSRETQ_unsafe_stack` with and without its mitigation.
+/// The offset of the `swapgs` (0f 01 f8) that begins the SYSCALL exit's last two instructions
+/// in `code` (the guest's entry text from LSTAR): followed by `sysretq` (48 0f 07) directly,
+/// after a VERW with a RIP-relative operand (0f 00 2d disp32), or after a two-byte jump over
+/// that VERW (eb 07), as Linux lays out `entry_SYSRETQ_unsafe_stack` with and without its
+/// mitigation.
 pub fn find_sysret(code: &[u8]) -> Option<usize> {
     const SWAPGS: [u8; 3] = [0x0f, 0x01, 0xf8];
     const SYSRETQ: [u8; 3] = [0x48, 0x0f, 0x07];
     let at = |i: usize, bytes: &[u8]| code.get(i..i + bytes.len()) == Some(bytes);
-    (0..code.len()).find_map(|i| {
-        if !at(i, &SWAPGS) {
-            return None;
-        }
+    (0..code.len()).find(|&i| {
         let next = i + SWAPGS.len();
         let verw = |j: usize| at(j, &[0x0f, 0x00, 0x2d]);
-        [
-            at(next, &SYSRETQ).then_some(next),
-            (verw(next) && at(next + 7, &SYSRETQ)).then_some(next + 7),
-            (at(next, &[0xeb, 0x07]) && verw(next + 2) && at(next + 9, &SYSRETQ))
-                .then_some(next + 9),
-        ]
-        .into_iter()
-        .flatten()
-        .next()
+        at(i, &SWAPGS)
+            && (at(next, &SYSRETQ)
+                || (verw(next) && at(next + 7, &SYSRETQ))
+                || (at(next, &[0xeb, 0x07]) && verw(next + 2) && at(next + 9, &SYSRETQ)))
+    })
+}
+
+/// The first instructions of a Linux SYSCALL entry, which Ember runs itself: `swapgs`, the user
+/// RSP saved to a per-CPU slot, the kernel stack loaded from another (`entry_SYSCALL_64` up to
+/// `entry_SYSCALL_64_safe_stack`, without page-table isolation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryPrologue {
+    /// Per-CPU offset (from the kernel GS base) where the user RSP is saved.
+    pub save_rsp: u64,
+    /// Per-CPU offset of the kernel stack top.
+    pub stack_top: u64,
+    /// Bytes from LSTAR to the first instruction after the prologue.
+    pub len: u64,
+}
+
+/// Recognises the entry prologue at the start of `code` (from LSTAR): an optional ENDBR64,
+/// `swapgs`, `mov %rsp,%gs:disp32`, `mov %gs:disp32,%rsp`. Anything else (page-table isolation's
+/// CR3 switch among it) is not recognised, and the guest runs its entry itself.
+pub fn entry_prologue(code: &[u8]) -> Option<EntryPrologue> {
+    let mut i = 0;
+    if code.starts_with(&[0xf3, 0x0f, 0x1e, 0xfa]) {
+        i += 4;
+    }
+    let disp = |at: usize, opcode: &[u8; 5]| -> Option<u64> {
+        let bytes = code.get(at..at + 9)?;
+        if bytes[..5] != opcode[..] {
+            return None;
+        }
+        // A 32-bit displacement, sign-extended as the CPU does.
+        let d = i32::from_le_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]);
+        Some(i64::from(d) as u64)
+    };
+    if code.get(i..i + 3)? != [0x0f, 0x01, 0xf8] {
+        return None;
+    }
+    i += 3;
+    let save_rsp = disp(i, &[0x65, 0x48, 0x89, 0x24, 0x25])?;
+    i += 9;
+    let stack_top = disp(i, &[0x65, 0x48, 0x8b, 0x24, 0x25])?;
+    i += 9;
+    Some(EntryPrologue {
+        save_rsp,
+        stack_top,
+        len: i as u64,
     })
 }
 
@@ -406,6 +493,8 @@ pub struct SyscallRepair {
     stepping: bool,
     warned_unreadable: bool,
     logged_repairs: u8,
+    /// The guest's SYSCALL entry prologue, when Ember runs it (see `entry_prologue`).
+    prologue: Option<EntryPrologue>,
     counters: Arc<RepairCounters>,
 }
 
@@ -420,6 +509,7 @@ impl SyscallRepair {
             stepping: false,
             warned_unreadable: false,
             logged_repairs: 0,
+            prologue: None,
             counters,
         }
     }
@@ -531,6 +621,7 @@ impl SyscallRepair {
         let mut code = vec![0u8; SYSRET_SCAN];
         if read_virt(mem, fd, &sregs, self.msrs.lstar, &mut code) {
             handlers[SYSRET_SLOT] = find_sysret(&code).map_or(0, |at| self.msrs.lstar + at as u64);
+            self.prologue = entry_prologue(&code);
         }
         if self.armed && handlers == self.handlers {
             return;
@@ -550,14 +641,19 @@ impl SyscallRepair {
         self.armed = true;
         let times = self.counters.armed.fetch_add(1, Ordering::Relaxed);
         let line = format!(
-            "Software-nested KVM: vCPU {}: SYSCALL repair armed (LSTAR {:#x}, #PF handler {:#x}, #GP handler {:#x}, SYSRET {})",
+            "Software-nested KVM: vCPU {}: SYSCALL repair armed (LSTAR {:#x}, #PF handler {:#x}, #GP handler {:#x}, entry prologue {}, exit {})",
             self.index,
             self.msrs.lstar,
             handlers[0],
             handlers[1],
+            if self.prologue.is_some() {
+                "run by Ember"
+            } else {
+                "not recognised: the kernel's own"
+            },
             match handlers[SYSRET_SLOT] {
                 0 => "not found: the kernel's own".to_string(),
-                at => format!("at {at:#x}"),
+                at => format!("`swapgs; sysretq` at {at:#x} run by Ember"),
             }
         );
         // One info line per VM; the other vCPUs and later re-arms at debug level.
@@ -608,10 +704,11 @@ impl SyscallRepair {
         let sync = fd.sync_regs();
         let (regs, sregs) = (sync.regs, sync.sregs);
         if slot == SYSRET_SLOT {
-            if sregs.cs.selector & 3 == 0 && canonical(regs.rcx) {
-                self.finish_sysret(fd, regs, sregs);
-            } else {
-                // Not the state the exit path runs in: let the instruction do what it does.
+            let done = sregs.cs.selector & 3 == 0
+                && canonical(regs.rcx)
+                && self.finish_sysret(fd, regs, sregs);
+            if !done {
+                // Not the state the exit path runs in: let the instructions do what they do.
                 self.pass_fault(fd, mem, &sregs, arch.pc);
             }
             return DebugOutcome::Handled;
@@ -658,7 +755,7 @@ impl SyscallRepair {
                     }
                     return DebugOutcome::Handled;
                 }
-                self.finish_syscall(fd, regs, sregs, &frame);
+                self.finish_syscall(fd, mem, regs, sregs, &frame);
                 return DebugOutcome::Handled;
             }
             if frame.rip == self.msrs.lstar && frame.cs & 3 == 3 {
@@ -696,6 +793,7 @@ impl SyscallRepair {
     fn finish_syscall(
         &mut self,
         fd: &mut VcpuFd,
+        mem: &GuestMemoryMmap,
         mut regs: kvm_regs,
         mut sregs: kvm_sregs,
         frame: &ExceptionFrame,
@@ -704,6 +802,17 @@ impl SyscallRepair {
         regs.rip = self.msrs.lstar;
         regs.rsp = frame.rsp;
         regs.rflags = (frame.rflags & !RFLAGS_RF) | RFLAGS_FIXED;
+        if let Some(prologue) = self.prologue {
+            // The host sometimes fails to emulate the entry's `swapgs` and raises #UD at LSTAR,
+            // in ring 0 on the user stack: the guest kernel dies of a double fault. Ember does
+            // the prologue itself and the guest starts on its kernel stack.
+            if let Some((gs, rsp)) = run_prologue(fd, mem, &sregs, &prologue, frame.rsp) {
+                sregs.gs.base = gs;
+                regs.rsp = rsp;
+                regs.rip = self.msrs.lstar + prologue.len;
+                self.counters.prologues.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let sync = fd.sync_regs_mut();
         sync.regs = regs;
         sync.sregs = sregs;
@@ -733,11 +842,19 @@ impl SyscallRepair {
         }
     }
 
-    /// Does the kernel's `sysretq` in one step: back to user mode at RCX with the flags in R11
-    /// and the user selectors from STAR. Emulated in pieces by the host, the instruction can
-    /// take an interrupt with the user's stack and GS but still in ring 0, which the guest
-    /// kernel does not survive (a double fault, "Fatal exception in interrupt").
-    fn finish_sysret(&mut self, fd: &mut VcpuFd, mut regs: kvm_regs, mut sregs: kvm_sregs) {
+    /// Does the kernel's last two exit instructions, `swapgs` and `sysretq`, in one step: the
+    /// user GS base back, user mode at RCX with the flags in R11 and the user selectors from
+    /// STAR (a VERW between them is skipped). The host emulates these in pieces, and a fault
+    /// or interrupt halfway runs in ring 0 on the user's stack, which the guest kernel does not
+    /// survive. False (nothing changed) when the GS bases cannot be exchanged.
+    fn finish_sysret(&mut self, fd: &mut VcpuFd, mut regs: kvm_regs, mut sregs: kvm_sregs) -> bool {
+        let Some(user_gs) = read_msr(fd, MSR_KERNEL_GS_BASE) else {
+            return false;
+        };
+        if !write_msr(fd, MSR_KERNEL_GS_BASE, sregs.gs.base) {
+            return false;
+        }
+        sregs.gs.base = user_gs;
         user_segments(&mut sregs, self.msrs.star);
         regs.rip = regs.rcx;
         regs.rflags = (regs.r11 & SYSRET_RFLAGS) | RFLAGS_FIXED;
@@ -747,6 +864,7 @@ impl SyscallRepair {
         fd.set_sync_dirty_reg(SyncReg::Register);
         fd.set_sync_dirty_reg(SyncReg::SystemRegister);
         self.counters.sysrets.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// Lets a genuine fault continue past the breakpoint at `pc`.
@@ -935,16 +1053,38 @@ mod tests {
             0x0f, 0x01, 0xf8, 0xeb, 0x07, 0x0f, 0x00, 0x2d, 0xb2, 0xfe, 0xff, 0xff, 0x48, 0x0f,
             0x07,
         ]);
-        assert_eq!(find_sysret(&code), Some(0x10e));
+        assert_eq!(find_sysret(&code), Some(0x102));
         // VERW executed, and no mitigation at all.
         let verw = [
             0x0f, 0x01, 0xf8, 0x0f, 0x00, 0x2d, 1, 2, 3, 4, 0x48, 0x0f, 0x07,
         ];
-        assert_eq!(find_sysret(&verw), Some(10));
-        assert_eq!(find_sysret(&[0x0f, 0x01, 0xf8, 0x48, 0x0f, 0x07]), Some(3));
+        assert_eq!(find_sysret(&verw), Some(0));
+        assert_eq!(
+            find_sysret(&[0x90, 0x0f, 0x01, 0xf8, 0x48, 0x0f, 0x07]),
+            Some(1)
+        );
         // A `swapgs` elsewhere (the entry's) and a lone `sysretq` are not the exit.
         assert_eq!(find_sysret(&[0x0f, 0x01, 0xf8, 0x65, 0x48, 0x89]), None);
         assert_eq!(find_sysret(&[0x90, 0x48, 0x0f, 0x07]), None);
+    }
+
+    #[test]
+    fn test_entry_prologue_is_recognised_exactly() {
+        // Linux 6.1's entry_SYSCALL_64 without page-table isolation (the reference kernel).
+        let code = [
+            0x0f, 0x01, 0xf8, 0x65, 0x48, 0x89, 0x24, 0x25, 0x14, 0x60, 0x00, 0x00, 0x65, 0x48,
+            0x8b, 0x24, 0x25, 0xd0, 0xab, 0x01, 0x00, 0x6a, 0x2b,
+        ];
+        let p = entry_prologue(&code).expect("recognised");
+        assert_eq!((p.save_rsp, p.stack_top, p.len), (0x6014, 0x1abd0, 0x15));
+        let mut endbr = vec![0xf3, 0x0f, 0x1e, 0xfa];
+        endbr.extend_from_slice(&code);
+        assert_eq!(entry_prologue(&endbr).map(|p| p.len), Some(0x19));
+        // A CR3 switch (page-table isolation) between the two moves, or no swapgs: not ours.
+        let mut pti = code.to_vec();
+        pti.splice(12..12, [0x0f, 0x20, 0xdc]);
+        assert_eq!(entry_prologue(&pti), None);
+        assert_eq!(entry_prologue(&code[3..]), None);
     }
 
     #[test]
