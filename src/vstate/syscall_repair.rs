@@ -333,8 +333,9 @@ fn run_prologue(
     let kernel_gs = read_msr(fd, MSR_KERNEL_GS_BASE)?;
     let slot = |offset: u64| -> Option<u64> {
         let gva = kernel_gs.wrapping_add(offset);
-        // Both slots are aligned u64s inside one page.
-        if gva % 8 != 0 || sregs.cr4 & CR4_LA57 != 0 {
+        // Each slot is a u64 inside one page (Linux's saved-RSP slot, in the TSS, is only
+        // 4-aligned).
+        if gva & (PAGE_SIZE - 1) > PAGE_SIZE - 8 || sregs.cr4 & CR4_LA57 != 0 {
             return None;
         }
         translate(mem, sregs.cr3, gva)
