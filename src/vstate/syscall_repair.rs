@@ -543,14 +543,7 @@ impl SyscallRepair {
         index: u32,
         data: u64,
     ) -> bool {
-        let Ok(msrs) = Msrs::from_entries(&[kvm_msr_entry {
-            index,
-            data,
-            ..Default::default()
-        }]) else {
-            return false;
-        };
-        if fd.set_msrs(&msrs).ok() != Some(1) {
+        if !write_msr(fd, index, data) {
             return false;
         }
         match index {
