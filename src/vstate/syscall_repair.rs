@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use kvm_bindings::{
     KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
     KVM_MSR_EXIT_REASON_FILTER, Msrs, kvm_debug_exit_arch, kvm_enable_cap, kvm_guest_debug,
-    kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs,
+    kvm_msr_entry, kvm_regs, kvm_sregs,
 };
 use kvm_ioctls::{
     Cap, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, SyncReg, VcpuFd, VmFd,
@@ -51,6 +51,7 @@ pub const MSR_LSTAR: u32 = 0xc000_0082;
 pub const MSR_SFMASK: u32 = 0xc000_0084;
 
 /// IA32_KERNEL_GS_BASE: the GS base `swapgs` exchanges.
+const MSR_GS_BASE: u32 = 0xc000_0101;
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 /// Canonical user-half addresses end here (4-level paging).
 const USER_HALF_END: u64 = 1 << 47;
@@ -78,10 +79,10 @@ const DR7_FIXED: u64 = 1 << 10;
 const SLOTS: [u64; 2] = [PF_VECTOR, GP_VECTOR];
 /// The breakpoint slot on the kernel's `sysretq`.
 const SYSRET_SLOT: usize = 2;
+/// Bytes of `swapgs` (0f 01 f8).
+const SWAPGS_LEN: u64 = 3;
 /// How far past LSTAR the SYSCALL exit's `swapgs; sysretq` is looked for.
 const SYSRET_SCAN: usize = 0x400;
-/// The RFLAGS bits SYSRET takes from R11.
-const SYSRET_RFLAGS: u64 = 0x3c_7fd7;
 
 /// Counters of one VM's repair, shared by its vCPUs (and read by the VMM for its log).
 #[derive(Debug, Default)]
@@ -120,6 +121,12 @@ pub fn trap_syscall_msr_writes(vm: &VmFd) -> Result<(), kvm_ioctls::Error> {
         bitmap: &bitmap,
     };
     vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &[range])
+}
+
+/// Takes `trap_syscall_msr_writes`'s filter off again (a prepared VM whose guest turned out
+/// not to want the repair).
+pub fn untrap_syscall_msr_writes(vm: &VmFd) -> Result<(), kvm_ioctls::Error> {
+    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &[])
 }
 
 /// Whether a trapped MSR write is one the repair handles.
@@ -319,17 +326,35 @@ fn write_msr(fd: &VcpuFd, index: u32, data: u64) -> bool {
     .is_ok_and(|msrs| fd.set_msrs(&msrs).ok() == Some(1))
 }
 
+/// Sets the GS base and KERNEL_GS_BASE of the vCPU in one KVM_SET_MSRS: what `swapgs` does,
+/// without writing the system registers (see `finish_syscall`). False if KVM refused either.
+fn write_gs_bases(fd: &VcpuFd, gs_base: u64, kernel_gs_base: u64) -> bool {
+    Msrs::from_entries(&[
+        kvm_msr_entry {
+            index: MSR_GS_BASE,
+            data: gs_base,
+            ..Default::default()
+        },
+        kvm_msr_entry {
+            index: MSR_KERNEL_GS_BASE,
+            data: kernel_gs_base,
+            ..Default::default()
+        },
+    ])
+    .is_ok_and(|msrs| fd.set_msrs(&msrs).ok() == Some(2))
+}
+
 /// Runs a SYSCALL entry prologue for the guest: `swapgs` (the kernel GS base from
 /// KERNEL_GS_BASE, which gets the user's), the user RSP stored in its per-CPU slot, the kernel
-/// stack top read from its own. Returns the new GS base and RSP; `None`, with nothing changed,
-/// when the MSR or the per-CPU slots cannot be reached.
+/// stack top read from its own. Returns the kernel stack; `None`, with nothing changed, when
+/// the MSRs or the per-CPU slots cannot be reached.
 fn run_prologue(
     fd: &VcpuFd,
     mem: &GuestMemoryMmap,
     sregs: &kvm_sregs,
     prologue: &EntryPrologue,
     user_rsp: u64,
-) -> Option<(u64, u64)> {
+) -> Option<u64> {
     let kernel_gs = read_msr(fd, MSR_KERNEL_GS_BASE)?;
     let slot = |offset: u64| -> Option<u64> {
         let gva = kernel_gs.wrapping_add(offset);
@@ -346,15 +371,15 @@ fn run_prologue(
     if !canonical(stack) || stack < USER_HALF_END {
         return None;
     }
-    if !write_msr(fd, MSR_KERNEL_GS_BASE, sregs.gs.base) {
+    if !write_gs_bases(fd, kernel_gs, sregs.gs.base) {
         return None;
     }
     if mem.write_obj(user_rsp, GuestAddress(save)).is_err() {
-        // Put the MSR back: the guest then runs the prologue itself.
-        write_msr(fd, MSR_KERNEL_GS_BASE, kernel_gs);
+        // Put the bases back: the guest then runs the prologue itself.
+        write_gs_bases(fd, sregs.gs.base, kernel_gs);
         return None;
     }
-    Some((kernel_gs, stack))
+    Some(stack)
 }
 
 /// The event KVM is delivering to the vCPU (an exception, interrupt or NMI injected or pending at
@@ -443,43 +468,6 @@ pub fn entry_prologue(code: &[u8]) -> Option<EntryPrologue> {
 fn canonical(addr: u64) -> bool {
     let top = addr >> 47;
     top == 0 || top == (1 << 17) - 1
-}
-
-/// The flat 64-bit user code and data segments SYSRET loads from STAR[63:48].
-fn user_segments(sregs: &mut kvm_sregs, star: u64) {
-    // Bits 63:48 fit 16 bits.
-    let base = (star >> 48) as u16 & 0xfffc;
-    flat_segments(sregs, (base + 16) | 3, (base + 8) | 3, 3);
-}
-
-/// The flat 64-bit kernel code and data segments SYSCALL loads from STAR.
-fn kernel_segments(sregs: &mut kvm_sregs, cs: u16) {
-    flat_segments(sregs, cs, cs + 8, 0);
-}
-
-/// Flat 4 GiB-limit 64-bit code (`cs`) and data (`ss`) segments of privilege `dpl`.
-fn flat_segments(sregs: &mut kvm_sregs, cs: u16, ss: u16, dpl: u8) {
-    let flat = kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        present: 1,
-        dpl,
-        s: 1,
-        g: 1,
-        ..Default::default()
-    };
-    sregs.cs = kvm_segment {
-        selector: cs,
-        type_: 0xb,
-        l: 1,
-        ..flat
-    };
-    sregs.ss = kvm_segment {
-        selector: ss,
-        type_: 0x3,
-        db: 1,
-        ..flat
-    };
 }
 
 /// One vCPU's repair: where its breakpoints are and what it knows of the guest.
@@ -647,7 +635,7 @@ impl SyscallRepair {
             },
             match handlers[SYSRET_SLOT] {
                 0 => "not found: the kernel's own".to_string(),
-                at => format!("`swapgs; sysretq` at {at:#x} run by Ember"),
+                at => format!("`swapgs` at {at:#x} run by Ember"),
             }
         );
         // One info line per VM; the other vCPUs and later re-arms at debug level.
@@ -700,7 +688,7 @@ impl SyscallRepair {
         if slot == SYSRET_SLOT {
             let done = sregs.cs.selector & 3 == 0
                 && canonical(regs.rcx)
-                && self.finish_sysret(fd, regs, sregs);
+                && self.finish_sysret(fd, regs, &sregs);
             if !done {
                 // Not the state the exit path runs in: let the instructions do what they do.
                 self.pass_fault(fd, mem, &sregs, arch.pc);
@@ -749,7 +737,7 @@ impl SyscallRepair {
                     }
                     return DebugOutcome::Handled;
                 }
-                self.finish_syscall(fd, mem, regs, sregs, &frame);
+                self.finish_syscall(fd, mem, regs, &sregs, &frame);
                 return DebugOutcome::Handled;
             }
             if frame.rip == self.msrs.lstar && frame.cs & 3 == 3 {
@@ -783,16 +771,20 @@ impl SyscallRepair {
         DebugOutcome::Handled
     }
 
-    /// Completes a misdelivered SYSCALL: the state the instruction should have produced.
+    /// Completes a misdelivered SYSCALL: the state the instruction should have produced. The
+    /// host has already delivered the #PF in ring 0 (kernel CS, on the kernel stack), so only
+    /// general registers and, for the prologue, GS bases change. The system registers are
+    /// never written back (KVM_SET_SREGS): on this host doing that at every system call
+    /// corrupted user memory of freshly exec'd processes on SMP guests (a static busybox read
+    /// zero from its TLS block in about one of 20 fork+exec).
     fn finish_syscall(
         &mut self,
         fd: &mut VcpuFd,
         mem: &GuestMemoryMmap,
         mut regs: kvm_regs,
-        mut sregs: kvm_sregs,
+        sregs: &kvm_sregs,
         frame: &ExceptionFrame,
     ) {
-        kernel_segments(&mut sregs, self.msrs.kernel_cs());
         regs.rip = self.msrs.lstar;
         regs.rsp = frame.rsp;
         regs.rflags = (frame.rflags & !RFLAGS_RF) | RFLAGS_FIXED;
@@ -800,25 +792,21 @@ impl SyscallRepair {
             // The host sometimes fails to emulate the entry's `swapgs` and raises #UD at LSTAR,
             // in ring 0 on the user stack: the guest kernel dies of a double fault. Ember does
             // the prologue itself and the guest starts on its kernel stack.
-            if let Some((gs, rsp)) = run_prologue(fd, mem, &sregs, &prologue, frame.rsp) {
-                sregs.gs.base = gs;
+            if let Some(rsp) = run_prologue(fd, mem, sregs, &prologue, frame.rsp) {
                 regs.rsp = rsp;
                 regs.rip = self.msrs.lstar + prologue.len;
                 self.counters.prologues.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let sync = fd.sync_regs_mut();
-        sync.regs = regs;
-        sync.sregs = sregs;
+        fd.sync_regs_mut().regs = regs;
         fd.set_sync_dirty_reg(SyncReg::Register);
-        fd.set_sync_dirty_reg(SyncReg::SystemRegister);
         let n = self.counters.repaired.fetch_add(1, Ordering::Relaxed);
         if self.logged_repairs < 2 {
             self.logged_repairs += 1;
             log::debug!(
                 "Software-nested KVM: vCPU {}: repair: frame {frame:x?}, GS base {:#x}, KERNEL_GS_BASE {:#x}, CS {:#x}, RAX {:#x}, RCX {:#x}, R11 {:#x}",
                 self.index,
-                sregs.gs.base,
+                read_msr(fd, MSR_GS_BASE).unwrap_or(u64::MAX),
                 read_msr(fd, MSR_KERNEL_GS_BASE).unwrap_or(u64::MAX),
                 sregs.cs.selector,
                 regs.rax,
@@ -836,27 +824,21 @@ impl SyscallRepair {
         }
     }
 
-    /// Does the kernel's last two exit instructions, `swapgs` and `sysretq`, in one step: the
-    /// user GS base back, user mode at RCX with the flags in R11 and the user selectors from
-    /// STAR (a VERW between them is skipped). The host emulates these in pieces, and a fault
-    /// or interrupt halfway runs in ring 0 on the user's stack, which the guest kernel does not
-    /// survive. False (nothing changed) when the GS bases cannot be exchanged.
-    fn finish_sysret(&mut self, fd: &mut VcpuFd, mut regs: kvm_regs, mut sregs: kvm_sregs) -> bool {
+    /// Does the `swapgs` of the kernel's SYSCALL exit (at `regs.rip`) and leaves the guest at
+    /// the next instruction, so that it runs `sysretq` (or VERW first) itself. The host
+    /// emulates `swapgs` and `sysretq` in pieces, and a fault or interrupt between them runs in
+    /// ring 0 with the user's GS base, which the guest kernel does not survive. False (nothing
+    /// changed) when the GS bases cannot be exchanged.
+    fn finish_sysret(&mut self, fd: &mut VcpuFd, mut regs: kvm_regs, sregs: &kvm_sregs) -> bool {
         let Some(user_gs) = read_msr(fd, MSR_KERNEL_GS_BASE) else {
             return false;
         };
-        if !write_msr(fd, MSR_KERNEL_GS_BASE, sregs.gs.base) {
+        if !write_gs_bases(fd, user_gs, sregs.gs.base) {
             return false;
         }
-        sregs.gs.base = user_gs;
-        user_segments(&mut sregs, self.msrs.star);
-        regs.rip = regs.rcx;
-        regs.rflags = (regs.r11 & SYSRET_RFLAGS) | RFLAGS_FIXED;
-        let sync = fd.sync_regs_mut();
-        sync.regs = regs;
-        sync.sregs = sregs;
+        regs.rip += SWAPGS_LEN;
+        fd.sync_regs_mut().regs = regs;
         fd.set_sync_dirty_reg(SyncReg::Register);
-        fd.set_sync_dirty_reg(SyncReg::SystemRegister);
         self.counters.sysrets.fetch_add(1, Ordering::Relaxed);
         true
     }
@@ -1082,11 +1064,7 @@ mod tests {
     }
 
     #[test]
-    fn test_user_segments_come_from_star() {
-        let mut sregs = kvm_sregs::default();
-        user_segments(&mut sregs, LINUX.star);
-        assert_eq!((sregs.cs.selector, sregs.ss.selector), (0x33, 0x2b));
-        assert_eq!((sregs.cs.dpl, sregs.cs.l, sregs.ss.dpl), (3, 1, 3));
+    fn test_canonical_addresses() {
         assert!(canonical(0x7fff_ffff_f000) && canonical(LINUX.lstar));
         assert!(!canonical(0x8000_0000_0000));
     }
