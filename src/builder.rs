@@ -27,6 +27,7 @@ use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::host::{HostKind, HostPolicy};
 use crate::vmm::Vmm;
 use crate::vstate::memory::{self, MemoryError};
+use crate::vstate::prepared::PreparedVm;
 use crate::vstate::syscall_repair::{self, RepairCounters};
 use crate::vstate::vcpu::{Vcpu, VcpuError, supported_cpuid};
 use crate::vstate::vcpu_state::saveable_msrs;
@@ -101,13 +102,6 @@ impl StartError {
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
     let what = what.into();
     move |source| StartError::Io { what, source }
-}
-
-/// Step 1: open KVM and check the configuration against this host (guest memory follows).
-fn open_host(config: &VmConfig) -> Result<KvmHost, StartError> {
-    let host = KvmHost::open()?;
-    config.validate(&HostLimits::read(host.max_vcpus()))?;
-    Ok(host)
 }
 
 /// Step 2: every virtio device, disks then NICs, attached to the device manager, which gives
@@ -392,9 +386,21 @@ fn create_vcpus(
 /// Step 8: on software-nested hosts, trap the guest's system-call MSR writes so that the
 /// vCPUs arm the SYSCALL repair (`vstate::syscall_repair`). Without the trap guest userspace
 /// cannot make system calls there, but the kernel still boots: a failure is a warning.
-pub(crate) fn arm_syscall_repair(vm: &Vm, policy: HostPolicy) -> Option<Arc<RepairCounters>> {
+/// `trapped`: a prepared VM's filter is already set; where the policy wants no repair it is
+/// taken off again.
+pub(crate) fn arm_syscall_repair(
+    vm: &Vm,
+    policy: HostPolicy,
+    trapped: bool,
+) -> Option<Arc<RepairCounters>> {
     if !policy.syscall_repair() {
+        if trapped && let Err(e) = syscall_repair::untrap_syscall_msr_writes(vm.fd()) {
+            log::warn!("Cannot take the system-call MSR filter off ({e})");
+        }
         return None;
+    }
+    if trapped {
+        return Some(Arc::default());
     }
     match syscall_repair::trap_syscall_msr_writes(vm.fd()) {
         Ok(()) => Some(Arc::default()),
@@ -407,17 +413,29 @@ pub(crate) fn arm_syscall_repair(vm: &Vm, policy: HostPolicy) -> Option<Arc<Repa
     }
 }
 
+/// Step 1: the host and VM to build on: `prepared`'s when there is one, else new ones (and
+/// whether the system-call MSRs are already trapped).
+pub(crate) fn host_and_vm(prepared: Option<PreparedVm>) -> Result<(KvmHost, Vm, bool), StartError> {
+    if let Some(p) = prepared {
+        return Ok((p.host, p.vm, p.msr_filter));
+    }
+    let host = KvmHost::open()?;
+    let vm = Vm::new(&host)?;
+    Ok((host, vm, false))
+}
+
 /// Builds a ready-to-run microVM: every resource is created and the guest is loaded, but no
 /// vCPU runs yet.
-pub fn build_microvm(config: &VmConfig) -> Result<Vmm, StartError> {
-    let host = open_host(config)?;
+/// `prepared`: a VM made ahead (`vstate::prepared`) to build on.
+pub fn build_microvm(config: &VmConfig, prepared: Option<PreparedVm>) -> Result<Vmm, StartError> {
+    let (host, vm, trapped) = host_and_vm(prepared)?;
+    config.validate(&HostLimits::read(host.max_vcpus()))?;
     let mem_size = config.machine.memory_bytes().map_err(ConfigError::from)?;
     let mem = memory::create_guest_memory(mem_size)?;
     let mut virtio = DeviceManager::new(mem.clone());
     attach_virtio_devices(config, &mut virtio)?;
     let (policy, cmdline) = decide_policy(config, &virtio)?;
     log::info!("Guest command line: {cmdline}");
-    let vm = Vm::new(&host)?;
     vm.register_memory(&mem)?;
     let (kernel, initrd) = load_boot_payload(&mem, mem_size, config, &cmdline)?;
     write_boot_info(
@@ -431,7 +449,7 @@ pub fn build_microvm(config: &VmConfig) -> Result<Vmm, StartError> {
     )?;
     let devices = create_devices(&vm, config, virtio)?;
     let vcpus = create_vcpus(&host, &vm, &mem, config, policy, &kernel)?;
-    let repair = arm_syscall_repair(&vm, policy);
+    let repair = arm_syscall_repair(&vm, policy, trapped);
     let msrs = saveable_msrs(&host.kvm).map_err(|e| StartError::Io {
         what: "the list of saveable MSRs".into(),
         source: std::io::Error::other(e.to_string()),

@@ -20,6 +20,7 @@ use crate::signals::StopSignals;
 use crate::snapshot::params::{RestoreSpec, SnapshotLoadBody};
 use crate::snapshot::restore::{RestoreError, restore_microvm};
 use crate::vmm::{NotStarted, RunError, RunOptions, VmOutcome, Vmm, VmmError};
+use crate::vstate::prepared::{PreparedVm, Preparing};
 
 /// What to launch.
 pub struct LaunchOptions {
@@ -85,6 +86,8 @@ pub fn launch(options: LaunchOptions) -> Result<VmOutcome, LaunchError> {
     // Block the stop signals before any thread starts, so that they reach only the signalfd
     // (never kill the process behind the API socket's back).
     let mut signals = StopSignals::new().map_err(|e| LaunchError::Io("the signalfd", e))?;
+    // The VM's slow KVM set-up runs beside the rest of the start (`vstate::prepared`).
+    let mut preparing = Preparing::start();
     if options.seccomp {
         crate::seccomp::install_sigsys_handler()?;
     } else {
@@ -117,10 +120,10 @@ pub fn launch(options: LaunchOptions) -> Result<VmOutcome, LaunchError> {
     let seccomp = options.seccomp;
     let built = match (&options.restore, config) {
         (Some(spec), _) => {
-            let (vmm, config) = restore_microvm(spec, &options.draft.serial)?;
+            let (vmm, config) = restore_microvm(spec, &options.draft.serial, preparing.take())?;
             Some((vmm, config, !spec.resume))
         }
-        (None, Some(config)) => Some((build_microvm(&config)?, config, false)),
+        (None, Some(config)) => Some((build_microvm(&config, preparing.take())?, config, false)),
         (None, None) => None,
     };
     if let Some((vmm, config, start_paused)) = built {
@@ -140,7 +143,7 @@ pub fn launch(options: LaunchOptions) -> Result<VmOutcome, LaunchError> {
     };
     let mut draft = options.draft;
     loop {
-        let started = match wait_for_start(&mut draft, &api, signals)? {
+        let started = match wait_for_start(&mut draft, &api, signals, &mut preparing)? {
             PreBoot::Start(started) => *started,
             PreBoot::Stopped(outcome) => {
                 events.emit(LifecycleEvent::from_outcome(&outcome));
@@ -209,6 +212,7 @@ fn wait_for_start(
     draft: &mut VmConfigDraft,
     api: &ApiChannel,
     mut signals: StopSignals,
+    preparing: &mut Preparing,
 ) -> Result<PreBoot, LaunchError> {
     let io = |e| LaunchError::Io("the pre-boot event loop", e);
     let epoll = Epoll::new().map_err(io)?;
@@ -245,9 +249,11 @@ fn wait_for_start(
             while let Some(call) = api.next() {
                 let built = match &call.request {
                     ApiRequest::Action(ActionType::InstanceStart) => {
-                        start(draft).map(|(vmm, config)| (vmm, config, false))
+                        start(draft, preparing.take()).map(|(vmm, config)| (vmm, config, false))
                     }
-                    ApiRequest::LoadSnapshot(body) => load_snapshot(draft, body, configured),
+                    ApiRequest::LoadSnapshot(body) => {
+                        load_snapshot(draft, body, configured, preparing)
+                    }
                     request => {
                         let response = handle_preboot(draft, request);
                         configured |= response.status < 300 && is_configuration(request);
@@ -265,7 +271,13 @@ fn wait_for_start(
                             paused,
                         })));
                     }
-                    Err(response) => call.answer(response),
+                    Err(response) => {
+                        // The failed build used up the prepared VM: make another for the next.
+                        if preparing.is_taken() {
+                            *preparing = Preparing::start();
+                        }
+                        call.answer(response);
+                    }
                 }
             }
         }
@@ -273,11 +285,14 @@ fn wait_for_start(
 }
 
 /// Builds the VM for InstanceStart, or says why not.
-fn start(draft: &VmConfigDraft) -> Result<(Vmm, VmConfig), ApiResponse> {
+fn start(
+    draft: &VmConfigDraft,
+    prepared: Option<PreparedVm>,
+) -> Result<(Vmm, VmConfig), ApiResponse> {
     let config = draft
         .build()
         .map_err(|e| ApiResponse::bad_request(&format!("Cannot start the microVM: {e}.")))?;
-    build_microvm(&config)
+    build_microvm(&config, prepared)
         .map(|vmm| (vmm, config))
         .map_err(|e| start_refusal(&e))
 }
@@ -299,6 +314,7 @@ fn load_snapshot(
     draft: &VmConfigDraft,
     body: &SnapshotLoadBody,
     configured: bool,
+    preparing: &mut Preparing,
 ) -> Result<(Vmm, VmConfig, bool), ApiResponse> {
     if configured {
         return Err(ApiResponse::bad_request(
@@ -308,7 +324,7 @@ fn load_snapshot(
     let spec = body
         .to_spec()
         .map_err(|e| ApiResponse::bad_request(&format!("Cannot load the snapshot: {e}")))?;
-    match restore_microvm(&spec, &draft.serial) {
+    match restore_microvm(&spec, &draft.serial, preparing.take()) {
         Ok((vmm, config)) => Ok((vmm, config, !spec.resume)),
         Err(e) => {
             let message = format!("Cannot load the snapshot: {}", crate::error_chain(&e));
@@ -431,7 +447,7 @@ mod tests {
 
     #[test]
     fn test_preboot_start_without_boot_source_is_400() {
-        let Err(r) = start(&VmConfigDraft::default()) else {
+        let Err(r) = start(&VmConfigDraft::default(), None) else {
             panic!("must not start")
         };
         assert_eq!(r.status, 400);

@@ -14,9 +14,9 @@ use crate::device_manager::DeviceManager;
 use crate::host::{HostKind, HostPolicy};
 use crate::vmm::Vmm;
 use crate::vstate::memory;
+use crate::vstate::prepared::PreparedVm;
 use crate::vstate::vcpu::{Vcpu, supported_cpuid};
 use crate::vstate::vcpu_state::saveable_msrs;
-use crate::vstate::vm::{KvmHost, Vm};
 
 /// Why a restore failed.
 #[derive(Debug, thiserror::Error)]
@@ -92,9 +92,11 @@ fn restored_config(
 
 /// Loads the snapshot of `spec` and builds the microVM it describes, ready to run (its
 /// vCPUs where they were), with `serial` as its console. Returns the VMM and its configuration.
+/// `prepared`: a VM made ahead (`vstate::prepared`) to restore into.
 pub fn restore_microvm(
     spec: &RestoreSpec,
     serial: &SerialConfig,
+    prepared: Option<PreparedVm>,
 ) -> Result<(Vmm, VmConfig), RestoreError> {
     let t0 = std::time::Instant::now();
     let mut steps = Vec::new();
@@ -102,8 +104,8 @@ pub fn restore_microvm(
     let (snapshot, mem_file) = super::load(&spec.paths)?;
     step("load");
     let config = restored_config(&snapshot, spec, serial)?;
-    let host = KvmHost::open().map_err(StartError::from)?;
-    step("kvm");
+    let (host, vm, trapped) = builder::host_and_vm(prepared)?;
+    step("kvm and VM");
     config
         .validate_without_boot(&HostLimits::read(host.max_vcpus()))
         .map_err(StartError::from)?;
@@ -113,8 +115,6 @@ pub fn restore_microvm(
     let mut virtio = DeviceManager::new(mem.clone());
     builder::attach_virtio_devices(&config, &mut virtio)?;
     let policy = HostPolicy::decide(config.pvm_compat, HostKind::detect());
-    let vm = Vm::new(&host).map_err(StartError::from)?;
-    step("create VM");
     vm.register_memory(&mem).map_err(StartError::from)?;
     step("memory slots");
     let devices = builder::create_devices(&vm, &config, virtio)?;
@@ -140,7 +140,7 @@ pub fn restore_microvm(
     devices
         .restore(&snapshot.devices)
         .map_err(state_err("device"))?;
-    let repair = builder::arm_syscall_repair(&vm, policy);
+    let repair = builder::arm_syscall_repair(&vm, policy, trapped);
     step("state");
     crate::metrics::record_latency("load_snapshot", t0.elapsed());
     let steps: Vec<String> = steps

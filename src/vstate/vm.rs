@@ -53,6 +53,9 @@ pub enum VmError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// The placeholder memory slot of a prepared VM (`prepared.rs`) could not be made.
+    #[error("Failed to register and delete a placeholder memory slot")]
+    Placeholder(#[source] std::io::Error),
 }
 
 /// Capabilities without which Ember cannot run a guest.
