@@ -10,6 +10,7 @@
 //! | LSL fails to emulate: with FSGSBASE, `paranoid_entry` (#DB, NMI, #DF from kernel mode) looks up the per-CPU GS base with it (seen on a 2-vCPU boot, vCPU 1) | `fsgsbase` in `clearcpuid=`: the kernel reads MSR_GS_BASE instead |
 //! | Kernel SIMD code fails to emulate: LDMXCSR in `kernel_fpu_begin`, then MOVD/PSHUFB on XMM registers (Debian's stock kernel: blake2s at ~130 s of boot; emulating LDMXCSR alone only moved the crash to the next SSE instruction) | `clearcpuid=ssse3,sse4_1,sse4_2,aes,pclmulqdq,sha_ni,avx,avx2,avx512f`: crypto and checksum code takes the generic C paths |
 //! | The crypto self-tests (RSA) keep both vCPUs busy for 10+ minutes; certificate loading times out | `cryptomgr.notests=1` |
+//! | Guest user mode runs natively with the host's XCR0: AVX/AVX-512 usable (and used by glibc), but the `noxsave` kernel saves only x87/SSE state when it switches processes, so vector registers leak between processes (a busybox exec died of a zeroed TLS block about once in 50 on 2 vCPUs). Setting guest CR4.OSXSAVE and XCR0 = x87+SSE through KVM does not reach user mode here | `GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,...` on the command line (init's environment): glibc stays on SSE. Programs that use AVX without asking glibc remain unsafe on these hosts |
 //! | A user-mode SYSCALL reaches LSTAR still in ring 3 and faults there (#PF), so init dies on its first system call | `vstate::syscall_repair`: hardware breakpoints on the guest's #PF/#GP handlers finish the SYSCALL by hand (~280 us per call) |
 //! | VMCALL (KVM hypercalls, PV IPIs, kvmclock) spins forever without an exit | the KVM paravirt CPUID leaves are hidden from the guest, and a watchdog skips a VMCALL found spinning (RAX = -KVM_ENOSYS) |
 //! | The kernel's IO-APIC timer check (a timing loop) fails when the emulated guest is slow | `no_timer_check` on the command line |
@@ -72,8 +73,9 @@ pub fn cpuinfo_has_hw_virt(cpuinfo: &str) -> bool {
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
 }
 
-/// Guest command-line switches the policy appends, each with the reason it is logged with.
-pub const PVM_CMDLINE: [(&str, &str); 3] = [
+/// Guest command-line switches the policy appends (unless the user's command line sets the same
+/// name), each with the reason it is logged with.
+pub const PVM_CMDLINE: [(&str, &str); 4] = [
     ("noxsave", "XRSTOR fails to emulate"),
     (
         "no_timer_check",
@@ -83,7 +85,23 @@ pub const PVM_CMDLINE: [(&str, &str); 3] = [
         "cryptomgr.notests=1",
         "the crypto self-tests (RSA big-number arithmetic) keep an emulated kernel busy for minutes",
     ),
+    (
+        GLIBC_NO_AVX,
+        "guest user mode runs natively with the host's AVX and AVX-512 enabled, but a `noxsave` kernel does not save that state when it switches processes; this environment for init and its children keeps glibc's string and memory functions on SSE",
+    ),
 ];
+
+/// init's environment (the kernel hands it unknown `NAME=value` words) that turns off glibc's
+/// AVX and AVX-512 code paths. Measured here with `utest avx`: ymm1's upper half and ymm16 were
+/// lost after a switch to another process on the same vCPU in 37 of 200 rounds (never after a
+/// system call), and busybox's `memcpy` of its TLS image into a fresh page came back zero,
+/// killing about one exec in 50 with SIGSEGV on 2-vCPU guests.
+pub const GLIBC_NO_AVX: &str = "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-AVX_Fast_Unaligned_Load";
+
+/// The name a command-line word sets (`name=value`), or the word.
+fn switch_name(word: &str) -> &str {
+    word.split_once('=').map_or(word, |(name, _)| name)
+}
 
 /// CPU features the policy turns off with `clearcpuid=` (merged with the user's own list:
 /// Linux honours only the last `clearcpuid=`), each group with the reason it is logged with.
@@ -147,23 +165,26 @@ impl HostPolicy {
 
     /// Appends the policy's switches to the guest command line, logging each, and merges its
     /// `clearcpuid=` features with the user's into one `clearcpuid=` (Linux honours only the
-    /// last one).
+    /// last one). Everything goes before a `--`, after which words are init's arguments.
     pub fn extend_cmdline(&self, cmdline: &mut String) {
         if !self.pvm {
             return;
         }
+        let all: Vec<&str> = cmdline.split_whitespace().collect();
+        let split = all.iter().position(|w| *w == "--").unwrap_or(all.len());
+        let (kernel, init_args) = all.split_at(split);
+        let mut kernel = kernel.to_vec();
         for (switch, why) in PVM_CMDLINE {
-            if !cmdline.split_whitespace().any(|w| w == switch) {
+            if !kernel.iter().any(|w| switch_name(w) == switch_name(switch)) {
                 log::info!(
                     "Software-nested KVM: adding `{switch}` to the guest command line ({why})"
                 );
-                cmdline.push(' ');
-                cmdline.push_str(switch);
+                kernel.push(switch);
             }
         }
         let mut words: Vec<&str> = Vec::new();
         let mut features: Vec<String> = Vec::new();
-        for word in cmdline.split_whitespace() {
+        for word in kernel {
             match word.strip_prefix("clearcpuid=") {
                 Some(list) => {
                     features.extend(list.split(',').filter(|f| !f.is_empty()).map(str::to_owned))
@@ -186,6 +207,7 @@ impl HostPolicy {
         }
         let merged = format!("clearcpuid={}", features.join(","));
         words.push(&merged);
+        words.extend_from_slice(init_args);
         *cmdline = words.join(" ");
     }
 
@@ -268,7 +290,7 @@ mod tests {
         assert_eq!(
             cmdline,
             format!(
-                "console=ttyS0 noxsave no_timer_check cryptomgr.notests=1 clearcpuid={POLICY_FEATURES}"
+                "console=ttyS0 noxsave no_timer_check cryptomgr.notests=1 {GLIBC_NO_AVX} clearcpuid={POLICY_FEATURES}"
             )
         );
         let again = cmdline.clone();
@@ -300,6 +322,30 @@ mod tests {
             cmdline.starts_with("console=ttyS0 root=/dev/vda "),
             "{cmdline}"
         );
+    }
+
+    #[test]
+    fn test_extend_cmdline_keeps_init_arguments_and_the_users_own_settings() {
+        let policy = HostPolicy::decide(CompatMode::On, HW_HOST);
+        let mut cmdline = String::from(
+            "console=ttyS0 GLIBC_TUNABLES=glibc.malloc.check=3 cryptomgr.notests=0 -- -s noxsave",
+        );
+        policy.extend_cmdline(&mut cmdline);
+        let (kernel, init) = cmdline.split_once(" -- ").expect("the -- stays");
+        assert_eq!(init, "-s noxsave", "init's arguments untouched: {cmdline}");
+        for word in [
+            "noxsave",
+            "no_timer_check",
+            "GLIBC_TUNABLES=glibc.malloc.check=3",
+        ] {
+            assert!(kernel.split(' ').any(|w| w == word), "{word} in {cmdline}");
+        }
+        assert!(kernel.contains("cryptomgr.notests=0") && !kernel.contains("notests=1"));
+        assert!(
+            !kernel.contains(GLIBC_NO_AVX),
+            "the user's own tunables win: {cmdline}"
+        );
+        assert!(kernel.ends_with(&format!("clearcpuid={POLICY_FEATURES}")));
     }
 
     #[test]

@@ -12,6 +12,10 @@
  *   utest forge LSTAR  a child jumps to the kernel's system-call entry (LSTAR,
  *                      hex) itself, with SYSCALL-like registers: it must get
  *                      SIGSEGV at that address, never a system call
+ *   utest tls N        N x fork + execve(self) + wait4 where the child sets
+ *                      up memory as a static libc does first (brk, write a
+ *                      pattern, arch_prctl(ARCH_SET_FS), read it back through
+ *                      %fs and plainly); any difference is reported
  *   utest bench N      ns per getpid and per fork+exec+wait
  *
  * Output lines start with "UTEST " and end with "ok" or "FAIL ...": a contract
@@ -31,6 +35,9 @@
 #define SYS_execve 59
 #define SYS_exit 60
 #define SYS_wait4 61
+#define SYS_brk 12
+#define SYS_arch_prctl 158
+#define ARCH_SET_FS 0x1002
 #define SYS_clock_gettime 228
 #define SYS_sched_setaffinity 203
 #define SYS_sched_getaffinity 204
@@ -197,17 +204,30 @@ static int cmd_syscalls(u64 n)
 
 static const char *self_path = "/proc/self/exe";
 
-/* One fork + execve(self, "child") + wait4; the child writes "child-ok" into the
- * pipe and exits 7. Returns 0 when all of that happened. */
-static int fork_exec_once(char **envp)
+/* "UTEST NAME n=N bad=B ok|FAIL"; returns whether any was bad. */
+static int report_bad(const char *name, u64 n, u64 bad)
+{
+	out("UTEST ");
+	out(name);
+	out(" n=");
+	out_u(n);
+	out(" bad=");
+	out_u(bad);
+	out(bad ? " FAIL\n" : " ok\n");
+	return bad != 0;
+}
+
+/* fork + execve(self, MODE) + wait4 with the child's stdout in a pipe: up to
+ * cap - 1 bytes of it in buf (NUL-terminated), their count in *got. Returns the
+ * wait status, or -1 when no pipe could be made. */
+static int run_child(const char *mode, char **envp, char *buf, i64 cap, i64 *got)
 {
 	int fds[2];
-	char buf[16];
 	if (sys3(SYS_pipe, fds, 0, 0) != 0)
-		return 1;
+		return -1;
 	i64 pid = sys3(SYS_fork, 0, 0, 0);
 	if (pid == 0) {
-		char *argv[] = { "utest", "child", 0 };
+		char *argv[] = { "utest", (char *)mode, 0 };
 		sys3(SYS_close, fds[0], 0, 0);
 		/* dup2 the pipe onto stdout: the child's output goes through it */
 		sys3(33 /* dup2 */, fds[1], 1, 0);
@@ -215,12 +235,150 @@ static int fork_exec_once(char **envp)
 		exit_(127);
 	}
 	sys3(SYS_close, fds[1], 0, 0);
-	i64 got = 0, r;
-	while (got < (i64)sizeof buf && (r = sys3(SYS_read, fds[0], buf + got, sizeof buf - got)) > 0)
-		got += r;
+	i64 r;
+	*got = 0;
+	while (*got < cap - 1 && (r = sys3(SYS_read, fds[0], buf + *got, cap - 1 - *got)) > 0)
+		*got += r;
+	buf[*got] = 0;
 	sys3(SYS_close, fds[0], 0, 0);
-	int status = wait_child(pid);
+	return wait_child(pid);
+}
+
+/* One fork + execve(self, "child") + wait4; the child writes "child-ok" into the
+ * pipe and exits 7. Returns 0 when all of that happened. */
+static int fork_exec_once(char **envp)
+{
+	char buf[16];
+	i64 got;
+	int status = run_child("child", envp, buf, sizeof buf, &got);
 	return !(got == 9 && buf[0] == 'c' && buf[6] == 'o' && status == 7 << 8);
+}
+
+#define TLS_PAGES 3
+
+/* The child of `utest tls`: what a static libc does first after execve. Prints
+ * "tls-ok" or "tls-bad WHAT A B" and exits 0. */
+static int tls_child(void)
+{
+	u64 b0 = (u64)sys3(SYS_brk, 0, 0, 0);
+	u64 want = b0 + TLS_PAGES * 4096;
+	u64 b1 = (u64)sys3(SYS_brk, want, 0, 0);
+	if (b1 != want) {
+		out("tls-bad brk "); out_x(b0); out(" "); out_x(b1); out("\n");
+		return 0;
+	}
+	u64 *p = (u64 *)b0, i, words = TLS_PAGES * 4096 / 8;
+	for (i = 0; i < words; i++)
+		p[i] = i ^ 0x5a5a5a5a00000000UL ^ b0;
+	u64 tp = b0 + (TLS_PAGES - 1) * 4096;
+	i64 r = sys3(SYS_arch_prctl, ARCH_SET_FS, tp, 0);
+	u64 via_fs;
+	__asm__ volatile("mov %%fs:-8, %0" : "=r"(via_fs));
+	u64 expect = p[(tp - b0) / 8 - 1];
+	if (r != 0 || via_fs != expect) {
+		out("tls-bad fs "); out_x((u64)r); out(" "); out_x(via_fs); out(" "); out_x(expect); out("\n");
+		return 0;
+	}
+	for (i = 0; i < words; i++)
+		if (p[i] != (i ^ 0x5a5a5a5a00000000UL ^ b0)) {
+			out("tls-bad word "); out_x(i); out(" "); out_x(p[i]); out("\n");
+			return 0;
+		}
+	out("tls-ok\n");
+	return 0;
+}
+
+/* N x fork + execve(self, "tls") + wait4: every child must print tls-ok and
+ * exit 0; the first bad children's lines are shown. */
+static int cmd_tls(u64 n, char **envp)
+{
+	u64 i, bad = 0;
+	for (i = 0; i < n; i++) {
+		char buf[96];
+		i64 got;
+		int status = run_child("tlschild", envp, buf, sizeof buf, &got);
+		if (status == 0 && streq(buf, "tls-ok\n"))
+			continue;
+		if (bad++ < 5) {
+			out("UTEST tls child i="); out_u(i); out(" status="); out_u((u64)status);
+			out(" said: "); out(got ? buf : "nothing\n");
+		}
+	}
+	return report_bad("tls", n, bad);
+}
+
+/* `utest avx N`: whether AVX state (ymm1's upper half) and AVX-512 state (ymm16)
+ * survive a system call, and a switch to another process on the same CPU. The
+ * host's CPU features reach native guest user mode whatever the guest kernel
+ * was told, so user code may use them while the kernel does not save them. */
+static u64 xgetbv0(void)
+{
+	u32 lo, hi;
+	__asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+	return (u64)hi << 32 | lo;
+}
+
+static void cpuid2(u32 leaf, u32 sub, u32 *b, u32 *c)
+{
+	u32 a, d;
+	__asm__ volatile("cpuid" : "=a"(a), "=b"(*b), "=c"(*c), "=d"(d) : "a"(leaf), "c"(sub));
+}
+
+/* Loads ymm1 (and ymm16 with AVX-512) with a pattern from `seed`, runs the
+ * system call `nr`, returns how many of the 64-bit lanes came back changed. */
+static u64 avx_round(u64 seed, int avx512, i64 nr)
+{
+	u64 in[4], a[4], b[4], lost = 0, i;
+	for (i = 0; i < 4; i++)
+		in[i] = seed * 0x9e3779b97f4a7c15UL + i;
+	__asm__ volatile("vmovdqu %0, %%ymm1" : : "m"(in) : "xmm1");
+	if (avx512)
+		__asm__ volatile("vmovdqu64 %0, %%ymm16" : : "m"(in));
+	sys3(nr, 0, 0, 0);
+	__asm__ volatile("vmovdqu %%ymm1, %0" : "=m"(a));
+	if (avx512)
+		__asm__ volatile("vmovdqu64 %%ymm16, %0" : "=m"(b));
+	for (i = 0; i < 4; i++)
+		lost += (a[i] != in[i]) + (avx512 && b[i] != in[i]);
+	return lost;
+}
+
+static int cmd_avx(u64 n)
+{
+	u32 b1, c1, b7, c7;
+	cpuid2(1, 0, &b1, &c1);
+	cpuid2(7, 0, &b7, &c7);
+	u64 xcr0 = (c1 >> 27 & 1) ? xgetbv0() : 0;
+	int avx = (c1 >> 28 & 1) && (xcr0 & 6) == 6;
+	int avx512 = avx && (b7 >> 16 & 1) && (b7 >> 31 & 1) && (xcr0 & 0xe0) == 0xe0;
+	out("UTEST avx xcr0=");
+	out_x(xcr0);
+	if (!avx) {
+		out(" avx=off ok\n");
+		return 0;
+	}
+	u64 i, lost_call = 0, lost_switch = 0;
+	for (i = 0; i < n; i++)
+		lost_call += avx_round(i + 1, avx512, SYS_getpid) != 0;
+	/* Two processes on CPU 0 taking turns with sched_yield. */
+	u64 one = 1;
+	sys3(SYS_sched_setaffinity, 0, sizeof one, &one);
+	i64 pid = sys3(SYS_fork, 0, 0, 0);
+	for (i = 0; i < n; i++)
+		lost_switch += avx_round((pid ? 1000 : 2000) + i, avx512, 24 /* sched_yield */) != 0;
+	if (pid == 0)
+		exit_(lost_switch > 250 ? 250 : (int)lost_switch);
+	int status = wait_child(pid);
+	lost_switch += (u64)(status >> 8 & 0xff);
+	out(avx512 ? " avx512=on" : " avx512=off");
+	out(" lost_after_syscall=");
+	out_u(lost_call);
+	out(" lost_after_switch=");
+	out_u(lost_switch);
+	out(" n=");
+	out_u(n);
+	out(lost_call || lost_switch ? " FAIL\n" : " ok\n");
+	return lost_call || lost_switch;
 }
 
 static int cmd_fork(u64 n, char **envp)
@@ -228,12 +386,7 @@ static int cmd_fork(u64 n, char **envp)
 	u64 i, bad = 0;
 	for (i = 0; i < n; i++)
 		bad += fork_exec_once(envp);
-	out("UTEST fork n=");
-	out_u(n);
-	out(" bad=");
-	out_u(bad);
-	out(bad ? " FAIL\n" : " ok\n");
-	return bad != 0;
+	return report_bad("fork", n, bad);
 }
 
 static u64 forge_target;
@@ -298,18 +451,24 @@ static int cmd_bench(u64 n, char **envp)
 
 int main(int argc, char **argv, char **envp)
 {
+	if (argc >= 2 && streq(argv[1], "tlschild"))
+		return tls_child();
 	if (argc >= 2 && streq(argv[1], "child")) {
 		out("child-ok\n");
 		return 7;
 	}
 	if (argc < 3) {
-		out("usage: utest syscalls|fork|bench N | forge LSTAR_HEX\n");
+		out("usage: utest syscalls|fork|tls|bench N | forge LSTAR_HEX\n");
 		return 2;
 	}
 	if (streq(argv[1], "syscalls"))
 		return cmd_syscalls(parse(argv[2], 10));
 	if (streq(argv[1], "fork"))
 		return cmd_fork(parse(argv[2], 10), envp);
+	if (streq(argv[1], "avx"))
+		return cmd_avx(parse(argv[2], 10));
+	if (streq(argv[1], "tls"))
+		return cmd_tls(parse(argv[2], 10), envp);
 	if (streq(argv[1], "forge"))
 		return cmd_forge(parse(argv[2], 16));
 	if (streq(argv[1], "bench"))
