@@ -26,12 +26,16 @@
  *                    then random 4 KiB reads and writes (ops=<n> each,
  *                    default 8192, 4 KiB aligned over the whole disk), with
  *                    qd=<n> requests in flight (default and at most 32).
+ *   count            ops=<n> (default 8) reads of 4 KiB at sector 0, one at a
+ *                    time, each reported as "BLK op <i>" when it completes; no
+ *                    timeout (a rate-limited device may hold a request until
+ *                    the host changes its limiter).
  *
  * Output (see docs/test-guests-protocol.md):
  *   BLK sectors=<n>
  *   BLK read fnv=<hex>          BLK write fnv=<hex>
  *   BLK readback ok             BLK oob status=<hex>
- *   BLK early read fnv=<hex>
+ *   BLK early read fnv=<hex>       BLK op <i>
  *   PERF <seqwrite|seqread|randread|randwrite> bs=<n> ops=<n> tsc=<ticks>
  */
 #include "common/defs.h"
@@ -81,6 +85,8 @@ k_mib:          .asciz  "mib="
 k_ops:          .asciz  "ops="
 k_qd:           .asciz  "qd="
 w_perf:         .asciz  "perf"
+w_count:        .asciz  "count"
+s_op:           .asciz  "BLK op "
 w_flush:        .asciz  "flush"
 w_span:         .asciz  "span"
 s_waiting:      .asciz  "BLK waiting"
@@ -128,6 +134,7 @@ ph_rand:        .quad   0
 ph_bs:          .quad   0
 ph_ops:         .quad   0
 qd:             .quad   MAX_QD
+timeout:        .quad   TIMEOUT         /* TSC ticks; blk=count: none (all ones) */
 
         .bss
         .p2align 12
@@ -330,8 +337,7 @@ reap:
         jne     2f
         call    rdtsc64
         subq    %r13, %rax
-        movabsq $TIMEOUT, %rcx
-        cmpq    %rcx, %rax
+        cmpq    timeout(%rip), %rax
         jb      1b
         leaq    e_timeout(%rip), %rdi
         jmp     test_fail
@@ -387,8 +393,7 @@ wait_sync:
         popq    %r10
         popq    %rcx
         subq    %r10, %rax
-        movabsq $TIMEOUT, %rdx
-        cmpq    %rdx, %rax
+        cmpq    timeout(%rip), %rax
         jb      1b
         leaq    e_timeout(%rip), %rdi
         jmp     test_fail
@@ -562,6 +567,11 @@ guest_main:
         testl   %eax, %eax
         jnz     perf
         movq    %r12, %rdi
+        leaq    w_count(%rip), %rsi
+        call    token_eq
+        testl   %eax, %eax
+        jnz     count
+        movq    %r12, %rdi
         leaq    w_flush(%rip), %rsi
         call    token_eq
         movl    %eax, %eax
@@ -677,6 +687,31 @@ check:
         call    put_line
 9:      pause
         jmp     9b
+
+count:
+        movq    $-1, timeout(%rip)
+        leaq    k_ops(%rip), %rdi
+        movl    $8, %esi
+        call    arg
+        movq    %rax, %r13                      /* requests */
+        xorl    %r14d, %r14d                    /* completed */
+1:      cmpq    %r13, %r14
+        jae     out
+        movl    $T_IN, %esi
+        xorl    %edx, %edx
+        leaq    chk_a(%rip), %rcx
+        movl    $4096, %r8d
+        xorl    %r9d, %r9d
+        call    io_sync
+        testl   %eax, %eax
+        jnz     f_status
+        incq    %r14
+        leaq    s_op(%rip), %rdi
+        call    puts
+        movq    %r14, %rdi
+        call    put_dec
+        call    put_nl
+        jmp     1b
 
 perf:
         leaq    k_bs(%rip), %rdi

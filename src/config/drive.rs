@@ -6,6 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::Absent;
+use super::rate_limiter::RateLimiterConfig;
 
 /// One virtio-blk disk backed by a host file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +22,8 @@ pub struct DriveConfig {
     /// Share a writable image with other users (a shared lock instead of the exclusive one):
     /// the user vouches that they coordinate (a cluster file system, a scratch image).
     pub shared: bool,
+    /// Requests and bytes per second the guest may move (none: unlimited).
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// One entry of `drives` in the JSON file, and the body of `PUT /drives/{id}`, with
@@ -52,9 +55,24 @@ pub struct DriveBody {
     /// Firecracker's root partition UUID: `null` only.
     #[serde(default, skip_serializing)]
     pub partuuid: Option<Absent>,
-    /// Firecracker's rate limiter: `null` only.
-    #[serde(default, skip_serializing)]
-    pub rate_limiter: Option<Absent>,
+    /// Firecracker's rate limiter (absent or null: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// The body of `PATCH /drives/{id}` while the VM runs: the drive and its new rate limiter
+/// (Firecracker's `PartialDrive`; Ember cannot swap the backing file of a running disk).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrivePatch {
+    /// Identifier (required).
+    pub drive_id: String,
+    /// A new backing file: refused (not supported by Ember).
+    #[serde(default)]
+    pub path_on_host: Option<Absent>,
+    /// The change: buckets named replace the current ones, 0-sized ones remove them.
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// Firecracker's `cache_type` values.
@@ -81,6 +99,7 @@ impl From<&DriveBody> for DriveConfig {
             readonly: body.is_read_only,
             root: body.is_root_device,
             shared: body.shared,
+            rate_limiter: body.rate_limiter.and_then(RateLimiterConfig::normalized),
         }
     }
 }
@@ -93,6 +112,7 @@ impl From<&DriveConfig> for DriveBody {
             is_root_device: drive.root,
             is_read_only: drive.readonly,
             shared: drive.shared,
+            rate_limiter: drive.rate_limiter,
             ..Default::default()
         }
     }
@@ -169,6 +189,7 @@ impl FromStr for DriveConfig {
             readonly: false,
             root: false,
             shared: false,
+            rate_limiter: None,
         };
         for (key, value) in key_values(s).map_err(DriveError::Parse)? {
             match key {
@@ -269,7 +290,7 @@ mod tests {
         for refused in [
             r#"{"drive_id": "a", "path_on_host": "/a", "io_engine": "Async"}"#,
             r#"{"drive_id": "a", "path_on_host": "/a", "partuuid": "1234-56"}"#,
-            r#"{"drive_id": "a", "path_on_host": "/a", "rate_limiter": {"bandwidth": null}}"#,
+            r#"{"drive_id": "a", "path_on_host": "/a", "rate_limiter": {"bandwidth": {}}}"#,
         ] {
             assert!(
                 crate::config::file::parse_json::<DriveBody>(refused.as_bytes()).is_err(),

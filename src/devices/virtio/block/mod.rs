@@ -27,10 +27,12 @@ use self::disk::{DiskError, DiskFile, SECTOR_SIZE};
 use self::request::{HostIoError, MAX_DISCARD_SEGMENTS, RequestStats};
 use super::counters::{CounterValues, DeviceCounters};
 use super::{
-    ActivateContext, ActivateError, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    ActivateContext, ActivateError, Served, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioInterrupt, read_config_bytes, serve_chains,
     single_queue,
 };
+use crate::config::rate_limiter::RateLimiterConfig;
+use crate::devices::rate_limiter::{RateLimiter, RateLimiterError};
 
 /// Size of the one request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -55,6 +57,9 @@ pub enum BlockError {
     /// An eventfd could not be created.
     #[error("Failed to create an eventfd for disk {0}")]
     EventFd(String, #[source] std::io::Error),
+    /// The rate limiter's timer could not be created.
+    #[error("Disk {0}")]
+    RateLimiter(String, #[source] RateLimiterError),
 }
 
 /// After the first warning about a kind of host failure, at most one more per this period.
@@ -109,6 +114,7 @@ pub struct Block {
     stats: RequestStats,
     host_errors: HostErrorLog,
     counters: Arc<DeviceCounters>,
+    limiter: RateLimiter,
 }
 
 impl From<RequestStats> for CounterValues {
@@ -195,7 +201,20 @@ impl Block {
             stats: RequestStats::default(),
             host_errors: HostErrorLog::default(),
             counters: Arc::default(),
+            limiter: RateLimiter::new(&format!("disk {id}"), None)
+                .map_err(|e| BlockError::RateLimiter(id.into(), e))?,
         })
+    }
+
+    /// Applies a rate limiter configuration or change (see `RateLimiter::update`); a queue
+    /// that waited for the old limiter is looked at again.
+    pub fn update_rate_limiter(&mut self, update: &RateLimiterConfig) {
+        self.limiter.update(update);
+        if self.active.is_some()
+            && let Err(e) = self.queue_evts[0].write(1)
+        {
+            log::error!("Disk {}: cannot wake its queue: {e}", self.id);
+        }
     }
 
     /// Counters of malformed and failed requests.
@@ -212,7 +231,11 @@ impl Block {
         let id = self.id.as_bytes();
         let (disk, stats, host_errors) = (&self.disk, &mut self.stats, &mut self.host_errors);
         let (name, path) = (&self.id, &self.path);
+        let limiter = &mut self.limiter;
         let served = serve_chains(&mem, queue, |chain| {
+            if !limiter.consume(request::data_len_hint(&chain)) {
+                return Some(Served::Throttled);
+            }
             let done = request::process(&mem, chain, disk, id, stats);
             if let Some(error) = stats.last_host_error.take()
                 && let Some(count) = host_errors.note(error, Instant::now())
@@ -224,7 +247,7 @@ impl Block {
                     stats.host_errors
                 );
             }
-            Some(done.used_len)
+            Some(Served::Used(done.used_len))
         });
         let used_any = match served {
             Ok(used_any) => used_any,
@@ -318,13 +341,21 @@ impl VirtioDevice for Block {
 
 /// Event-loop tokens.
 const TOKEN_QUEUE: u32 = 0;
+const TOKEN_LIMITER: u32 = 1;
 
 impl MutEventSubscriber for Block {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if events.data() != TOKEN_QUEUE {
+        match events.data() {
+            TOKEN_QUEUE => {
+                let _ = self.queue_evts[0].read();
+            }
+            TOKEN_LIMITER => self.limiter.on_timer(),
+            _ => return,
+        }
+        if self.limiter.is_blocked() {
+            // Throttled: the limiter's timer comes back here; the avail ring keeps the rest.
             return;
         }
-        let _ = self.queue_evts[0].read();
         if self.quiesced {
             // `wake` kicks the queue again; nothing is lost, the avail ring keeps it.
             return;
@@ -340,11 +371,9 @@ impl MutEventSubscriber for Block {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::with_data(
-            &self.queue_evts[0],
-            TOKEN_QUEUE,
-            EventSet::IN,
-        )) {
+        let queue = Events::with_data(&self.queue_evts[0], TOKEN_QUEUE, EventSet::IN);
+        let limiter = Events::with_data(&self.limiter, TOKEN_LIMITER, EventSet::IN);
+        if let Err(e) = ops.add(queue).and_then(|()| ops.add(limiter)) {
             log::error!("Disk {}: cannot watch its queue: {e:?}", self.id);
         }
     }

@@ -315,6 +315,13 @@ fn execute(
     }
 }
 
+/// The data bytes `chain` carries, as the rate limiter counts them before the request is
+/// parsed: every descriptor but the 16-byte header and the status byte (0 for FLUSH).
+pub fn data_len_hint(chain: &DescriptorChain<&GuestMemoryMmap>) -> u64 {
+    (super::super::chain_len(chain, false) + super::super::chain_len(chain, true))
+        .saturating_sub(17)
+}
+
 /// Parses and executes the request in `chain`, writing its data and status into guest memory.
 pub fn process(
     mem: &GuestMemoryMmap,
