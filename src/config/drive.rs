@@ -1,4 +1,5 @@
-//! Block devices: `--disk path=FILE[,readonly=on][,id=NAME][,root=on][,shared=on]`.
+//! Block devices: `--disk path=FILE[,readonly=on][,id=NAME][,root=on][,shared=on]
+//! [,io_engine=sync|async]`.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -24,6 +25,8 @@ pub struct DriveConfig {
     pub shared: bool,
     /// Requests and bytes per second the guest may move (none: unlimited).
     pub rate_limiter: Option<RateLimiterConfig>,
+    /// How requests reach the file (default Async: io_uring where the host has it).
+    pub io_engine: IoEngine,
 }
 
 /// One entry of `drives` in the JSON file, and the body of `PUT /drives/{id}`, with
@@ -49,8 +52,9 @@ pub struct DriveBody {
     /// offered and reaches the host file).
     #[serde(default, skip_serializing)]
     pub cache_type: Option<CacheType>,
-    /// Firecracker's I/O engine: `Sync`, Ember's, only.
-    #[serde(default, skip_serializing)]
+    /// Firecracker's I/O engine: `Sync` or `Async` (default Async; Sync where the host has no
+    /// io_uring).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<IoEngine>,
     /// Firecracker's root partition UUID: `null` only.
     #[serde(default, skip_serializing)]
@@ -84,11 +88,15 @@ pub enum CacheType {
     Writeback,
 }
 
-/// Firecracker's `io_engine` values that Ember has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Firecracker's `io_engine` values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IoEngine {
-    /// Requests served synchronously on the event loop.
+    /// Requests served synchronously on the event loop (preadv, pwritev, fdatasync).
     Sync,
+    /// Requests submitted to an io_uring and completed from the event loop when they finish;
+    /// Sync, with one log line, where the host kernel has no io_uring.
+    #[default]
+    Async,
 }
 
 impl From<&DriveBody> for DriveConfig {
@@ -100,6 +108,7 @@ impl From<&DriveBody> for DriveConfig {
             root: body.is_root_device,
             shared: body.shared,
             rate_limiter: body.rate_limiter.and_then(RateLimiterConfig::normalized),
+            io_engine: body.io_engine.unwrap_or_default(),
         }
     }
 }
@@ -113,6 +122,7 @@ impl From<&DriveConfig> for DriveBody {
             is_read_only: drive.readonly,
             shared: drive.shared,
             rate_limiter: drive.rate_limiter,
+            io_engine: Some(drive.io_engine),
             ..Default::default()
         }
     }
@@ -190,6 +200,7 @@ impl FromStr for DriveConfig {
             root: false,
             shared: false,
             rate_limiter: None,
+            io_engine: IoEngine::default(),
         };
         for (key, value) in key_values(s).map_err(DriveError::Parse)? {
             match key {
@@ -198,9 +209,20 @@ impl FromStr for DriveConfig {
                 "readonly" => drive.readonly = parse_bool(key, value).map_err(DriveError::Parse)?,
                 "root" => drive.root = parse_bool(key, value).map_err(DriveError::Parse)?,
                 "shared" => drive.shared = parse_bool(key, value).map_err(DriveError::Parse)?,
+                "io_engine" => {
+                    drive.io_engine = match value {
+                        "sync" | "Sync" => IoEngine::Sync,
+                        "async" | "Async" => IoEngine::Async,
+                        _ => {
+                            return Err(DriveError::Parse(format!(
+                                "io_engine={value}: expected sync or async"
+                            )));
+                        }
+                    }
+                }
                 other => {
                     return Err(DriveError::Parse(format!(
-                        "unknown key `{other}` (expected path, readonly, id, root, shared)"
+                        "unknown key `{other}` (expected path, readonly, id, root, shared, io_engine)"
                     )));
                 }
             }
@@ -288,7 +310,7 @@ mod tests {
         .expect("accepted");
         assert_eq!(body.cache_type, Some(CacheType::Unsafe));
         for refused in [
-            r#"{"drive_id": "a", "path_on_host": "/a", "io_engine": "Async"}"#,
+            r#"{"drive_id": "a", "path_on_host": "/a", "io_engine": "Uring"}"#,
             r#"{"drive_id": "a", "path_on_host": "/a", "partuuid": "1234-56"}"#,
             r#"{"drive_id": "a", "path_on_host": "/a", "rate_limiter": {"bandwidth": {}}}"#,
         ] {
@@ -328,7 +350,27 @@ mod tests {
         let drive = DriveConfig::from(&body);
         assert_eq!(drive.id, "rootfs");
         assert!(drive.root && !drive.readonly);
-        assert_eq!(DriveBody::from(&drive), body);
+        assert_eq!(drive.io_engine, IoEngine::Async, "the default");
+        let back = DriveBody::from(&drive);
+        assert_eq!(back.io_engine, Some(IoEngine::Async));
+        assert_eq!(
+            DriveBody {
+                io_engine: None,
+                ..back
+            },
+            body
+        );
+    }
+
+    #[test]
+    fn test_drive_io_engine_from_cli_and_json() {
+        let d: DriveConfig = "path=/a,io_engine=sync".parse().expect("valid");
+        assert_eq!(d.io_engine, IoEngine::Sync);
+        assert!("path=/a,io_engine=uring".parse::<DriveConfig>().is_err());
+        let body: DriveBody =
+            serde_json::from_str(r#"{"drive_id": "a", "path_on_host": "/a", "io_engine": "Sync"}"#)
+                .expect("json");
+        assert_eq!(DriveConfig::from(&body).io_engine, IoEngine::Sync);
     }
 
     #[test]

@@ -160,6 +160,8 @@ pub enum Served {
     /// The rate limiter said wait: the chain goes back to the avail ring, the pass stops and
     /// the limiter's timer wakes the device.
     Throttled,
+    /// Started: the device puts it in the used ring when it completes.
+    InFlight,
 }
 
 /// Serves every chain the driver made available on `queue`: `serve` handles one chain and
@@ -192,6 +194,7 @@ pub fn serve_chains(
                     queue.set_next_avail(start.wrapping_add(taken as u16));
                     return Ok(used_any);
                 }
+                Served::InFlight => continue,
             }
             used_any = true;
         }

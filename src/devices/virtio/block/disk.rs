@@ -17,6 +17,23 @@ const IOV_MAX: usize = 1024;
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
 
+/// Advances `iovs` from index `first` past `bytes` bytes (shrinking the iovec it stops
+/// inside); returns the index of the first iovec with bytes left.
+fn skip_bytes(iovs: &mut [libc::iovec], mut first: usize, mut bytes: usize) -> usize {
+    while bytes > 0 && first < iovs.len() {
+        let iov = &mut iovs[first];
+        if bytes >= iov.iov_len {
+            bytes -= iov.iov_len;
+            first += 1;
+        } else {
+            iov.iov_base = iov.iov_base.cast::<u8>().wrapping_add(bytes).cast();
+            iov.iov_len -= bytes;
+            bytes = 0;
+        }
+    }
+    first
+}
+
 /// An open backing file.
 pub struct DiskFile {
     file: File,
@@ -123,15 +140,12 @@ impl DiskFile {
         offset: u64,
         bufs: &[VolatileSlice<'_>],
     ) -> std::io::Result<()> {
-        if self.readonly {
-            return Err(std::io::Error::from_raw_os_error(libc::EBADF));
-        }
         self.vectored_at(offset, bufs, true)
     }
 
     fn vectored_at(
         &self,
-        mut offset: u64,
+        offset: u64,
         bufs: &[VolatileSlice<'_>],
         write: bool,
     ) -> std::io::Result<()> {
@@ -146,20 +160,41 @@ impl DiskFile {
                 iov_len: b.len(),
             })
             .collect();
-        let mut first = 0;
+        // SAFETY: the iovecs describe the slices `bufs`, which the guards keep mapped.
+        unsafe { self.iovecs_at(offset, &mut iovs, 0, write) }
+    }
+
+    /// Reads into (or, with `write`, writes from) the memory `iovs` describe, at `offset`,
+    /// skipping the first `skip` bytes of the iovecs (what an earlier short transfer did).
+    /// Short transfers are resumed until everything is done or the file ends.
+    ///
+    /// # Safety
+    /// Every iovec must describe memory that stays valid (and, for a read, writable) for the
+    /// whole call; `iovs` is consumed as the transfer advances.
+    pub unsafe fn iovecs_at(
+        &self,
+        mut offset: u64,
+        iovs: &mut [libc::iovec],
+        skip: usize,
+        write: bool,
+    ) -> std::io::Result<()> {
+        if write && self.readonly {
+            return Err(std::io::Error::from_raw_os_error(libc::EBADF));
+        }
+        let mut first = skip_bytes(iovs, 0, skip);
         while first < iovs.len() {
             let batch = &iovs[first..iovs.len().min(first + IOV_MAX)];
             let pos = libc::off_t::try_from(offset)
                 .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
             let count = batch.len() as libc::c_int;
             let done = if write {
-                // SAFETY: every iovec describes `len` readable bytes of a guest memory slice that
-                // its guard keeps mapped for this call; the kernel only reads them.
+                // SAFETY: every iovec describes `len` readable bytes the caller keeps valid for
+                // this call (guest memory); the kernel only reads them.
                 unsafe { libc::pwritev(self.file.as_raw_fd(), batch.as_ptr(), count, pos) }
             } else {
-                // SAFETY: every iovec describes `len` writable bytes of a guest memory slice that
-                // its guard keeps mapped for this call; the guest may touch them concurrently,
-                // which for plain bytes is the same benign race as any device DMA.
+                // SAFETY: every iovec describes `len` writable bytes the caller keeps valid for
+                // this call; the guest may touch them concurrently, which for plain bytes is
+                // the same benign race as any device DMA.
                 unsafe { libc::preadv(self.file.as_raw_fd(), batch.as_ptr(), count, pos) }
             };
             if done < 0 {
@@ -176,22 +211,16 @@ impl DiskFile {
                     std::io::ErrorKind::UnexpectedEof
                 }));
             }
-            let mut left = done as usize;
-            offset += left as u64;
+            offset += done as u64;
             // Skip what is done; a short transfer resumes inside an iovec.
-            while left > 0 {
-                let iov = &mut iovs[first];
-                if left >= iov.iov_len {
-                    left -= iov.iov_len;
-                    first += 1;
-                } else {
-                    iov.iov_base = iov.iov_base.cast::<u8>().wrapping_add(left).cast();
-                    iov.iov_len -= left;
-                    left = 0;
-                }
-            }
+            first = skip_bytes(iovs, first, done as usize);
         }
         Ok(())
+    }
+
+    /// The file descriptor, for an engine that submits its own I/O (io_uring).
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
     }
 
     /// Makes every completed write durable (fdatasync).
@@ -234,6 +263,43 @@ mod tests {
             disk.read_at(4096, &mut buf).expect("read");
             assert_eq!(buf, [0; 4]);
         }
+        std::fs::remove_file(&path).ok();
+    }
+
+    #[test]
+    fn test_skip_bytes_resumes_inside_an_iovec() {
+        let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
+        let mut iovs = [
+            libc::iovec {
+                iov_base: a.as_mut_ptr().cast(),
+                iov_len: a.len(),
+            },
+            libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            },
+        ];
+        let first = skip_bytes(&mut iovs, 0, 6);
+        assert_eq!(first, 1);
+        assert_eq!(iovs[1].iov_len, 2);
+        assert_eq!(iovs[1].iov_base, b[2..].as_mut_ptr().cast());
+        assert_eq!(skip_bytes(&mut iovs, 1, 2), 2, "all done");
+    }
+
+    #[test]
+    fn test_disk_iovecs_at_skips_what_a_short_transfer_did() {
+        let path = std::env::temp_dir().join(format!("ember-disk-skip-{}", std::process::id()));
+        std::fs::write(&path, (0..64u8).collect::<Vec<u8>>()).expect("create");
+        let disk = DiskFile::open(&path, false).expect("open");
+        let mut buf = [0xffu8; 8];
+        let mut iovs = [libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }];
+        // As if the first 3 bytes had come from an earlier read at offset 16.
+        // SAFETY: the iovec describes `buf`, alive for the call.
+        unsafe { disk.iovecs_at(16 + 3, &mut iovs, 3, false) }.expect("read");
+        assert_eq!(buf, [0xff, 0xff, 0xff, 19, 20, 21, 22, 23]);
         std::fs::remove_file(&path).ok();
     }
 

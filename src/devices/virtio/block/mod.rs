@@ -2,10 +2,12 @@
 //! loop). Request parsing and execution live in `request`, the file in `disk`.
 
 pub mod disk;
+pub mod engine;
 pub mod persist;
 pub mod request;
 #[cfg(test)]
 mod tests;
+mod uring;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use self::disk::{DiskError, DiskFile, SECTOR_SIZE};
+use self::engine::{BlockEngine, IoEngine, Submitted, SyncEngine};
 use self::request::{HostIoError, MAX_DISCARD_SEGMENTS, RequestStats};
 use super::counters::{CounterValues, DeviceCounters};
 use super::{
@@ -93,6 +96,26 @@ impl HostErrorLog {
     }
 }
 
+/// Logs the latest host failure in `stats` (the first of each kind at once, later ones at most
+/// once per `HOST_ERROR_LOG_PERIOD`).
+fn report_host_error(
+    name: &str,
+    path: &Path,
+    stats: &mut RequestStats,
+    host_errors: &mut HostErrorLog,
+) {
+    if let Some(error) = stats.last_host_error.take()
+        && let Some(count) = host_errors.note(error, Instant::now())
+    {
+        log::warn!(
+            "Disk {name}: host {} of {} failed: {error}; the guest gets an I/O error ({count} time(s) since the last report; {} host failure(s) in all)",
+            error.op,
+            path.display(),
+            stats.host_errors
+        );
+    }
+}
+
 struct Active {
     mem: GuestMemoryMmap,
     queue: Queue,
@@ -115,6 +138,7 @@ pub struct Block {
     host_errors: HostErrorLog,
     counters: Arc<DeviceCounters>,
     limiter: RateLimiter,
+    engine: Box<dyn BlockEngine>,
 }
 
 impl From<RequestStats> for CounterValues {
@@ -203,6 +227,7 @@ impl Block {
             counters: Arc::default(),
             limiter: RateLimiter::new(&format!("disk {id}"), None)
                 .map_err(|e| BlockError::RateLimiter(id.into(), e))?,
+            engine: Box::new(SyncEngine),
         })
     }
 
@@ -222,6 +247,44 @@ impl Block {
         self.stats
     }
 
+    /// Selects the I/O engine (before the driver starts the device): Async falls back to Sync
+    /// with one log line where the host has no io_uring.
+    pub fn set_io_engine(&mut self, wanted: IoEngine) {
+        let mut done = Vec::new();
+        self.engine
+            .reap(None, &self.disk, &mut self.stats, true, &mut done);
+        self.engine = engine::open_engine(&self.id, wanted, QUEUE_SIZE);
+    }
+
+    /// The engine serving requests (after any fallback).
+    pub fn io_engine(&self) -> IoEngine {
+        self.engine.kind()
+    }
+
+    /// Puts the requests the engine finished into the used ring (with `wait`, every request in
+    /// flight, waited for) and raises the interrupt if the driver wants it.
+    fn complete_in_flight(&mut self, wait: bool) {
+        let mut done = Vec::new();
+        let mem = self.active.as_ref().map(|a| a.mem.clone());
+        let answer = if self.broken { None } else { mem.as_ref() };
+        self.engine
+            .reap(answer, &self.disk, &mut self.stats, wait, &mut done);
+        report_host_error(&self.id, &self.path, &mut self.stats, &mut self.host_errors);
+        if let (Some(active), Some(mem), false) = (self.active.as_mut(), answer, done.is_empty()) {
+            for (head, len) in done {
+                if let Err(e) = active.queue.add_used(mem, head, len) {
+                    log::warn!("Disk {}: cannot complete request {head}: {e}", self.id);
+                    self.broken = true;
+                    break;
+                }
+            }
+            if active.queue.needs_notification(mem).unwrap_or(true) {
+                active.interrupt.signal_used_queue();
+            }
+        }
+        self.counters.publish(self.stats.into());
+    }
+
     fn process_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
@@ -231,24 +294,23 @@ impl Block {
         let id = self.id.as_bytes();
         let (disk, stats, host_errors) = (&self.disk, &mut self.stats, &mut self.host_errors);
         let (name, path) = (&self.id, &self.path);
-        let limiter = &mut self.limiter;
+        let (limiter, engine) = (&mut self.limiter, &mut self.engine);
         let served = serve_chains(&mem, queue, |chain| {
             if !limiter.consume(request::data_len_hint(&chain)) {
                 return Some(Served::Throttled);
             }
-            let done = request::process(&mem, chain, disk, id, stats);
-            if let Some(error) = stats.last_host_error.take()
-                && let Some(count) = host_errors.note(error, Instant::now())
-            {
-                log::warn!(
-                    "Disk {name}: host {} of {} failed: {error}; the guest gets an I/O error ({count} time(s) since the last report; {} host failure(s) in all)",
-                    error.op,
-                    path.display(),
-                    stats.host_errors
-                );
-            }
+            let head = chain.head_index();
+            let done = match request::parse(&mem, chain, disk, id, stats) {
+                Err(malformed) => malformed,
+                Ok(request) => match engine.submit(&mem, head, request, disk, stats) {
+                    Submitted::Done(done) => done,
+                    Submitted::InFlight => return Some(Served::InFlight),
+                },
+            };
+            report_host_error(name, path, stats, host_errors);
             Some(Served::Used(done.used_len))
         });
+        engine.commit();
         let used_any = match served {
             Ok(used_any) => used_any,
             Err(e) => {
@@ -264,7 +326,20 @@ impl Block {
         if used_any && queue.needs_notification(&mem).unwrap_or(true) {
             active.interrupt.signal_used_queue();
         }
+        if self.engine.in_flight() > 0 {
+            // What completed during the submission (page-cache hits) goes back at once.
+            self.complete_in_flight(false);
+        }
         self.counters.publish(self.stats.into());
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        // The kernel may still be writing into guest memory: wait for it.
+        let mut done = Vec::new();
+        self.engine
+            .reap(None, &self.disk, &mut self.stats, true, &mut done);
     }
 }
 
@@ -318,16 +393,29 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) {
+        // On the vCPU thread: requests still in flight finish unanswered, retired by the event
+        // loop (the driver gave up the queue; guest memory stays mapped for the VM's life).
+        self.engine.abandon();
         self.active = None;
         self.broken = false;
     }
 
     fn quiesce(&mut self) {
         self.quiesced = true;
+        // Every request in flight completes before the VM counts as paused.
+        self.complete_in_flight(true);
     }
 
     fn active_queues(&self) -> Option<Vec<QueueState>> {
-        // Requests complete before `process_queue` returns: none is ever half done.
+        // Sync requests complete before `process_queue` returns and async ones before
+        // `quiesce` does: none is half done in a paused VM.
+        if self.engine.in_flight() > 0 {
+            log::warn!(
+                "Disk {}: saving its queue with {} request(s) in flight",
+                self.id,
+                self.engine.in_flight()
+            );
+        }
         self.active.as_ref().map(|a| vec![a.queue.state()])
     }
 
@@ -342,6 +430,7 @@ impl VirtioDevice for Block {
 /// Event-loop tokens.
 const TOKEN_QUEUE: u32 = 0;
 const TOKEN_LIMITER: u32 = 1;
+const TOKEN_COMPLETION: u32 = 2;
 
 impl MutEventSubscriber for Block {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
@@ -350,6 +439,7 @@ impl MutEventSubscriber for Block {
                 let _ = self.queue_evts[0].read();
             }
             TOKEN_LIMITER => self.limiter.on_timer(),
+            TOKEN_COMPLETION => return self.complete_in_flight(false),
             _ => return,
         }
         if self.limiter.is_blocked() {
@@ -373,7 +463,12 @@ impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
         let queue = Events::with_data(&self.queue_evts[0], TOKEN_QUEUE, EventSet::IN);
         let limiter = Events::with_data(&self.limiter, TOKEN_LIMITER, EventSet::IN);
-        if let Err(e) = ops.add(queue).and_then(|()| ops.add(limiter)) {
+        let mut added = ops.add(queue).and_then(|()| ops.add(limiter));
+        if let Some(evt) = self.engine.completion_event() {
+            added = added
+                .and_then(|()| ops.add(Events::with_data(evt, TOKEN_COMPLETION, EventSet::IN)));
+        }
+        if let Err(e) = added {
             log::error!("Disk {}: cannot watch its queue: {e:?}", self.id);
         }
     }
