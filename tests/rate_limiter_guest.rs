@@ -1,6 +1,8 @@
 //! Rate limiters end to end, on real KVM with the test guests: a drive whose ops bucket holds N
 //! requests serves exactly N (plus the one-time burst) and then nothing until `PATCH` gives it a
-//! new bucket; an entropy device whose bandwidth bucket is spent waits for its refill timer.
+//! new bucket; an entropy device whose bandwidth bucket is spent waits for its refill timer; a
+//! network interface's TX and RX buckets hold frames until `PATCH` opens them (that test needs
+//! root for its network namespace and skips with a message otherwise).
 //! No timing is asserted: "no progress" is checked after Ember logged that it parked the
 //! queue, and the refill that follows is the limiter's own timer.
 
@@ -151,4 +153,85 @@ fn test_entropy_bandwidth_bucket_waits_for_its_refill_timer() {
     vm.wait_for_line("EMBER-TEST rng done", GUEST_TIMEOUT);
     assert_eq!(vm.exit_code(GUEST_TIMEOUT), 0, "{}", vm.log());
     assert_eq!(vm.lines_with_prefix("RNG got=").len(), 2);
+}
+
+/// Test frames the host sees on `sock` until none comes for `quiet`.
+fn count_frames(sock: &common::netns::PacketSocket, quiet: Duration) -> usize {
+    let mut n = 0;
+    while sock
+        .recv_matching(quiet, common::netns::is_test_frame)
+        .is_some()
+    {
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn test_net_tx_and_rx_buckets_hold_frames_until_patch() {
+    use common::netns::{MAC0, NetNs, PacketSocket, host_frame};
+    let Some(mut ns) = NetNs::new("ratelimit") else {
+        return;
+    };
+    ns.add_tap("tap0", None);
+    let sock = PacketSocket::open(&ns, "tap0");
+    let config = write_config(
+        "rl-net.json",
+        &format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "net=perf count=6 size=72"}},
+                 "machine-config": {{"vcpu_count": 1, "mem_size_mib": 32}},
+                 "serial": {{"mode": "stdio"}},
+                 "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0",
+                     "guest_mac": "02:00:00:00:00:01",
+                     "tx_rate_limiter": {{"ops": {{"size": 2, "one_time_burst": 1, "refill_time": 3600000}}}},
+                     "rx_rate_limiter": {{"ops": {{"size": 2, "refill_time": 3600000}}}}}}]}}"#,
+            test_guest("net").display()
+        ),
+    );
+    let sock_path = sock_path("rl-net");
+    let mut vm = TestVm::start(
+        VmArgs::default()
+            .arg("--config-file", &config)
+            .arg("--virtio-discovery", "cmdline")
+            .arg("--api-sock", sock_path.display())
+            .arg("--log-level", "debug")
+            .in_netns(ns.name()),
+    );
+    wait_for_socket(&sock_path, GUEST_TIMEOUT);
+    vm.wait_for_line("PERF tx start", GUEST_TIMEOUT);
+    ns.wait_tap_up("tap0", GUEST_TIMEOUT);
+
+    // TX: a bucket of 2 plus a burst of 1 lets exactly three frames out.
+    wait_for_log_count(&vm, "net eth0 tx: throttled", 1);
+    assert_eq!(count_frames(&sock, Duration::from_millis(500)), 3);
+    let open_tx =
+        r#"{"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 0, "refill_time": 0}}}"#;
+    let (status, body) = http(&sock_path, "PATCH", "/network-interfaces/eth0", open_tx);
+    assert_eq!(status, 204, "{body}");
+    vm.wait_for_line("PERF tx done frames=6", GUEST_TIMEOUT);
+    assert_eq!(
+        count_frames(&sock, Duration::from_millis(500)),
+        3,
+        "the rest"
+    );
+
+    // RX: two frames reach the guest, the third waits in Ember until the PATCH.
+    vm.wait_for_line("PERF rx ready", GUEST_TIMEOUT);
+    let frame = host_frame(MAC0, "EMBER-NET-PERF", 60);
+    for _ in 0..6 {
+        sock.send(&frame);
+    }
+    wait_for_log_count(&vm, "net eth0 rx: throttled", 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !vm.console().iter().any(|l| l.contains("PERF rx done")),
+        "{:?}",
+        vm.console()
+    );
+    let open_rx =
+        r#"{"iface_id": "eth0", "rx_rate_limiter": {"ops": {"size": 0, "refill_time": 0}}}"#;
+    let (status, body) = http(&sock_path, "PATCH", "/network-interfaces/eth0", open_rx);
+    assert_eq!(status, 204, "{body}");
+    vm.wait_for_line("PERF rx done frames=6", GUEST_TIMEOUT);
+    assert_eq!(vm.exit_code(GUEST_TIMEOUT), 0, "{}", vm.log());
 }
