@@ -151,7 +151,7 @@ impl DiskFile {
     ) -> std::io::Result<()> {
         // The guards keep the pointers valid while the iovecs are in use.
         let guards: Vec<_> = bufs.iter().map(|b| b.ptr_guard_mut()).collect();
-        let mut iovs: Vec<libc::iovec> = guards
+        let iovs: Vec<libc::iovec> = guards
             .iter()
             .zip(bufs)
             .filter(|(_, b)| !b.is_empty())
@@ -161,7 +161,7 @@ impl DiskFile {
             })
             .collect();
         // SAFETY: the iovecs describe the slices `bufs`, which the guards keep mapped.
-        unsafe { self.iovecs_at(offset, &mut iovs, 0, write) }
+        unsafe { self.iovecs_at(offset, &iovs, 0, write) }
     }
 
     /// Reads into (or, with `write`, writes from) the memory `iovs` describe, at `offset`,
@@ -170,17 +170,18 @@ impl DiskFile {
     ///
     /// # Safety
     /// Every iovec must describe memory that stays valid (and, for a read, writable) for the
-    /// whole call; `iovs` is consumed as the transfer advances.
+    /// whole call.
     pub unsafe fn iovecs_at(
         &self,
         mut offset: u64,
-        iovs: &mut [libc::iovec],
+        iovs: &[libc::iovec],
         skip: usize,
         write: bool,
     ) -> std::io::Result<()> {
         if write && self.readonly {
             return Err(std::io::Error::from_raw_os_error(libc::EBADF));
         }
+        let iovs = &mut iovs.to_vec();
         let mut first = skip_bytes(iovs, 0, skip);
         while first < iovs.len() {
             let batch = &iovs[first..iovs.len().min(first + IOV_MAX)];
@@ -292,13 +293,13 @@ mod tests {
         std::fs::write(&path, (0..64u8).collect::<Vec<u8>>()).expect("create");
         let disk = DiskFile::open(&path, false).expect("open");
         let mut buf = [0xffu8; 8];
-        let mut iovs = [libc::iovec {
+        let iovs = [libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
         }];
         // As if the first 3 bytes had come from an earlier read at offset 16.
         // SAFETY: the iovec describes `buf`, alive for the call.
-        unsafe { disk.iovecs_at(16 + 3, &mut iovs, 3, false) }.expect("read");
+        unsafe { disk.iovecs_at(16 + 3, &iovs, 3, false) }.expect("read");
         assert_eq!(buf, [0xff, 0xff, 0xff, 19, 20, 21, 22, 23]);
         std::fs::remove_file(&path).ok();
     }

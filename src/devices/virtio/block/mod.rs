@@ -227,7 +227,7 @@ impl Block {
             counters: Arc::default(),
             limiter: RateLimiter::new(&format!("disk {id}"), None)
                 .map_err(|e| BlockError::RateLimiter(id.into(), e))?,
-            engine: Box::new(SyncEngine),
+            engine: Box::new(SyncEngine::default()),
         })
     }
 
@@ -310,7 +310,7 @@ impl Block {
             report_host_error(name, path, stats, host_errors);
             Some(Served::Used(done.used_len))
         });
-        engine.commit();
+        engine.commit(&mem, disk, stats);
         let used_any = match served {
             Ok(used_any) => used_any,
             Err(e) => {

@@ -2,8 +2,13 @@
 //! pass over the queue, and come back on an eventfd the device watches in the event loop. The
 //! event loop never waits for the disk.
 //!
+//! Reads carry IOSQE_ASYNC: they go to io_uring's worker threads even when the data is in the
+//! page cache, so the transfers of a pass are copied in parallel, off the event loop (a cached
+//! read would otherwise be copied inline by `io_uring_enter`, on the event loop, one after the
+//! other).
+//!
 //! The ring is created disabled and restricted before it is enabled: only READV, WRITEV and
-//! FSYNC requests with no flag but IO_DRAIN, and no further registration. Its kernel workers
+//! FSYNC requests with no flag but IO_DRAIN and ASYNC, and no further registration. Its kernel workers
 //! are outside Ember's seccomp filters, so this is what bounds them; the main thread's filter
 //! adds `io_uring_enter` only (the ring is set up before the filter is installed).
 //!
@@ -21,31 +26,22 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::disk::DiskFile;
-use super::engine::{BlockEngine, IoEngine, Reaped, Submitted};
-use super::request::{HostOp, Op, Reply, Request, RequestError, RequestStats, execute_sync};
-
-/// One request in the ring.
-struct InFlight {
-    head: u16,
-    reply: Reply,
-    op: HostOp,
-    offset: u64,
-    /// Bytes the request moves (0 for a flush).
-    expect: usize,
-    /// The iovecs the kernel reads at submission; kept until completion for a short transfer.
-    iovecs: Vec<libc::iovec>,
-    /// The driver reset the device meanwhile: retire it unanswered.
-    abandoned: bool,
-}
+use super::engine::{BlockEngine, IoEngine, Pending, Reaped, Submitted, Transfer, finish_now};
+use super::request::{HostOp, Request, RequestStats};
 
 /// The io_uring engine.
 pub(crate) struct UringEngine {
     ring: IoUring,
     event: EventFd,
-    /// In-flight requests by `user_data`.
-    slots: Vec<Option<InFlight>>,
+    /// Gathered during the current pass over the queue.
+    pending: Pending,
+    /// Transfers in the ring, by `user_data`.
+    slots: Vec<Option<Transfer>>,
     free: Vec<usize>,
+    /// Requests in the ring.
     in_flight: usize,
+    /// Requests the ring refused, finished synchronously, waiting for `reap`.
+    refused_done: Vec<Reaped>,
 }
 
 // SAFETY: the raw pointers (iovecs into guest memory) are only used by the kernel and by the
@@ -66,27 +62,29 @@ impl UringEngine {
             Restriction::sqe_op(opcode::Readv::CODE),
             Restriction::sqe_op(opcode::Writev::CODE),
             Restriction::sqe_op(opcode::Fsync::CODE),
-            Restriction::sqe_flags_allowed(squeue::Flags::IO_DRAIN.bits()),
+            Restriction::sqe_flags_allowed((squeue::Flags::IO_DRAIN | squeue::Flags::ASYNC).bits()),
         ];
         submitter.register_restrictions(&mut allowed)?;
         submitter.register_enable_rings()?;
         Ok(UringEngine {
             ring,
             event,
+            pending: Pending::default(),
             slots: Vec::new(),
             free: Vec::new(),
             in_flight: 0,
+            refused_done: Vec::new(),
         })
     }
 
-    fn slot(&mut self, request: InFlight) -> usize {
+    fn slot(&mut self, transfer: Transfer) -> usize {
         match self.free.pop() {
             Some(i) => {
-                self.slots[i] = Some(request);
+                self.slots[i] = Some(transfer);
                 i
             }
             None => {
-                self.slots.push(Some(request));
+                self.slots.push(Some(transfer));
                 self.slots.len() - 1
             }
         }
@@ -105,41 +103,22 @@ impl UringEngine {
         Err(std::io::Error::from_raw_os_error(libc::EBUSY))
     }
 
-    fn finish(
-        &mut self,
-        slot: usize,
-        result: i32,
-        mem: Option<&GuestMemoryMmap>,
-        disk: &DiskFile,
-        stats: &mut RequestStats,
-    ) -> Option<Reaped> {
-        let mut request = self.slots.get_mut(slot)?.take()?;
-        self.free.push(slot);
-        self.in_flight -= 1;
-        if request.abandoned {
-            return None;
+    fn entry(transfer: &Transfer, fd: types::Fd) -> squeue::Entry {
+        // At most MAX_IOVECS iovecs (engine.rs): the count fits.
+        let count = transfer.iovecs.len() as u32;
+        match transfer.op {
+            HostOp::Read => opcode::Readv::new(fd, transfer.iovecs.as_ptr(), count)
+                .offset(transfer.offset)
+                .build()
+                .flags(squeue::Flags::ASYNC),
+            HostOp::Write => opcode::Writev::new(fd, transfer.iovecs.as_ptr(), count)
+                .offset(transfer.offset)
+                .build(),
+            _ => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .flags(squeue::Flags::IO_DRAIN),
         }
-        let outcome = match usize::try_from(result) {
-            Err(_) => Err(std::io::Error::from_raw_os_error(-result)),
-            Ok(done) if done < request.expect => {
-                // SAFETY: the iovecs still describe the request's guest buffers (module doc).
-                unsafe {
-                    disk.iovecs_at(
-                        request.offset + done as u64,
-                        &mut request.iovecs,
-                        done,
-                        request.op == HostOp::Write,
-                    )
-                }
-            }
-            Ok(_) => Ok(()),
-        };
-        let mem = mem?;
-        let result = outcome.map_err(|e| RequestError::Io(request.op, e));
-        Some((
-            request.head,
-            request.reply.finish(mem, result, stats).used_len,
-        ))
     }
 }
 
@@ -156,68 +135,40 @@ impl BlockEngine for UringEngine {
         disk: &DiskFile,
         stats: &mut RequestStats,
     ) -> Submitted {
-        let fd = types::Fd(disk.fd());
-        let (op, offset, bufs) = match &request.op {
-            Op::Read { offset, bufs } => (HostOp::Read, *offset, &bufs[..]),
-            Op::Write { offset, bufs } => (HostOp::Write, *offset, &bufs[..]),
-            Op::Flush => (HostOp::Flush, 0, &[][..]),
-            _ => {
-                let result = execute_sync(&request.op, disk);
-                return Submitted::Done(request.reply.finish(mem, result, stats));
-            }
-        };
-        let iovecs: Vec<libc::iovec> = bufs
-            .iter()
-            .filter(|b| !b.is_empty())
-            .map(|b| libc::iovec {
-                iov_base: b.ptr_guard_mut().as_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        let expect = iovecs.iter().map(|v| v.iov_len).sum();
-        let Ok(count) = u32::try_from(iovecs.len()) else {
-            let result = execute_sync(&request.op, disk);
-            return Submitted::Done(request.reply.finish(mem, result, stats));
-        };
-        let entry = match op {
-            HostOp::Read => opcode::Readv::new(fd, iovecs.as_ptr(), count)
-                .offset(offset)
-                .build(),
-            HostOp::Write => opcode::Writev::new(fd, iovecs.as_ptr(), count)
-                .offset(offset)
-                .build(),
-            _ => opcode::Fsync::new(fd)
-                .flags(types::FsyncFlags::DATASYNC)
-                .build()
-                .flags(squeue::Flags::IO_DRAIN),
-        };
-        let slot = self.slot(InFlight {
-            head,
-            reply: request.reply,
-            op,
-            offset,
-            expect,
-            iovecs,
-            abandoned: false,
-        });
-        self.in_flight += 1;
-        if let Err(e) = self.push(&entry.user_data(slot as u64)) {
-            // Nothing was queued: take it back and serve it here.
-            log::debug!("virtio-blk: io_uring refused a request ({e}); served synchronously");
-            self.slots[slot] = None;
-            self.free.push(slot);
-            self.in_flight -= 1;
-            let result = execute_sync(&request.op, disk);
-            return Submitted::Done(request.reply.finish(mem, result, stats));
+        match self.pending.add(head, request) {
+            None => Submitted::InFlight,
+            Some(request) => finish_now(mem, request, disk, stats),
         }
-        Submitted::InFlight
     }
 
-    fn commit(&mut self) {
+    fn commit(&mut self, mem: &GuestMemoryMmap, disk: &DiskFile, stats: &mut RequestStats) {
+        let fd = types::Fd(disk.fd());
+        let mut refused = Vec::new();
+        for transfer in self.pending.take() {
+            let entry = Self::entry(&transfer, fd);
+            let requests = transfer.requests();
+            let slot = self.slot(transfer);
+            if let Err(e) = self.push(&entry.user_data(slot as u64)) {
+                // Not queued: served synchronously below.
+                log::debug!("virtio-blk: io_uring refused a transfer ({e}); served synchronously");
+                self.free.push(slot);
+                if let Some(transfer) = self.slots[slot].take() {
+                    refused.push(transfer);
+                }
+                continue;
+            }
+            self.in_flight += requests;
+        }
         if let Err(e) = self.ring.submit() {
             // The entries stay queued; the next commit or reap submits them.
             log::warn!("virtio-blk: io_uring submission failed: {e}");
         }
+        let mut done = Vec::new();
+        for transfer in refused {
+            let result = transfer.run_sync(disk);
+            transfer.finish(result, Some(mem), disk, stats, &mut done);
+        }
+        self.refused_done.append(&mut done);
     }
 
     fn reap(
@@ -228,6 +179,7 @@ impl BlockEngine for UringEngine {
         wait: bool,
         done: &mut Vec<Reaped>,
     ) {
+        done.append(&mut self.refused_done);
         let _ = self.event.read();
         loop {
             let ready: Vec<(u64, i32)> = self
@@ -237,9 +189,14 @@ impl BlockEngine for UringEngine {
                 .collect();
             for (slot, result) in ready {
                 let slot = usize::try_from(slot).unwrap_or(usize::MAX);
-                if let Some(reaped) = self.finish(slot, result, mem, disk, stats) {
-                    done.push(reaped);
-                }
+                let Some(transfer) = self.slots.get_mut(slot).and_then(Option::take) else {
+                    continue;
+                };
+                self.free.push(slot);
+                self.in_flight -= transfer.requests();
+                let result =
+                    usize::try_from(result).map_err(|_| std::io::Error::from_raw_os_error(-result));
+                transfer.finish(result, mem, disk, stats, done);
             }
             if !wait || self.in_flight == 0 {
                 return;
@@ -259,13 +216,14 @@ impl BlockEngine for UringEngine {
     }
 
     fn abandon(&mut self) {
-        for request in self.slots.iter_mut().flatten() {
-            request.abandoned = true;
+        for transfer in self.slots.iter_mut().flatten() {
+            transfer.abandoned = true;
         }
+        self.refused_done.clear();
     }
 
     fn in_flight(&self) -> usize {
-        self.in_flight
+        self.in_flight + self.pending.requests() + self.refused_done.len()
     }
 
     fn completion_event(&self) -> Option<&EventFd> {
