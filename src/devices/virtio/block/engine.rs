@@ -83,10 +83,11 @@ impl Transfer {
         let write = self.op == HostOp::Write;
         match self.op {
             HostOp::Flush => disk.flush().map(|()| 0),
-            // SAFETY: the iovecs describe guest buffers of requests taken in this pass; guest
-            // memory stays mapped while the device is active (module doc).
             _ => {
-                unsafe { disk.iovecs_at(self.offset, &self.iovecs, 0, write) }.map(|()| self.len())
+                // SAFETY: the iovecs describe guest buffers of requests taken in this pass;
+                // guest memory stays mapped while the device is active (module doc).
+                let moved = unsafe { disk.iovecs_at(self.offset, &self.iovecs, 0, write) };
+                moved.map(|()| self.len())
             }
         }
     }
