@@ -45,6 +45,24 @@ fn test_blk_guest_check_and_perf_on_both_engines() {
     }
 }
 
+/// Four queues of 512 offered (VIRTIO_BLK_F_MQ): a driver that does not negotiate MQ, as the
+/// `blk` guest, still has queue 0 (it sets up 256 of its entries) and nothing else changes.
+#[test]
+fn test_blk_guest_on_a_four_queue_disk_uses_queue_zero() {
+    let path = disk("engines-mq.img");
+    let mut vm = TestVm::start(
+        VmArgs::device_guest("blk")
+            .arg(
+                "--disk",
+                format!("path={},num_queues=4,queue_size=512", path.display()),
+            )
+            .arg("--cmdline", "blk=check"),
+    );
+    vm.wait_for_line("BLK readback ok", GUEST_TIMEOUT);
+    vm.wait_for_line("EMBER-TEST blk done", GUEST_TIMEOUT);
+    assert_eq!(vm.exit_code(GUEST_TIMEOUT), 0, "{}", vm.log());
+}
+
 #[test]
 fn test_async_engine_falls_back_to_sync_without_io_uring() {
     use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};

@@ -1,5 +1,5 @@
 //! Block devices: `--disk path=FILE[,readonly=on][,id=NAME][,root=on][,shared=on]
-//! [,io_engine=sync|async]`.
+//! [,io_engine=sync|async][,num_queues=N][,queue_size=N]`.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -27,6 +27,24 @@ pub struct DriveConfig {
     pub rate_limiter: Option<RateLimiterConfig>,
     /// How requests reach the file (default Async: io_uring where the host has it).
     pub io_engine: IoEngine,
+    /// Request queues (default: one per vCPU, at most `MAX_QUEUES`).
+    pub num_queues: Option<u16>,
+    /// Entries per request queue (default 256; a power of two, 4 to 1024).
+    pub queue_size: u16,
+}
+
+/// Most request queues of one disk.
+pub const MAX_QUEUES: u16 = 16;
+/// Default entries per request queue.
+pub const DEFAULT_QUEUE_SIZE: u16 = 256;
+
+impl DriveConfig {
+    /// The queues this disk gets in a VM of `vcpus` vCPUs.
+    pub fn queues_for(&self, vcpus: u8) -> u16 {
+        self.num_queues
+            .unwrap_or(u16::from(vcpus))
+            .clamp(1, MAX_QUEUES)
+    }
 }
 
 /// One entry of `drives` in the JSON file, and the body of `PUT /drives/{id}`, with
@@ -56,6 +74,12 @@ pub struct DriveBody {
     /// io_uring).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<IoEngine>,
+    /// Ember extension: request queues (default one per vCPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_queues: Option<u16>,
+    /// Ember extension: entries per request queue (default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_size: Option<u16>,
     /// Firecracker's root partition UUID: `null` only.
     #[serde(default, skip_serializing)]
     pub partuuid: Option<Absent>,
@@ -109,6 +133,8 @@ impl From<&DriveBody> for DriveConfig {
             shared: body.shared,
             rate_limiter: body.rate_limiter.and_then(RateLimiterConfig::normalized),
             io_engine: body.io_engine.unwrap_or_default(),
+            num_queues: body.num_queues,
+            queue_size: body.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE),
         }
     }
 }
@@ -123,6 +149,8 @@ impl From<&DriveConfig> for DriveBody {
             shared: drive.shared,
             rate_limiter: drive.rate_limiter,
             io_engine: Some(drive.io_engine),
+            num_queues: drive.num_queues,
+            queue_size: (drive.queue_size != DEFAULT_QUEUE_SIZE).then_some(drive.queue_size),
             ..Default::default()
         }
     }
@@ -159,6 +187,18 @@ pub enum DriveError {
     /// An id that cannot be used.
     #[error("disk: id `{0}` must be 1-64 characters of [A-Za-z0-9_-]")]
     BadId(String),
+    /// A queue count or size out of range.
+    #[error(
+        "disk {id}: num_queues must be 1-{MAX_QUEUES} and queue_size a power of two from 4 to 1024 (got {num_queues:?}, {queue_size})"
+    )]
+    BadQueues {
+        /// Drive id.
+        id: String,
+        /// The queue count given.
+        num_queues: Option<u16>,
+        /// The queue size given.
+        queue_size: u16,
+    },
 }
 
 /// Parses `on`/`off` (also true/false, yes/no, 1/0).
@@ -201,6 +241,13 @@ impl FromStr for DriveConfig {
             shared: false,
             rate_limiter: None,
             io_engine: IoEngine::default(),
+            num_queues: None,
+            queue_size: DEFAULT_QUEUE_SIZE,
+        };
+        let number = |key: &str, value: &str| {
+            value
+                .parse::<u16>()
+                .map_err(|_| DriveError::Parse(format!("{key}={value}: expected a number")))
         };
         for (key, value) in key_values(s).map_err(DriveError::Parse)? {
             match key {
@@ -220,9 +267,11 @@ impl FromStr for DriveConfig {
                         }
                     }
                 }
+                "num_queues" => drive.num_queues = Some(number(key, value)?),
+                "queue_size" => drive.queue_size = number(key, value)?,
                 other => {
                     return Err(DriveError::Parse(format!(
-                        "unknown key `{other}` (expected path, readonly, id, root, shared, io_engine)"
+                        "unknown key `{other}` (expected path, readonly, id, root, shared, io_engine, num_queues, queue_size)"
                     )));
                 }
             }
@@ -239,6 +288,17 @@ impl DriveConfig {
     pub fn validate(&self) -> Result<(), DriveError> {
         if !valid_id(&self.id) {
             return Err(DriveError::BadId(self.id.clone()));
+        }
+        let queues_ok = self
+            .num_queues
+            .is_none_or(|n| (1..=MAX_QUEUES).contains(&n));
+        let size_ok = self.queue_size.is_power_of_two() && (4..=1024).contains(&self.queue_size);
+        if !(queues_ok && size_ok) {
+            return Err(DriveError::BadQueues {
+                id: self.id.clone(),
+                num_queues: self.num_queues,
+                queue_size: self.queue_size,
+            });
         }
         let meta = std::fs::metadata(&self.path).map_err(|_| DriveError::Missing {
             id: self.id.clone(),
@@ -360,6 +420,29 @@ mod tests {
             },
             body
         );
+    }
+
+    #[test]
+    fn test_drive_queues_parse_default_and_validate() {
+        let d: DriveConfig = "path=/,num_queues=4,queue_size=128".parse().expect("valid");
+        assert_eq!((d.num_queues, d.queue_size), (Some(4), 128));
+        assert_eq!(d.queues_for(2), 4);
+        let default: DriveConfig = "path=/".parse().expect("valid");
+        assert_eq!((default.queues_for(3), default.queue_size), (3, 256));
+        assert_eq!(default.queues_for(64), MAX_QUEUES);
+        assert!("path=/,num_queues=x".parse::<DriveConfig>().is_err());
+        for bad in [
+            "path=/,num_queues=0",
+            "path=/,num_queues=17",
+            "path=/,queue_size=100",
+        ] {
+            let mut d: DriveConfig = bad.parse().expect("parses");
+            d.id = "d".into();
+            assert!(
+                matches!(d.validate(), Err(DriveError::BadQueues { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -44,12 +44,12 @@ pub enum Submitted {
     InFlight,
 }
 
-/// A finished request: its descriptor head and used length.
-pub type Reaped = (u16, u32);
+/// A finished request: its tag (the device's: queue and descriptor head) and used length.
+pub type Reaped = (u32, u32);
 
 /// One request of a transfer.
 struct Member {
-    head: u16,
+    tag: u32,
     reply: Reply,
     /// Where its bytes start in the transfer, and how many.
     start: usize,
@@ -136,7 +136,7 @@ impl Transfer {
                         .map_err(|e| RequestError::Io(self.op, e))
                 }
             };
-            done.push((m.head, m.reply.finish(mem, result, stats).used_len));
+            done.push((m.tag, m.reply.finish(mem, result, stats).used_len));
         }
     }
 }
@@ -184,7 +184,7 @@ unsafe impl Send for Transfer {}
 impl Pending {
     /// Takes `request` into a transfer (merged with the last one when adjacent); gives back
     /// the requests that are not transfers (to be finished at once).
-    pub(crate) fn add<'m>(&mut self, head: u16, request: Request<'m>) -> Option<Request<'m>> {
+    pub(crate) fn add<'m>(&mut self, tag: u32, request: Request<'m>) -> Option<Request<'m>> {
         let (op, offset, bufs) = match &request.op {
             Op::Read { offset, bufs } => (HostOp::Read, *offset, &bufs[..]),
             Op::Write { offset, bufs } => (HostOp::Write, *offset, &bufs[..]),
@@ -209,7 +209,7 @@ impl Pending {
                 let start = last.len();
                 last.iovecs.extend(iovecs);
                 last.members.push(Member {
-                    head,
+                    tag,
                     reply,
                     start,
                     bytes,
@@ -220,7 +220,7 @@ impl Pending {
                 offset,
                 iovecs,
                 members: vec![Member {
-                    head,
+                    tag,
                     reply,
                     start: 0,
                     bytes,
@@ -246,11 +246,12 @@ impl Pending {
 pub(crate) trait BlockEngine: Send {
     /// Which engine this is.
     fn kind(&self) -> IoEngine;
-    /// Takes the request of descriptor head `head`: gathered for `commit`, or finished at once.
+    /// Takes the request tagged `tag` (by the device: its queue and descriptor head): gathered
+    /// for `commit`, or finished at once.
     fn submit(
         &mut self,
         mem: &GuestMemoryMmap,
-        head: u16,
+        tag: u32,
         request: Request<'_>,
         disk: &DiskFile,
         stats: &mut RequestStats,
@@ -305,12 +306,12 @@ impl BlockEngine for SyncEngine {
     fn submit(
         &mut self,
         mem: &GuestMemoryMmap,
-        head: u16,
+        tag: u32,
         request: Request<'_>,
         disk: &DiskFile,
         stats: &mut RequestStats,
     ) -> Submitted {
-        match self.pending.add(head, request) {
+        match self.pending.add(tag, request) {
             None => Submitted::InFlight,
             Some(request) => finish_now(mem, request, disk, stats),
         }
@@ -397,7 +398,7 @@ mod tests {
     fn submit(
         f: &Fixture,
         engine: &mut dyn BlockEngine,
-        i: u16,
+        i: u32,
         kind: u32,
         sector: u64,
     ) -> Submitted {
@@ -421,7 +422,7 @@ mod tests {
         engine.submit(&f.mem, i, request, &f.disk, &mut stats)
     }
 
-    fn data(f: &Fixture, i: u16) -> Vec<u8> {
+    fn data(f: &Fixture, i: u32) -> Vec<u8> {
         let mut buf = vec![0u8; 4096];
         let addr = 0x10_0000 + u64::from(i) * 0x2000 + 0x1000;
         f.mem

@@ -32,14 +32,15 @@ use super::counters::{CounterValues, DeviceCounters};
 use super::{
     ActivateContext, ActivateError, Served, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioInterrupt, read_config_bytes, serve_chains,
-    single_queue,
 };
 use crate::config::rate_limiter::RateLimiterConfig;
 use crate::devices::rate_limiter::{RateLimiter, RateLimiterError};
 
-/// Size of the one request queue.
+/// Default size of each request queue.
 pub const QUEUE_SIZE: u16 = 256;
-const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
+pub use crate::config::drive::MAX_QUEUES;
+/// VIRTIO_BLK_F_MQ: `num_queues` in config space is valid.
+const VIRTIO_BLK_F_MQ: u32 = 12;
 /// Size of virtio_blk_config up to write_zeroes_may_unmap.
 const CONFIG_SIZE: usize = 60;
 
@@ -118,8 +119,15 @@ fn report_host_error(
 
 struct Active {
     mem: GuestMemoryMmap,
-    queue: Queue,
+    /// Every queue the transport has; the driver set up those that are ready (queue 0 only
+    /// without VIRTIO_BLK_F_MQ).
+    queues: Vec<Queue>,
     interrupt: Arc<VirtioInterrupt>,
+}
+
+/// An engine tag: the queue and the descriptor head of a request.
+fn tag(queue: usize, head: u16) -> u32 {
+    ((queue as u32) << 16) | u32::from(head)
 }
 
 /// A virtio-blk device.
@@ -129,6 +137,7 @@ pub struct Block {
     disk: DiskFile,
     features: u64,
     config: [u8; CONFIG_SIZE],
+    queue_sizes: Vec<u16>,
     queue_evts: Vec<EventFd>,
     active: Option<Active>,
     broken: bool,
@@ -218,6 +227,7 @@ impl Block {
             disk,
             features,
             config,
+            queue_sizes: vec![QUEUE_SIZE],
             queue_evts,
             active: None,
             broken: false,
@@ -235,10 +245,8 @@ impl Block {
     /// that waited for the old limiter is looked at again.
     pub fn update_rate_limiter(&mut self, update: &RateLimiterConfig) {
         self.limiter.update(update);
-        if self.active.is_some()
-            && let Err(e) = self.queue_evts[0].write(1)
-        {
-            log::error!("Disk {}: cannot wake its queue: {e}", self.id);
+        if self.active.is_some() {
+            self.kick_queues("new rate limiter");
         }
     }
 
@@ -247,13 +255,44 @@ impl Block {
         self.stats
     }
 
+    /// Gives the disk `num_queues` request queues of `queue_size` entries (before it is
+    /// attached): more than one offers VIRTIO_BLK_F_MQ with `num_queues` in config space.
+    pub fn set_queues(&mut self, num_queues: u16, queue_size: u16) -> Result<(), BlockError> {
+        let num_queues = num_queues.clamp(1, MAX_QUEUES);
+        self.queue_evts = (0..num_queues)
+            .map(|_| {
+                EventFd::new(EFD_NONBLOCK).map_err(|e| BlockError::EventFd(self.id.clone(), e))
+            })
+            .collect::<Result<_, _>>()?;
+        self.queue_sizes = vec![queue_size; usize::from(num_queues)];
+        put_u32(&mut self.config, 12, u32::from(queue_size.max(3)) - 2); // seg_max
+        if num_queues > 1 {
+            self.features |= 1 << VIRTIO_BLK_F_MQ;
+            self.config[34..36].copy_from_slice(&num_queues.to_le_bytes());
+        } else {
+            self.features &= !(1 << VIRTIO_BLK_F_MQ);
+            self.config[34..36].fill(0);
+        }
+        Ok(())
+    }
+
+    /// Wakes every queue (activation, wake-up, a new rate limiter).
+    fn kick_queues(&self, why: &str) {
+        for evt in &self.queue_evts {
+            if let Err(e) = evt.write(1) {
+                log::error!("Disk {}: cannot wake its queues ({why}): {e}", self.id);
+            }
+        }
+    }
+
     /// Selects the I/O engine (before the driver starts the device): Async falls back to Sync
     /// with one log line where the host has no io_uring.
     pub fn set_io_engine(&mut self, wanted: IoEngine) {
         let mut done = Vec::new();
         self.engine
             .reap(None, &self.disk, &mut self.stats, true, &mut done);
-        self.engine = engine::open_engine(&self.id, wanted, QUEUE_SIZE);
+        let in_flight: u16 = self.queue_sizes.iter().sum();
+        self.engine = engine::open_engine(&self.id, wanted, in_flight);
     }
 
     /// The engine serving requests (after any fallback).
@@ -271,26 +310,48 @@ impl Block {
             .reap(answer, &self.disk, &mut self.stats, wait, &mut done);
         report_host_error(&self.id, &self.path, &mut self.stats, &mut self.host_errors);
         if let (Some(active), Some(mem), false) = (self.active.as_mut(), answer, done.is_empty()) {
-            for (head, len) in done {
-                if let Err(e) = active.queue.add_used(mem, head, len) {
+            let mut used = vec![false; active.queues.len()];
+            for (tag, len) in done {
+                let (index, head) = ((tag >> 16) as usize, tag as u16);
+                let Some(queue) = active.queues.get_mut(index) else {
+                    continue;
+                };
+                if let Err(e) = queue.add_used(mem, head, len) {
                     log::warn!("Disk {}: cannot complete request {head}: {e}", self.id);
                     self.broken = true;
                     break;
                 }
+                used[index] = true;
             }
-            if active.queue.needs_notification(mem).unwrap_or(true) {
+            // Every queue that got entries is asked (EVENT_IDX keeps per-queue state).
+            let mut notify = false;
+            for (queue, used) in active.queues.iter_mut().zip(used) {
+                notify |= used && queue.needs_notification(mem).unwrap_or(true);
+            }
+            if notify {
                 active.interrupt.signal_used_queue();
             }
         }
         self.counters.publish(self.stats.into());
     }
 
-    fn process_queue(&mut self) {
+    /// Serves every ready queue (after a rate limiter's timer, which does not say which
+    /// queue waited).
+    fn process_queues(&mut self) {
+        let ready = self.active.as_ref().map_or(0, |a| a.queues.len());
+        for index in 0..ready {
+            self.process_queue(index);
+        }
+    }
+
+    fn process_queue(&mut self, index: usize) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
         let mem = active.mem.clone();
-        let queue = &mut active.queue;
+        let Some(queue) = active.queues.get_mut(index).filter(|q| q.ready()) else {
+            return;
+        };
         let id = self.id.as_bytes();
         let (disk, stats, host_errors) = (&self.disk, &mut self.stats, &mut self.host_errors);
         let (name, path) = (&self.id, &self.path);
@@ -299,7 +360,7 @@ impl Block {
             if !limiter.consume(request::data_len_hint(&chain)) {
                 return Some(Served::Throttled);
             }
-            let head = chain.head_index();
+            let head = tag(index, chain.head_index());
             let done = match request::parse(&mem, chain, disk, id, stats) {
                 Err(malformed) => malformed,
                 Ok(request) => match engine.submit(&mem, head, request, disk, stats) {
@@ -361,7 +422,7 @@ impl VirtioDevice for Block {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
+        &self.queue_sizes
     }
 
     fn queue_events(&self) -> &[EventFd] {
@@ -373,22 +434,19 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let queue = single_queue(ctx.queues)?;
+        if !ctx.queues.first().is_some_and(|q| q.ready()) {
+            return Err(ActivateError::BadQueue(0, "not ready".into()));
+        }
         self.active = Some(Active {
             mem: ctx.mem,
-            queue,
+            queues: ctx.queues,
             interrupt: ctx.interrupt,
         });
         self.broken = false;
         // This runs on the vCPU thread that wrote DRIVER_OK, which does no device I/O (its
         // seccomp filter forbids preadv and friends): requests queued before DRIVER_OK are
-        // left to the event loop, woken through the queue's eventfd.
-        if let Err(e) = self.queue_evts[0].write(1) {
-            log::error!(
-                "Disk {}: cannot wake its queue after activation: {e}",
-                self.id
-            );
-        }
+        // left to the event loop, woken through the queues' eventfds.
+        self.kick_queues("activation");
         Ok(())
     }
 
@@ -416,32 +474,38 @@ impl VirtioDevice for Block {
                 self.engine.in_flight()
             );
         }
-        self.active.as_ref().map(|a| vec![a.queue.state()])
+        self.active
+            .as_ref()
+            .map(|a| a.queues.iter().map(|q| q.state()).collect())
     }
 
     fn wake(&mut self) {
         self.quiesced = false;
-        if let Err(e) = self.queue_evts[0].write(1) {
-            log::error!("Disk {}: cannot wake its queue: {e}", self.id);
-        }
+        self.kick_queues("wake-up");
     }
 }
 
-/// Event-loop tokens.
-const TOKEN_QUEUE: u32 = 0;
-const TOKEN_LIMITER: u32 = 1;
-const TOKEN_COMPLETION: u32 = 2;
+/// Event-loop tokens: queue `i` is token `i` (below `MAX_QUEUES`).
+const TOKEN_LIMITER: u32 = 1000;
+const TOKEN_COMPLETION: u32 = 1001;
 
 impl MutEventSubscriber for Block {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        match events.data() {
-            TOKEN_QUEUE => {
-                let _ = self.queue_evts[0].read();
+        let token = events.data();
+        let queue = match token {
+            TOKEN_LIMITER => {
+                self.limiter.on_timer();
+                None
             }
-            TOKEN_LIMITER => self.limiter.on_timer(),
             TOKEN_COMPLETION => return self.complete_in_flight(false),
-            _ => return,
-        }
+            index => match self.queue_evts.get(index as usize) {
+                Some(evt) => {
+                    let _ = evt.read();
+                    Some(index as usize)
+                }
+                None => return,
+            },
+        };
         if self.limiter.is_blocked() {
             // Throttled: the limiter's timer comes back here; the avail ring keeps the rest.
             return;
@@ -457,13 +521,22 @@ impl MutEventSubscriber for Block {
             );
             return;
         }
-        self.process_queue();
+        match queue {
+            Some(index) => self.process_queue(index),
+            None => self.process_queues(),
+        }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        let queue = Events::with_data(&self.queue_evts[0], TOKEN_QUEUE, EventSet::IN);
-        let limiter = Events::with_data(&self.limiter, TOKEN_LIMITER, EventSet::IN);
-        let mut added = ops.add(queue).and_then(|()| ops.add(limiter));
+        let mut added = ops.add(Events::with_data(
+            &self.limiter,
+            TOKEN_LIMITER,
+            EventSet::IN,
+        ));
+        for (index, evt) in self.queue_evts.iter().enumerate() {
+            added =
+                added.and_then(|()| ops.add(Events::with_data(evt, index as u32, EventSet::IN)));
+        }
         if let Some(evt) = self.engine.completion_event() {
             added = added
                 .and_then(|()| ops.add(Events::with_data(evt, TOKEN_COMPLETION, EventSet::IN)));

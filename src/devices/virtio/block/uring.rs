@@ -130,12 +130,12 @@ impl BlockEngine for UringEngine {
     fn submit(
         &mut self,
         mem: &GuestMemoryMmap,
-        head: u16,
+        tag: u32,
         request: Request<'_>,
         disk: &DiskFile,
         stats: &mut RequestStats,
     ) -> Submitted {
-        match self.pending.add(head, request) {
+        match self.pending.add(tag, request) {
             None => Submitted::InFlight,
             Some(request) => finish_now(mem, request, disk, stats),
         }
