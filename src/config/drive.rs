@@ -1,5 +1,5 @@
 //! Block devices: `--disk path=FILE[,readonly=on][,id=NAME][,root=on][,shared=on]
-//! [,io_engine=sync|async][,num_queues=N][,queue_size=N]`.
+//! [,io_engine=sync|async][,num_queues=N][,queue_size=N][,cache=unsafe|writeback]`.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -31,6 +31,8 @@ pub struct DriveConfig {
     pub num_queues: Option<u16>,
     /// Entries per request queue (default 256; a power of two, 4 to 1024).
     pub queue_size: u16,
+    /// What a guest FLUSH does (default Writeback: fdatasync on the host file).
+    pub cache_type: CacheType,
 }
 
 /// Most request queues of one disk.
@@ -66,9 +68,9 @@ pub struct DriveBody {
     /// see `DriveConfig::shared`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared: bool,
-    /// Firecracker's cache type: either is accepted and served as `Writeback` (FLUSH is
-    /// offered and reaches the host file).
-    #[serde(default, skip_serializing)]
+    /// Firecracker's cache type: `Writeback` (Ember's default: a FLUSH reaches the host file)
+    /// or `Unsafe` (FLUSH is acknowledged without syncing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_type: Option<CacheType>,
     /// Firecracker's I/O engine: `Sync` or `Async` (default Async; Sync where the host has no
     /// io_uring).
@@ -103,12 +105,14 @@ pub struct DrivePatch {
     pub rate_limiter: Option<RateLimiterConfig>,
 }
 
-/// Firecracker's `cache_type` values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Firecracker's `cache_type` values (FLUSH is offered either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CacheType {
-    /// Flushes may be dropped: Ember honours them anyway.
+    /// A FLUSH is acknowledged and nothing is synced: written data may sit in the host's page
+    /// cache when the host crashes (Firecracker's default).
     Unsafe,
-    /// Flushes reach the host file, as Ember always does.
+    /// A FLUSH is an fdatasync of the host file (Ember's default).
+    #[default]
     Writeback,
 }
 
@@ -135,6 +139,7 @@ impl From<&DriveBody> for DriveConfig {
             io_engine: body.io_engine.unwrap_or_default(),
             num_queues: body.num_queues,
             queue_size: body.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE),
+            cache_type: body.cache_type.unwrap_or_default(),
         }
     }
 }
@@ -151,6 +156,7 @@ impl From<&DriveConfig> for DriveBody {
             io_engine: Some(drive.io_engine),
             num_queues: drive.num_queues,
             queue_size: (drive.queue_size != DEFAULT_QUEUE_SIZE).then_some(drive.queue_size),
+            cache_type: (drive.cache_type == CacheType::Unsafe).then_some(CacheType::Unsafe),
             ..Default::default()
         }
     }
@@ -243,6 +249,7 @@ impl FromStr for DriveConfig {
             io_engine: IoEngine::default(),
             num_queues: None,
             queue_size: DEFAULT_QUEUE_SIZE,
+            cache_type: CacheType::default(),
         };
         let number = |key: &str, value: &str| {
             value
@@ -269,9 +276,20 @@ impl FromStr for DriveConfig {
                 }
                 "num_queues" => drive.num_queues = Some(number(key, value)?),
                 "queue_size" => drive.queue_size = number(key, value)?,
+                "cache" => {
+                    drive.cache_type = match value {
+                        "unsafe" | "Unsafe" => CacheType::Unsafe,
+                        "writeback" | "Writeback" => CacheType::Writeback,
+                        _ => {
+                            return Err(DriveError::Parse(format!(
+                                "cache={value}: expected unsafe or writeback"
+                            )));
+                        }
+                    }
+                }
                 other => {
                     return Err(DriveError::Parse(format!(
-                        "unknown key `{other}` (expected path, readonly, id, root, shared, io_engine, num_queues, queue_size)"
+                        "unknown key `{other}` (expected path, readonly, id, root, shared, io_engine, num_queues, queue_size, cache)"
                     )));
                 }
             }
@@ -379,8 +397,24 @@ mod tests {
                 "{refused}"
             );
         }
-        let text = serde_json::to_string(&body).expect("json");
-        assert!(!text.contains("cache_type"), "{text}");
+        assert_eq!(DriveConfig::from(&body).cache_type, CacheType::Unsafe);
+        let writeback = DriveBody {
+            cache_type: None,
+            ..body
+        };
+        assert_eq!(
+            DriveConfig::from(&writeback).cache_type,
+            CacheType::Writeback
+        );
+        let text =
+            serde_json::to_string(&DriveBody::from(&DriveConfig::from(&writeback))).expect("json");
+        assert!(
+            !text.contains("cache_type"),
+            "the default is left out: {text}"
+        );
+        let d: DriveConfig = "path=/a,cache=unsafe".parse().expect("valid");
+        assert_eq!(d.cache_type, CacheType::Unsafe);
+        assert!("path=/a,cache=none".parse::<DriveConfig>().is_err());
     }
 
     #[test]

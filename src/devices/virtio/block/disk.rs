@@ -40,6 +40,8 @@ pub struct DiskFile {
     size: u64,
     readonly: bool,
     punch_hole: bool,
+    /// `cache_type` Unsafe: a guest FLUSH is acknowledged without syncing.
+    flush_ignored: bool,
 }
 
 /// Why a backing file could not be used.
@@ -100,6 +102,7 @@ impl DiskFile {
             size,
             readonly,
             punch_hole,
+            flush_ignored: false,
         })
     }
 
@@ -111,6 +114,16 @@ impl DiskFile {
     /// Whether the guest may not write.
     pub fn readonly(&self) -> bool {
         self.readonly
+    }
+
+    /// With `true` (`cache_type` Unsafe), a guest FLUSH is acknowledged without syncing.
+    pub fn set_flush_ignored(&mut self, ignored: bool) {
+        self.flush_ignored = ignored;
+    }
+
+    /// Whether a guest FLUSH is acknowledged without syncing (read-only, or Unsafe).
+    pub fn flush_ignored(&self) -> bool {
+        self.readonly || self.flush_ignored
     }
 
     /// Whether discard and write-zeroes are offered.

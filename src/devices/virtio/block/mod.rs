@@ -33,6 +33,7 @@ use super::{
     ActivateContext, ActivateError, Served, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioInterrupt, read_config_bytes, serve_chains,
 };
+use crate::config::drive::CacheType;
 use crate::config::rate_limiter::RateLimiterConfig;
 use crate::devices::rate_limiter::{RateLimiter, RateLimiterError};
 
@@ -274,6 +275,11 @@ impl Block {
             self.config[34..36].fill(0);
         }
         Ok(())
+    }
+
+    /// What a guest FLUSH does: Writeback syncs the host file, Unsafe only acknowledges it.
+    pub fn set_cache_type(&mut self, cache: CacheType) {
+        self.disk.set_flush_ignored(cache == CacheType::Unsafe);
     }
 
     /// Wakes every queue (activation, wake-up, a new rate limiter).

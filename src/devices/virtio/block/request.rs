@@ -335,7 +335,7 @@ fn parse_op<'m>(
             let bufs = data_slices(mem, chain, false, reader.bytes_read(), len)?;
             Ok((Op::Write { offset, bufs }, 0))
         }
-        VIRTIO_BLK_T_FLUSH if disk.readonly() => Ok((Op::Done(Ok(())), 0)),
+        VIRTIO_BLK_T_FLUSH if disk.flush_ignored() => Ok((Op::Done(Ok(())), 0)),
         VIRTIO_BLK_T_FLUSH => Ok((Op::Flush, 0)),
         VIRTIO_BLK_T_GET_ID => {
             let mut serial = [0u8; VIRTIO_BLK_ID_BYTES as usize];
@@ -790,6 +790,24 @@ mod tests {
         header(&f.mem, VIRTIO_BLK_T_FLUSH, 0);
         let (done, _) = run(&f, &[desc(HDR, 16, 0), desc(STATUS, 1, W)]);
         assert_eq!(done.status, Some(0));
+    }
+
+    #[test]
+    fn test_block_flush_parses_to_a_sync_unless_cache_is_unsafe() {
+        let mut f = fixture("flush-unsafe", false);
+        header(&f.mem, VIRTIO_BLK_T_FLUSH, 0);
+        let parsed = |f: &Fixture| {
+            let queue = MockSplitQueue::new(&f.mem, 16);
+            let chain = queue
+                .build_desc_chain(&[desc(HDR, 16, 0), desc(STATUS, 1, W)])
+                .expect("chain");
+            let request = parse(&f.mem, chain, &f.disk, b"id", &mut RequestStats::default())
+                .expect("well formed");
+            matches!(request.op, Op::Flush)
+        };
+        assert!(parsed(&f), "Writeback: the host file is synced");
+        f.disk.set_flush_ignored(true);
+        assert!(!parsed(&f), "Unsafe: acknowledged only");
     }
 
     #[test]
