@@ -122,6 +122,9 @@ pub(crate) fn attach_virtio_devices(
         block.set_queues(drive.queues_for(config.machine.vcpus), drive.queue_size)?;
         block.set_io_engine(drive.io_engine);
         block.set_cache_type(drive.cache_type);
+        if drive.direct {
+            block.set_direct()?;
+        }
         if let Some(limiter) = &drive.rate_limiter {
             block.update_rate_limiter(limiter);
         }

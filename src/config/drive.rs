@@ -1,5 +1,5 @@
 //! Block devices: `--disk path=FILE[,readonly=on][,id=NAME][,root=on][,shared=on]
-//! [,io_engine=sync|async][,num_queues=N][,queue_size=N][,cache=unsafe|writeback]`.
+//! [,io_engine=sync|async][,num_queues=N][,queue_size=N][,cache=unsafe|writeback][,direct=on]`.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -33,6 +33,8 @@ pub struct DriveConfig {
     pub queue_size: u16,
     /// What a guest FLUSH does (default Writeback: fdatasync on the host file).
     pub cache_type: CacheType,
+    /// Aligned transfers bypass the host page cache (O_DIRECT).
+    pub direct: bool,
 }
 
 /// Most request queues of one disk.
@@ -82,6 +84,9 @@ pub struct DriveBody {
     /// Ember extension: entries per request queue (default 256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_size: Option<u16>,
+    /// Ember extension: aligned transfers bypass the host page cache (O_DIRECT; default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub direct: bool,
     /// Firecracker's root partition UUID: `null` only.
     #[serde(default, skip_serializing)]
     pub partuuid: Option<Absent>,
@@ -140,6 +145,7 @@ impl From<&DriveBody> for DriveConfig {
             num_queues: body.num_queues,
             queue_size: body.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE),
             cache_type: body.cache_type.unwrap_or_default(),
+            direct: body.direct,
         }
     }
 }
@@ -157,6 +163,7 @@ impl From<&DriveConfig> for DriveBody {
             num_queues: drive.num_queues,
             queue_size: (drive.queue_size != DEFAULT_QUEUE_SIZE).then_some(drive.queue_size),
             cache_type: (drive.cache_type == CacheType::Unsafe).then_some(CacheType::Unsafe),
+            direct: drive.direct,
             ..Default::default()
         }
     }
@@ -250,6 +257,7 @@ impl FromStr for DriveConfig {
             num_queues: None,
             queue_size: DEFAULT_QUEUE_SIZE,
             cache_type: CacheType::default(),
+            direct: false,
         };
         let number = |key: &str, value: &str| {
             value
@@ -276,6 +284,7 @@ impl FromStr for DriveConfig {
                 }
                 "num_queues" => drive.num_queues = Some(number(key, value)?),
                 "queue_size" => drive.queue_size = number(key, value)?,
+                "direct" => drive.direct = parse_bool(key, value).map_err(DriveError::Parse)?,
                 "cache" => {
                     drive.cache_type = match value {
                         "unsafe" | "Unsafe" => CacheType::Unsafe,
@@ -289,7 +298,7 @@ impl FromStr for DriveConfig {
                 }
                 other => {
                     return Err(DriveError::Parse(format!(
-                        "unknown key `{other}` (expected path, readonly, id, root, shared, io_engine, num_queues, queue_size, cache)"
+                        "unknown key `{other}` (expected path, readonly, id, root, shared, io_engine, num_queues, queue_size, cache, direct)"
                     )));
                 }
             }
@@ -412,8 +421,9 @@ mod tests {
             !text.contains("cache_type"),
             "the default is left out: {text}"
         );
-        let d: DriveConfig = "path=/a,cache=unsafe".parse().expect("valid");
-        assert_eq!(d.cache_type, CacheType::Unsafe);
+        let d: DriveConfig = "path=/a,cache=unsafe,direct=on".parse().expect("valid");
+        assert_eq!((d.cache_type, d.direct), (CacheType::Unsafe, true));
+        assert!(DriveBody::from(&d).direct);
         assert!("path=/a,cache=none".parse::<DriveConfig>().is_err());
     }
 

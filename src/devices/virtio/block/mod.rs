@@ -65,6 +65,17 @@ pub enum BlockError {
     /// The rate limiter's timer could not be created.
     #[error("Disk {0}")]
     RateLimiter(String, #[source] RateLimiterError),
+    /// `direct=on` and the file system cannot open the file with O_DIRECT.
+    #[error("Disk {id}: direct=on: cannot open {path} with O_DIRECT")]
+    Direct {
+        /// Drive id.
+        id: String,
+        /// Path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// After the first warning about a kind of host failure, at most one more per this period.
@@ -275,6 +286,17 @@ impl Block {
             self.config[34..36].fill(0);
         }
         Ok(())
+    }
+
+    /// `direct=on`: aligned transfers bypass the host page cache (O_DIRECT).
+    pub fn set_direct(&mut self) -> Result<(), BlockError> {
+        self.disk
+            .open_direct(&self.path)
+            .map_err(|source| BlockError::Direct {
+                id: self.id.clone(),
+                path: self.path.display().to_string(),
+                source,
+            })
     }
 
     /// What a guest FLUSH does: Writeback syncs the host file, Unsafe only acknowledges it.

@@ -103,7 +103,8 @@ impl UringEngine {
         Err(std::io::Error::from_raw_os_error(libc::EBUSY))
     }
 
-    fn entry(transfer: &Transfer, fd: types::Fd) -> squeue::Entry {
+    fn entry(transfer: &Transfer, disk: &DiskFile) -> squeue::Entry {
+        let fd = types::Fd(disk.fd_for(transfer.offset, &transfer.iovecs));
         // At most MAX_IOVECS iovecs (engine.rs): the count fits.
         let count = transfer.iovecs.len() as u32;
         match transfer.op {
@@ -142,10 +143,9 @@ impl BlockEngine for UringEngine {
     }
 
     fn commit(&mut self, mem: &GuestMemoryMmap, disk: &DiskFile, stats: &mut RequestStats) {
-        let fd = types::Fd(disk.fd());
         let mut refused = Vec::new();
         for transfer in self.pending.take() {
-            let entry = Self::entry(&transfer, fd);
+            let entry = Self::entry(&transfer, disk);
             let requests = transfer.requests();
             let slot = self.slot(transfer);
             if let Err(e) = self.push(&entry.user_data(slot as u64)) {
