@@ -63,6 +63,26 @@ fn test_blk_guest_on_a_four_queue_disk_uses_queue_zero() {
     assert_eq!(vm.exit_code(GUEST_TIMEOUT), 0, "{}", vm.log());
 }
 
+/// Four queues used (the `blk` guest negotiates VIRTIO_BLK_F_MQ with `mq=4` and spreads its
+/// requests over them) on both engines.
+#[test]
+fn test_blk_guest_spreads_perf_over_four_queues_on_both_engines() {
+    for engine in ["sync", "async"] {
+        let path = disk(&format!("engines-mq4-{engine}.img"));
+        let mut vm = TestVm::start(
+            VmArgs::device_guest("blk")
+                .arg(
+                    "--disk",
+                    format!("path={},io_engine={engine},num_queues=4", path.display()),
+                )
+                .arg("--cmdline", "blk=perf mib=2 ops=512 mq=4"),
+        );
+        vm.wait_for_line("BLK queues=4", GUEST_TIMEOUT);
+        vm.wait_for_line("EMBER-TEST blk done", GUEST_TIMEOUT);
+        assert_eq!(vm.exit_code(GUEST_TIMEOUT), 0, "{engine}: {}", vm.log());
+    }
+}
+
 /// `direct=on` (O_DIRECT for aligned transfers) on both engines: the guest's check and perf
 /// runs pass. (Where a file system has no O_DIRECT, starting is one error line; no such file
 /// system is at hand here: tmpfs has O_DIRECT since Linux 6.6.)
