@@ -371,27 +371,25 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
 
+    use crate::devices::virtio::test_utils::{Scratch, memory};
+
     const W: u16 = VRING_DESC_F_WRITE as u16;
 
     struct Fixture {
         mem: GuestMemoryMmap,
         disk: DiskFile,
-        path: std::path::PathBuf,
-    }
-
-    impl Drop for Fixture {
-        fn drop(&mut self) {
-            std::fs::remove_file(&self.path).ok();
-        }
+        scratch: Scratch,
     }
 
     fn fixture(name: &str) -> Fixture {
-        let path = std::env::temp_dir().join(format!("ember-engine-{name}-{}", std::process::id()));
         let contents: Vec<u8> = (0..65536u32).map(|i| (i % 253) as u8).collect();
-        std::fs::write(&path, contents).expect("disk file");
-        let disk = DiskFile::open(&path, false).expect("open");
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x80_0000)]).expect("mem");
-        Fixture { mem, disk, path }
+        let scratch = Scratch::new(&format!("engine-{name}"), &contents);
+        let disk = DiskFile::open(&scratch.path, false).expect("open");
+        Fixture {
+            mem: memory(),
+            disk,
+            scratch,
+        }
     }
 
     /// Request `i`: its header, 4 KiB of data and status at addresses of its own.
@@ -433,7 +431,7 @@ mod tests {
 
     fn file_bytes(f: &Fixture, sector: u64) -> Vec<u8> {
         let start = (sector * 512) as usize;
-        std::fs::read(&f.path).expect("read")[start..start + 4096].to_vec()
+        std::fs::read(&f.scratch.path).expect("read")[start..start + 4096].to_vec()
     }
 
     #[test]

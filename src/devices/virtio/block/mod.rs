@@ -1,5 +1,6 @@
-//! virtio-blk on a host file: the device (config space, features, queue processing on the event
-//! loop). Request parsing and execution live in `request`, the file in `disk`.
+//! virtio-blk on a host file: the device (config space, features, its queues, the event-loop
+//! side). A request is parsed in `request`, charged to the rate limiter, and handed to an I/O
+//! engine (`engine`: Sync, or the io_uring one in `uring`); the file is in `disk`.
 
 pub mod disk;
 pub mod engine;
