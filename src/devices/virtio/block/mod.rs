@@ -1,6 +1,7 @@
 //! virtio-blk on a host file: the device (config space, features, its queues, the event-loop
 //! side). A request is charged to the rate limiter by its descriptor lengths (a throttled one
-//! stays in the ring untouched), parsed in `request`, and handed to an I/O engine (`engine`: Sync, or the io_uring one in `uring`); the file is in `disk`.
+//! stays in the ring untouched), parsed in `request`, and handed to an I/O engine (`engine`:
+//! Sync, or the io_uring one in `uring`); the file is in `disk`.
 
 pub mod disk;
 pub mod engine;
