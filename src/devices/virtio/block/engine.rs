@@ -492,6 +492,60 @@ mod tests {
         assert_eq!(stats.io_errors, 0);
     }
 
+    /// The Async engine, or `None` (with a SKIP line) where this host has no io_uring.
+    fn uring(test: &str) -> Option<super::super::uring::UringEngine> {
+        match super::super::uring::UringEngine::new(16) {
+            Ok(engine) => Some(engine),
+            Err(e) => {
+                eprintln!("SKIP {test}: no io_uring here ({e})");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn test_uring_engine_reads_merged_requests_and_reports_them_done() {
+        let Some(mut engine) =
+            uring("test_uring_engine_reads_merged_requests_and_reports_them_done")
+        else {
+            return;
+        };
+        let f = fixture("uring");
+        let mut stats = RequestStats::default();
+        for (i, sector) in [(0, 0), (1, 8), (2, 40)] {
+            assert_eq!(
+                submit(&f, &mut engine, i, VIRTIO_BLK_T_IN, sector),
+                Submitted::InFlight
+            );
+        }
+        engine.commit(&f.mem, &f.disk, &mut stats);
+        let mut done = Vec::new();
+        engine.reap(Some(&f.mem), &f.disk, &mut stats, true, &mut done);
+        done.sort_unstable();
+        assert_eq!(done, vec![(0, 4097), (1, 4097), (2, 4097)]);
+        assert_eq!(engine.in_flight(), 0);
+        for (i, sector) in [(0, 0), (1, 8), (2, 40)] {
+            assert_eq!(data(&f, i), file_bytes(&f, sector), "request {i}");
+        }
+    }
+
+    #[test]
+    fn test_uring_engine_abandoned_requests_are_retired_unanswered() {
+        let Some(mut engine) = uring("test_uring_engine_abandoned_requests_are_retired_unanswered")
+        else {
+            return;
+        };
+        let f = fixture("uring-abandon");
+        let mut stats = RequestStats::default();
+        submit(&f, &mut engine, 0, VIRTIO_BLK_T_IN, 0);
+        engine.commit(&f.mem, &f.disk, &mut stats);
+        engine.abandon();
+        let mut done = Vec::new();
+        engine.reap(Some(&f.mem), &f.disk, &mut stats, true, &mut done);
+        assert!(done.is_empty(), "the driver reset the device: no answer");
+        assert_eq!(engine.in_flight(), 0, "but the request was waited for");
+    }
+
     #[test]
     fn test_sub_iovecs_cuts_across_iovecs() {
         let mut a = [0u8; 4];
