@@ -205,6 +205,15 @@ fn test_block_restore_refuses_another_disk() {
         new_block(&disk).restore(&newer),
         Err(StateError::Version { .. })
     ));
+    let mut four_queues = new_block(&disk);
+    four_queues.set_queues(4, QUEUE_SIZE).expect("eventfds");
+    assert!(matches!(
+        four_queues.restore(&saved),
+        Err(StateError::Mismatch {
+            field: "the number of request queues (num_queues)",
+            ..
+        })
+    ));
 }
 
 #[test]
