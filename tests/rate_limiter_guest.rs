@@ -59,15 +59,19 @@ fn start_with_api(config: &str, sock: &Path) -> TestVm {
 fn start_blk_count(name: &str, ops: u32, ops_bucket: &str) -> (TestVm, std::path::PathBuf) {
     let disk = scratch_dir().join(format!("{name}.img"));
     std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk");
+    let metrics = scratch_dir().join(format!("{name}.metrics"));
+    std::fs::remove_file(&metrics).ok();
     let config = write_config(
         &format!("{name}.json"),
         &format!(
             r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "blk=count ops={ops}"}},
                  "machine-config": {{"vcpu_count": 1, "mem_size_mib": 32}},
                  "serial": {{"mode": "stdio"}},
+                 "metrics": {{"metrics_path": "{}"}},
                  "drives": [{{"drive_id": "d0", "path_on_host": "{}", "is_root_device": false,
                               "is_read_only": true, "rate_limiter": {{"ops": {ops_bucket}}}}}]}}"#,
             test_guest("blk").display(),
+            metrics.display(),
             disk.display()
         ),
     );
@@ -97,9 +101,21 @@ fn test_drive_ops_bucket_serves_exactly_n_then_patch_changes_it_live() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(ops_done(&vm), 6, "{:?}", vm.console());
 
-    // The configuration reports the new limiter.
+    // The configuration reports the new limiter, the metrics the two waits.
     let (_, config) = http(&sock, "GET", "/vm/config", "");
     assert!(config.contains(r#""size":3"#), "{config}");
+    let (status, body) = http(
+        &sock,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "FlushMetrics"}"#,
+    );
+    assert_eq!(status, 204, "{body}");
+    let metrics = std::fs::read_to_string(scratch_dir().join("rl-blk.metrics")).expect("metrics");
+    assert!(
+        metrics.contains(r#""rate_limiter_throttled_events":2"#),
+        "{metrics}"
+    );
 
     // Removing the bucket lets the rest through.
     let unlimited = r#"{"drive_id": "d0", "rate_limiter": {"ops": {"size": 0, "refill_time": 0}}}"#;

@@ -103,6 +103,8 @@ pub struct RateLimiter {
     timer: TimerFd,
     /// A request waits for the timer: `consume` says no until `on_timer` or `update`.
     blocked: bool,
+    /// Times a request was made to wait (for the metrics).
+    throttled: u64,
 }
 
 /// A rate limiter's timer could not be created or armed.
@@ -120,6 +122,7 @@ impl RateLimiter {
             ops: None,
             timer,
             blocked: false,
+            throttled: 0,
         };
         if let Some(config) = config {
             limiter.update(config);
@@ -175,8 +178,14 @@ impl RateLimiter {
         }
     }
 
+    /// Times a request was made to wait so far.
+    pub fn throttled(&self) -> u64 {
+        self.throttled
+    }
+
     fn block(&mut self, wait: Duration) {
         self.blocked = true;
+        self.throttled += 1;
         // A zero duration would disarm the timer: wait at least a millisecond.
         let wait = wait.max(Duration::from_millis(1));
         log::debug!("{}: throttled for {wait:?}", self.name);
@@ -312,6 +321,7 @@ mod tests {
         assert!(l.is_blocked());
         assert!(l.timer.is_armed().expect("timerfd"));
         assert!(!l.consume(0), "blocked until the timer or an update");
+        assert_eq!(l.throttled(), 1, "one wait, however often asked");
     }
 
     #[test]

@@ -172,6 +172,7 @@ impl From<RequestStats> for CounterValues {
             written_bytes: stats.written_bytes,
             errors: stats.malformed + stats.io_errors + stats.unsupported,
             drops: 0,
+            throttled: 0,
         }
     }
 }
@@ -306,6 +307,13 @@ impl Block {
         self.disk.set_flush_ignored(cache == CacheType::Unsafe);
     }
 
+    fn publish_counters(&self) {
+        self.counters.publish(CounterValues {
+            throttled: self.limiter.throttled(),
+            ..self.stats.into()
+        });
+    }
+
     /// Wakes every queue (activation, wake-up, a new rate limiter).
     fn kick_queues(&self, why: &str) {
         for evt in &self.queue_evts {
@@ -362,7 +370,7 @@ impl Block {
                 active.interrupt.signal_used_queue();
             }
         }
-        self.counters.publish(self.stats.into());
+        self.publish_counters();
     }
 
     /// Serves every ready queue (after a rate limiter's timer, which does not say which
@@ -421,7 +429,7 @@ impl Block {
             // What completed during the submission (page-cache hits) goes back at once.
             self.complete_in_flight(false);
         }
-        self.counters.publish(self.stats.into());
+        self.publish_counters();
     }
 }
 

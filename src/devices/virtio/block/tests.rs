@@ -106,6 +106,7 @@ fn test_block_counters_count_requests_bytes_and_errors() {
             written_bytes: 512,
             errors: 1,
             drops: 0,
+            throttled: 0,
         }
     );
     assert_eq!([status(&mem, 0), status(&mem, 1)], [0, 0]);

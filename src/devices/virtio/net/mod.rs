@@ -107,6 +107,7 @@ impl From<NetStats> for CounterValues {
             written_bytes: stats.tx_bytes,
             errors: stats.tx_malformed + stats.tx_errors + stats.rx_malformed,
             drops: stats.rx_dropped,
+            throttled: 0,
         }
     }
 }
@@ -429,7 +430,10 @@ impl MutEventSubscriber for Net {
             log::debug!("{}: quiesced; event left for the wake-up", self.name());
         }
         self.update_tap_interest(ops);
-        self.counters.publish(self.stats.into());
+        self.counters.publish(CounterValues {
+            throttled: self.rx_limiter.throttled() + self.tx_limiter.throttled(),
+            ..self.stats.into()
+        });
         log::trace!("{}: {:?}", self.name(), self.stats);
     }
 

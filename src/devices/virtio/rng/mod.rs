@@ -63,6 +63,7 @@ impl From<RngStats> for CounterValues {
             written_bytes: 0,
             errors: stats.malformed + stats.host_errors,
             drops: 0,
+            throttled: 0,
         }
     }
 }
@@ -203,7 +204,10 @@ impl Rng {
         if used_any && queue.needs_notification(mem).unwrap_or(true) {
             active.interrupt.signal_used_queue();
         }
-        self.counters.publish(self.stats.into());
+        self.counters.publish(CounterValues {
+            throttled: self.limiter.throttled(),
+            ..self.stats.into()
+        });
     }
 }
 
