@@ -111,15 +111,30 @@ pub(crate) fn attach_virtio_devices(
     devices: &mut DeviceManager,
 ) -> Result<(), StartError> {
     for (index, drive) in config.drives.iter().enumerate() {
-        let block = Block::with_sharing(&drive.id, &drive.path, (drive.readonly, drive.shared))?;
+        let mut block =
+            Block::with_sharing(&drive.id, &drive.path, (drive.readonly, drive.shared))?;
+        block.set_queues(drive.queues_for(config.machine.vcpus), drive.queue_size)?;
+        block.set_io_engine(drive.io_engine);
+        block.set_cache_type(drive.cache_type);
+        if drive.direct {
+            block.set_direct()?;
+        }
+        if let Some(limiter) = &drive.rate_limiter {
+            block.update_rate_limiter(limiter);
+        }
         devices.attach(block, format!("disk {} ({})", drive.id, disk_name(index)))?;
     }
     for (index, net) in config.nets.iter().enumerate() {
-        let nic = Net::new(&net.id, &net.tap, net.guest_mac())?;
+        let mut nic = Net::new(&net.id, &net.tap, net.guest_mac())?;
+        nic.update_rate_limiters(net.rx_rate_limiter.as_ref(), net.tx_rate_limiter.as_ref());
         devices.attach(nic, format!("net {} (eth{index})", net.id))?;
     }
-    if config.entropy.is_some() {
-        devices.attach(Rng::new("rng0")?, "rng rng0".into())?;
+    if let Some(entropy) = &config.entropy {
+        let mut rng = Rng::new("rng0")?;
+        if let Some(limiter) = &entropy.rate_limiter {
+            rng.update_rate_limiter(limiter);
+        }
+        devices.attach(rng, "rng rng0".into())?;
     }
     if let Some(vsock) = &config.vsock {
         let device = Vsock::new("vsock0", vsock.guest_cid, &vsock.uds_path)?;

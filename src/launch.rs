@@ -383,6 +383,9 @@ pub fn handle_preboot(draft: &mut VmConfigDraft, request: &ApiRequest) -> ApiRes
         ApiRequest::Action(ActionType::SendCtrlAltDel)
         | ApiRequest::SetVmState(_)
         | ApiRequest::CreateSnapshot(_) => ApiResponse::bad_request(MSG_BEFORE_START),
+        ApiRequest::PatchDrive(_) | ApiRequest::PatchNet(_) => ApiResponse::bad_request(
+            "PATCH changes a running microVM's rate limiters: before InstanceStart, PUT the whole resource.",
+        ),
     }
 }
 

@@ -190,6 +190,7 @@ fn counter_name(kind: &str, field: &str) -> String {
         ("net", "ops") => "frames",
         ("net", "read_bytes") => "rx_bytes_count",
         ("net", "written_bytes") => "tx_bytes_count",
+        (_, "throttled") => "rate_limiter_throttled_events",
         (_, other) => other,
     }
     .to_string()
@@ -328,6 +329,7 @@ mod tests {
                 written_bytes: 1024,
                 errors: 0,
                 drops: 0,
+                throttled: 2,
             },
         };
         let devices = [report("root", 3), report("data", 4)];
@@ -341,6 +343,8 @@ mod tests {
         assert_eq!(t["block_data"]["write_bytes"], 1024);
         assert_eq!(t["block"]["requests"], 7);
         assert_eq!(t["block"]["read_bytes"], 1024);
+        assert_eq!(t["block_root"]["rate_limiter_throttled_events"], 2);
+        assert_eq!(t["block"]["rate_limiter_throttled_events"], 4);
         assert_eq!(t["vcpu"]["exit_mmio_write"], 1);
     }
 

@@ -157,14 +157,24 @@ fn test_pause_resume_cycles_leak_no_fds_or_threads() {
 }
 
 /// Durability: the `blk` guest writes 64 KiB at sector 128, reads it back, FLUSHes and reports;
-/// Ember is then killed with SIGKILL, and the host file holds every flushed byte.
+/// Ember is then killed with SIGKILL, and the host file holds every flushed byte. On both I/O
+/// engines.
 #[test]
 fn test_flushed_writes_survive_sigkill() {
-    let disk = scratch_dir().join("durable.img");
+    for engine in ["sync", "async"] {
+        flushed_writes_survive_sigkill(engine);
+    }
+}
+
+fn flushed_writes_survive_sigkill(engine: &str) {
+    let disk = scratch_dir().join(format!("durable-{engine}.img"));
     std::fs::write(&disk, vec![0u8; 4 << 20]).expect("disk file");
     let mut vm = TestVm::start(
         VmArgs::device_guest("blk")
-            .arg("--disk", format!("path={}", disk.display()))
+            .arg(
+                "--disk",
+                format!("path={},io_engine={engine}", disk.display()),
+            )
             .arg("--cmdline", "blk=flush"),
     );
     let written = vm.wait_for_line("BLK write fnv=", GUEST_TIMEOUT);

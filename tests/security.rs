@@ -155,6 +155,39 @@ fn connect_nowhere() -> bool {
     unsafe { libc::connect(-1, std::ptr::null(), 0) == 0 }
 }
 
+fn io_uring_call(nr: libc::c_long) -> bool {
+    // SAFETY: an invalid descriptor and no buffers: the call fails (EBADF / EFAULT) or traps.
+    unsafe { libc::syscall(nr, -1, 0, 0, 0, 0, 0) >= -1 }
+}
+
+/// io_uring pins: the main thread may only enter an existing ring (the Async block engine's,
+/// set up and restricted before the filter); setting one up or registering anything is a
+/// trap, and vCPU threads may do none of it.
+#[test]
+fn test_vmm_filter_allows_io_uring_enter_only() {
+    use ember::seccomp::ThreadKind;
+    assert_eq!(
+        in_filtered_child(ThreadKind::Vmm, || io_uring_call(libc::SYS_io_uring_enter)),
+        Ok(true)
+    );
+    for nr in [libc::SYS_io_uring_setup, libc::SYS_io_uring_register] {
+        let call = if nr == libc::SYS_io_uring_setup {
+            || io_uring_call(libc::SYS_io_uring_setup)
+        } else {
+            || io_uring_call(libc::SYS_io_uring_register)
+        };
+        assert_eq!(
+            in_filtered_child(ThreadKind::Vmm, call),
+            Err(libc::SIGSYS),
+            "{nr}"
+        );
+    }
+    assert_eq!(
+        in_filtered_child(ThreadKind::Vcpu, || io_uring_call(libc::SYS_io_uring_enter)),
+        Err(libc::SIGSYS)
+    );
+}
+
 /// vsock pins: the main thread may create Unix sockets and connect (guest-initiated
 /// connections to `<uds_path>_<port>`), and nothing else socket-wise; the vCPU threads may
 /// do neither.

@@ -18,14 +18,17 @@ use common::{GUEST_TIMEOUT, TestVm, VmArgs, fnv1a64, run_ember, scratch_dir};
 const QUICK: Duration = Duration::from_secs(60);
 const FRAME_WAIT: Duration = Duration::from_secs(10);
 
-/// Runs the `blk` guest in span mode on `disk` until it waits between its write and its
-/// read-back, and saves it into `files`; returns its `BLK write fnv=` line.
-fn save_blk_guest_mid_check(disk: &std::path::Path, files: &Files) -> String {
+/// Runs the `blk` guest in span mode on `disk` (I/O engine `engine`) until it waits between its
+/// write and its read-back, and saves it into `files`; returns its `BLK write fnv=` line.
+fn save_blk_guest_mid_check(disk: &std::path::Path, files: &Files, engine: &str) -> String {
     let name = files.snap.file_stem().expect("name").to_string_lossy();
     let sock = sock_path(&format!("snap-{name}"));
     let mut vm = TestVm::start(
         VmArgs::device_guest("blk")
-            .arg("--disk", format!("path={}", disk.display()))
+            .arg(
+                "--disk",
+                format!("path={},io_engine={engine}", disk.display()),
+            )
             .arg("--cmdline", "blk=span")
             .arg("--api-sock", sock.display()),
     );
@@ -38,13 +41,23 @@ fn save_blk_guest_mid_check(disk: &std::path::Path, files: &Files) -> String {
 
 #[test]
 fn test_snapshot_blk_check_spans_the_snapshot() {
-    let disk = scratch_dir().join("snap-blk.img");
+    blk_check_spans_the_snapshot("async");
+}
+
+/// The same on the Sync engine (the saved state does not depend on the engine).
+#[test]
+fn test_snapshot_blk_check_spans_the_snapshot_on_the_sync_engine() {
+    blk_check_spans_the_snapshot("sync");
+}
+
+fn blk_check_spans_the_snapshot(engine: &str) {
+    let disk = scratch_dir().join(format!("snap-blk-{engine}.img"));
     let before: Vec<u8> = (0..1usize << 20)
         .map(|i| (i.wrapping_mul(7) + 3) as u8)
         .collect();
     std::fs::write(&disk, &before).expect("disk file");
-    let files = Files::new("blk-span");
-    let write = save_blk_guest_mid_check(&disk, &files);
+    let files = Files::new(&format!("blk-span-{engine}"));
+    let write = save_blk_guest_mid_check(&disk, &files, engine);
     // The write reached the file before the snapshot; the restored guest reads it back.
     let written = std::fs::read(&disk).expect("disk");
     assert_eq!(
@@ -131,7 +144,7 @@ fn test_snapshot_clones_with_their_own_disk_copies_run_at_once() {
     let disk = scratch_dir().join("snap-clones.img");
     std::fs::write(&disk, vec![0x5au8; 1 << 20]).expect("disk file");
     let files = Files::new("blk-clones");
-    save_blk_guest_mid_check(&disk, &files);
+    save_blk_guest_mid_check(&disk, &files, "async");
 
     // Two clones on their own copies (disk=ID:PATH), one on the saved image.
     let copies: Vec<_> = (0..2)

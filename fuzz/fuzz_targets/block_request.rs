@@ -1,14 +1,16 @@
 //! virtio-blk request parsing and execution on one descriptor chain: the fuzzer writes a
 //! 16-entry descriptor table (addresses, lengths, flags, next links: loops, indirect tables,
 //! buffers outside memory) and buffer contents, the chain is popped with virtio-queue and handed
-//! to `request::process`. Checked: no panic, the used length never exceeds the chain's writable
+//! to `request::process` (`parse`, the step every engine starts from, then the synchronous
+//! execution and `Reply::finish`). The rate limiter's cost estimate
+//! (`request::data_len_hint`) runs on the same chain first. Checked: no panic, the used length never exceeds the chain's writable
 //! bytes, a status is reported only when the status byte was written, a read-only disk never
 //! changes.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use ember::devices::virtio::block::disk::DiskFile;
-use ember::devices::virtio::block::request::{RequestStats, process};
+use ember::devices::virtio::block::request::{RequestStats, data_len_hint, process};
 use ember_fuzz::{
     MEM_SIZE, Scratch, TEMPLATE_AVAIL, TEMPLATE_DESC, TEMPLATE_SIZE, TEMPLATE_USED, block_template,
     disk_image, memory, patch, queue,
@@ -83,6 +85,8 @@ fuzz_target!(|input: Input| {
     let disk_file = Scratch::new("req", &disk_image());
     let disk = DiskFile::open(&disk_file.path, input.readonly).expect("scratch disk");
     let mut stats = RequestStats::default();
+    let hint = data_len_hint(&chain);
+    assert!(hint <= chain.clone().map(|d| u64::from(d.len())).sum::<u64>());
     let done = process(&mem, chain, &disk, b"fuzz-disk", &mut stats);
 
     assert!(

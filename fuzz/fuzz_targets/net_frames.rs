@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::io::ErrorKind;
 
 use arbitrary::Arbitrary;
+use ember::devices::rate_limiter::RateLimiter;
 use ember::devices::virtio::net::QUEUE_SIZE;
 use ember::devices::virtio::net::frame::{MAX_BUFFER_LEN, NetStats};
 use ember::devices::virtio::net::rxtx::{Backend, Rx, Tx};
@@ -152,6 +153,8 @@ fuzz_target!(|input: Input| {
         ..FakeTap::default()
     };
     let (mut rx, mut tx, mut stats) = (Rx::default(), Tx::default(), NetStats::default());
+    let limiter = || RateLimiter::new("fuzz", None).expect("a timerfd");
+    let (mut rx_limiter, mut tx_limiter) = (limiter(), limiter());
     for step in input.steps.into_iter().take(64) {
         match step {
             Step::Memory { addr, bytes } => patch(&mem, u64::from(addr), &bytes),
@@ -161,14 +164,14 @@ fuzz_target!(|input: Input| {
             }
             Step::Tx => {
                 let before = stats;
-                let pass = tx.process(&mem, &mut txq, &mut tap, &mut stats, "fuzz");
+                let pass = tx.process(&mem, &mut txq, &mut tap, &mut tx_limiter, &mut stats, "fuzz");
                 assert!(stats.tx_frames >= before.tx_frames);
                 if pass.blocked {
                     assert!(tx.is_blocked(), "a blocked pass keeps its frame");
                 }
             }
             Step::Rx => {
-                let _ = rx.process(&mem, &mut rxq, &mut tap, &mut stats, "fuzz");
+                let _ = rx.process(&mem, &mut rxq, &mut tap, &mut rx_limiter, &mut stats, "fuzz");
             }
             Step::ResetTx => tx.reset(),
         }

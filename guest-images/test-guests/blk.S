@@ -25,13 +25,20 @@
  *                    65536, mib=<n> MiB each, default 64, from sector 0),
  *                    then random 4 KiB reads and writes (ops=<n> each,
  *                    default 8192, 4 KiB aligned over the whole disk), with
- *                    qd=<n> requests in flight (default and at most 32).
+ *                    qd=<n> requests in flight (default and at most 32);
+ *                    mq=<n> (at most 4): negotiate VIRTIO_BLK_F_MQ and spread the
+ *                    requests over n queues (request slot s on queue s mod n),
+ *                    as many as the device offers; prints "BLK queues=<n>".
+ *   count            ops=<n> (default 8) reads of 4 KiB at sector 0, one at a
+ *                    time, each reported as "BLK op <i>" when it completes; no
+ *                    timeout (a rate-limited device may hold a request until
+ *                    the host changes its limiter).
  *
  * Output (see docs/test-guests-protocol.md):
  *   BLK sectors=<n>
  *   BLK read fnv=<hex>          BLK write fnv=<hex>
  *   BLK readback ok             BLK oob status=<hex>
- *   BLK early read fnv=<hex>
+ *   BLK early read fnv=<hex>       BLK op <i>
  *   PERF <seqwrite|seqread|randread|randwrite> bs=<n> ops=<n> tsc=<ticks>
  */
 #include "common/defs.h"
@@ -40,6 +47,8 @@
 #define Q_AVAIL      4096            /* offsets inside the queue's memory */
 #define Q_USED       8192
 #define MAX_QD       32
+#define MAX_Q        4
+#define Q_BYTES      12288           /* one queue: descriptors, avail, used */
 #define MAX_BS       65536
 #define CHK_BYTES    65536
 #define CHK_SECTOR   128
@@ -80,7 +89,11 @@ k_bs:           .asciz  "bs="
 k_mib:          .asciz  "mib="
 k_ops:          .asciz  "ops="
 k_qd:           .asciz  "qd="
+k_mq:           .asciz  "mq="
+s_queues:       .asciz  "BLK queues="
 w_perf:         .asciz  "perf"
+w_count:        .asciz  "count"
+s_op:           .asciz  "BLK op "
 w_flush:        .asciz  "flush"
 w_span:         .asciz  "span"
 s_waiting:      .asciz  "BLK waiting"
@@ -116,7 +129,9 @@ e_small:        .asciz  "disk-too-small"
         .p2align 3
 dev:            .quad   0               /* register base */
 sectors:        .quad   0               /* capacity */
-last_used:      .quad   0
+last_used:      .quad   0, 0, 0, 0      /* per queue (MAX_Q) */
+nq:             .quad   1               /* queues in use */
+kick_mask:      .quad   0               /* queues with requests posted since the last kick */
 nfree:          .quad   0
 rng:            .quad   0x2545f4914f6cdd1d
 /* phase parameters */
@@ -128,10 +143,11 @@ ph_rand:        .quad   0
 ph_bs:          .quad   0
 ph_ops:         .quad   0
 qd:             .quad   MAX_QD
+timeout:        .quad   TIMEOUT         /* TSC ticks; blk=count: none (all ones) */
 
         .bss
         .p2align 12
-queue:          .skip   3 * 4096
+queue:          .skip   MAX_Q * Q_BYTES
 hdrs:           .skip   MAX_QD * 16
 status:         .skip   MAX_QD
         .p2align 3
@@ -155,9 +171,12 @@ arg:
 1:      movl    %ecx, %eax
         ret
 
-/* dev_init(): probe, negotiate VERSION_1, queue 0, DRIVER_OK, capacity. */
+/* dev_init(): probe, negotiate VERSION_1 (and VIRTIO_BLK_F_MQ when nq > 1 and the device
+ * offers it; nq is then capped at its num_queues, else 1), queues 0..nq-1, DRIVER_OK,
+ * capacity. */
 dev_init:
         pushq   %rbx
+        pushq   %r12
         movq    dev(%rip), %rbx
         cmpl    $0x74726976, R_MAGIC(%rbx)
         jne     f_magic
@@ -171,18 +190,38 @@ dev_init:
         movl    $1, R_DEV_FSEL(%rbx)
         testl   $1, R_DEV_FEAT(%rbx)            /* VERSION_1 = bit 32 */
         jz      f_nov1
-        movl    $0, R_DRV_FSEL(%rbx)
-        movl    $0, R_DRV_FEAT(%rbx)
+        xorl    %r12d, %r12d                    /* driver features, word 0 */
+        cmpq    $1, nq(%rip)
+        jbe     3f
+        movl    $0, R_DEV_FSEL(%rbx)
+        testl   $0x1000, R_DEV_FEAT(%rbx)       /* VIRTIO_BLK_F_MQ = bit 12 */
+        jz      4f
+        movl    $0x1000, %r12d
+        jmp     3f
+4:      movq    $1, nq(%rip)
+3:      movl    $0, R_DRV_FSEL(%rbx)
+        movl    %r12d, R_DRV_FEAT(%rbx)
         movl    $1, R_DRV_FSEL(%rbx)
         movl    $1, R_DRV_FEAT(%rbx)
         movl    $0xb, R_STATUS(%rbx)
         testl   $8, R_STATUS(%rbx)
         jz      f_featok
-        movl    $0, R_QSEL(%rbx)
+        testl   %r12d, %r12d
+        jz      5f
+        movzwl  R_CONFIG + 34(%rbx), %eax       /* num_queues */
+        testl   %eax, %eax
+        jz      f_qmax
+        cmpq    %rax, nq(%rip)
+        jbe     5f
+        movq    %rax, nq(%rip)
+5:      xorl    %r12d, %r12d                    /* queue index */
+6:      movl    %r12d, R_QSEL(%rbx)
         cmpl    $QSZ, R_QNUM_MAX(%rbx)
         jb      f_qmax
         movl    $QSZ, R_QNUM(%rbx)
-        leaq    queue(%rip), %rax
+        imull   $Q_BYTES, %r12d, %eax
+        leaq    queue(%rip), %rcx
+        addq    %rcx, %rax
         movl    %eax, R_DESC_LO(%rbx)
         movl    $0, R_DESC_HI(%rbx)
         leal    Q_AVAIL(%rax), %ecx
@@ -193,6 +232,9 @@ dev_init:
         movl    $0, R_USED_HI(%rbx)
         movw    $1, Q_AVAIL(%rax)               /* VIRTQ_AVAIL_F_NO_INTERRUPT */
         movl    $1, R_QREADY(%rbx)
+        incl    %r12d
+        cmpq    nq(%rip), %r12
+        jb      6b
         cmpq    $0, early_mode(%rip)
         je      2f
         /* blk=early: read 64 KiB at sector 0, posted now and never notified */
@@ -219,6 +261,7 @@ dev_init:
         cmpl    $MAX_QD, %ecx
         jb      1b
         movq    $MAX_QD, nfree(%rip)
+        popq    %r12
         popq    %rbx
         ret
 f_magic:        leaq    e_magic(%rip), %rdi
@@ -251,7 +294,13 @@ post:
         leaq    status(%rip), %r11
         addq    %rdi, %r11                      /* status byte */
         movb    $0xff, (%r11)
-        leaq    queue(%rip), %rbx
+        movl    %edi, %eax
+        xorl    %edx, %edx
+        divl    nq(%rip)                        /* EDX = slot mod nq: its queue */
+        btsq    %rdx, kick_mask(%rip)
+        imull   $Q_BYTES, %edx, %ebx
+        leaq    queue(%rip), %rax
+        addq    %rax, %rbx                      /* the queue's memory */
         movl    %edi, %r12d
         shll    $2, %r12d                       /* head descriptor */
         movl    %r12d, %eax
@@ -301,44 +350,45 @@ post:
         popq    %rbx
         ret
 
-/* kick(): notify queue 0 unless the device asked not to be notified. */
+/* kick(): notifies each queue that got requests since the last kick, unless the
+ * device asked not to be notified on it. Clobbers RAX, RCX, RDX. */
 kick:
         mfence                                  /* avail idx before used flags */
-        leaq    queue(%rip), %rax
+        pushq   %rbx
+        movq    kick_mask(%rip), %rbx
+        movq    $0, kick_mask(%rip)
+        xorl    %ecx, %ecx
+1:      btq     %rcx, %rbx
+        jnc     2f
+        imull   $Q_BYTES, %ecx, %eax
+        leaq    queue(%rip), %rdx
+        addq    %rdx, %rax
         testw   $1, Q_USED(%rax)                /* VIRTQ_USED_F_NO_NOTIFY */
-        jnz     1f
+        jnz     2f
         movq    dev(%rip), %rax
-        movl    $0, R_QNOTIFY(%rax)
-1:      ret
+        movl    %ecx, R_QNOTIFY(%rax)
+2:      incl    %ecx
+        cmpq    nq(%rip), %rcx
+        jb      1b
+        popq    %rbx
+        ret
 
-/* reap() -> EAX = completions taken (at least one; fails after TIMEOUT):
- * each completed slot goes back to the free list; a status other than OK
- * fails the test. */
-reap:
+/* harvest() -> EAX = completions taken from every queue in use: each completed
+ * slot goes back to the free list; a status other than OK fails the test. */
+harvest:
         pushq   %rbx
         pushq   %r12
-        pushq   %r13
-        leaq    queue(%rip), %rbx
-        movzwl  last_used(%rip), %eax
+        pushq   %r14
+        xorl    %r12d, %r12d                    /* completions */
+        xorl    %r14d, %r14d                    /* queue */
+1:      imull   $Q_BYTES, %r14d, %ebx
+        leaq    queue(%rip), %rax
+        addq    %rax, %rbx
+        leaq    last_used(%rip), %r8
+        leaq    (%r8,%r14,8), %r8               /* &last_used[queue] */
+3:      movzwl  (%r8), %eax
         cmpw    %ax, Q_USED + 2(%rbx)
-        jne     2f
-        call    rdtsc64
-        movq    %rax, %r13
-1:      pause
-        movzwl  last_used(%rip), %eax
-        cmpw    %ax, Q_USED + 2(%rbx)
-        jne     2f
-        call    rdtsc64
-        subq    %r13, %rax
-        movabsq $TIMEOUT, %rcx
-        cmpq    %rcx, %rax
-        jb      1b
-        leaq    e_timeout(%rip), %rdi
-        jmp     test_fail
-2:      xorl    %r12d, %r12d
-3:      movzwl  last_used(%rip), %eax
-        cmpw    %ax, Q_USED + 2(%rbx)
-        je      9f
+        je      8f
         andl    $QSZ - 1, %eax
         movl    Q_USED + 4(%rbx,%rax,8), %ecx   /* id = head descriptor */
         shrl    $2, %ecx                        /* slot */
@@ -351,13 +401,37 @@ reap:
         leaq    freelist(%rip), %rdx
         movq    %rcx, (%rdx,%rax,8)
         incq    nfree(%rip)
-        incq    last_used(%rip)
+        incq    (%r8)
         incl    %r12d
         jmp     3b
-9:      movl    %r12d, %eax
-        popq    %r13
+8:      incl    %r14d
+        cmpq    nq(%rip), %r14
+        jb      1b
+        movl    %r12d, %eax
+        popq    %r14
         popq    %r12
         popq    %rbx
+        ret
+
+/* reap() -> EAX = completions taken (at least one; fails after the timeout). */
+reap:
+        pushq   %r13
+        call    harvest
+        testl   %eax, %eax
+        jnz     9f
+        call    rdtsc64
+        movq    %rax, %r13
+1:      pause
+        call    harvest
+        testl   %eax, %eax
+        jnz     9f
+        call    rdtsc64
+        subq    %r13, %rax
+        cmpq    timeout(%rip), %rax
+        jb      1b
+        leaq    e_timeout(%rip), %rdi
+        jmp     test_fail
+9:      popq    %r13
         ret
 
 /* io_sync(ESI = type, RDX = sector, RCX = data, R8D = len, R9D = split)
@@ -387,8 +461,7 @@ wait_sync:
         popq    %r10
         popq    %rcx
         subq    %r10, %rax
-        movabsq $TIMEOUT, %rdx
-        cmpq    %rdx, %rax
+        cmpq    timeout(%rip), %rax
         jb      1b
         leaq    e_timeout(%rip), %rdi
         jmp     test_fail
@@ -545,12 +618,32 @@ guest_main:
         call    token_eq
         movl    %eax, %eax
         movq    %rax, early_mode(%rip)
-2:      call    dev_init
+2:      leaq    k_mq(%rip), %rdi                /* mq=<n>: queues wanted */
+        movl    $1, %esi
+        call    arg
+        testq   %rax, %rax
+        jnz     7f
+        movl    $1, %eax
+7:      cmpq    $MAX_Q, %rax
+        jbe     8f
+        movl    $MAX_Q, %eax
+8:      movq    %rax, nq(%rip)
+        call    dev_init
         leaq    s_sectors(%rip), %rdi
         call    puts
         movq    sectors(%rip), %rdi
         call    put_dec
         call    put_nl
+        leaq    k_mq(%rip), %rdi                /* asked for queues: say how many */
+        call    cmdline_value
+        testq   %rax, %rax
+        jz      1f
+        leaq    s_queues(%rip), %rdi
+        call    puts
+        movq    nq(%rip), %rdi
+        call    put_dec
+        call    put_nl
+1:
         leaq    k_mode(%rip), %rdi
         call    cmdline_value
         testq   %rax, %rax
@@ -561,6 +654,11 @@ guest_main:
         call    token_eq
         testl   %eax, %eax
         jnz     perf
+        movq    %r12, %rdi
+        leaq    w_count(%rip), %rsi
+        call    token_eq
+        testl   %eax, %eax
+        jnz     count
         movq    %r12, %rdi
         leaq    w_flush(%rip), %rsi
         call    token_eq
@@ -677,6 +775,31 @@ check:
         call    put_line
 9:      pause
         jmp     9b
+
+count:
+        movq    $-1, timeout(%rip)
+        leaq    k_ops(%rip), %rdi
+        movl    $8, %esi
+        call    arg
+        movq    %rax, %r13                      /* requests */
+        xorl    %r14d, %r14d                    /* completed */
+1:      cmpq    %r13, %r14
+        jae     out
+        movl    $T_IN, %esi
+        xorl    %edx, %edx
+        leaq    chk_a(%rip), %rcx
+        movl    $4096, %r8d
+        xorl    %r9d, %r9d
+        call    io_sync
+        testl   %eax, %eax
+        jnz     f_status
+        incq    %r14
+        leaq    s_op(%rip), %rdi
+        call    puts
+        movq    %r14, %rdi
+        call    put_dec
+        call    put_nl
+        jmp     1b
 
 perf:
         leaq    k_bs(%rip), %rdi

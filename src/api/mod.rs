@@ -13,12 +13,12 @@ use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::boot::BootSourceBody;
-use crate::config::drive::DriveBody;
+use crate::config::drive::{DriveBody, DrivePatch};
 use crate::config::entropy::EntropyBody;
 use crate::config::logger::LoggerBody;
 use crate::config::machine::{MachineConfigBody, MachineConfigPatch};
 use crate::config::metrics::MetricsBody;
-use crate::config::net::NetBody;
+use crate::config::net::{NetBody, NetPatch};
 use crate::config::serial::SerialBody;
 use crate::config::vsock::VsockBody;
 use crate::snapshot::params::{SnapshotCreateBody, SnapshotLoadBody};
@@ -52,6 +52,10 @@ pub enum ApiRequest {
     PutDrive(DriveBody),
     /// `PUT /network-interfaces/{id}`.
     PutNet(NetBody),
+    /// `PATCH /drives/{id}`: a running disk's rate limiter.
+    PatchDrive(DrivePatch),
+    /// `PATCH /network-interfaces/{id}`: a running interface's rate limiters.
+    PatchNet(NetPatch),
     /// `PUT /entropy`.
     PutEntropy(EntropyBody),
     /// `PUT /vsock`.

@@ -63,7 +63,8 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
     match path {
         [] | ["version"] => Some("GET"),
         ["machine-config"] => Some("GET, PUT, PATCH"),
-        ["boot-source"] | ["actions"] | ["drives", _] | ["network-interfaces", _] => Some("PUT"),
+        ["boot-source"] | ["actions"] => Some("PUT"),
+        ["drives", _] | ["network-interfaces", _] => Some("PUT, PATCH"),
         ["entropy"] | ["vsock"] => Some("PUT"),
         ["logger"] | ["serial"] | ["metrics"] => Some("PUT"),
         ["vm"] => Some("PATCH"),
@@ -93,6 +94,16 @@ pub fn route(method: &str, target: &str, bytes: &[u8]) -> Result<ApiRequest, Api
             let net: crate::config::net::NetBody = body(bytes)?;
             check_id("network interface", id, &net.iface_id)?;
             Ok(ApiRequest::PutNet(net))
+        }
+        ("PATCH", ["drives", id]) => {
+            let patch: crate::config::drive::DrivePatch = body(bytes)?;
+            check_id("drive", id, &patch.drive_id)?;
+            Ok(ApiRequest::PatchDrive(patch))
+        }
+        ("PATCH", ["network-interfaces", id]) => {
+            let patch: crate::config::net::NetPatch = body(bytes)?;
+            check_id("network interface", id, &patch.iface_id)?;
+            Ok(ApiRequest::PatchNet(patch))
         }
         ("PUT", ["entropy"]) => Ok(ApiRequest::PutEntropy(body(bytes)?)),
         ("PUT", ["vsock"]) => Ok(ApiRequest::PutVsock(body(bytes)?)),
@@ -201,6 +212,23 @@ mod tests {
         let body = br#"{"drive_id": "b", "path_on_host": "/x", "is_root_device": false}"#;
         assert_eq!(status(route("PUT", "/drives/a", body)), 400);
         assert_eq!(status(route("PUT", "/drives/b", body)), 200);
+    }
+
+    #[test]
+    fn test_route_patch_drive_and_interface_carry_rate_limiters() {
+        let drive = br#"{"drive_id": "b", "rate_limiter": {"ops": {"size": 1, "refill_time": 9}}}"#;
+        assert_eq!(status(route("PATCH", "/drives/a", drive)), 400);
+        assert!(matches!(
+            route("PATCH", "/drives/b", drive),
+            Ok(ApiRequest::PatchDrive(p)) if p.rate_limiter.and_then(|r| r.ops).is_some()
+        ));
+        let net = br#"{"iface_id": "n", "tx_rate_limiter": {"bandwidth": {"size": 0, "refill_time": 0}}}"#;
+        assert!(matches!(
+            route("PATCH", "/network-interfaces/n", net),
+            Ok(ApiRequest::PatchNet(p)) if p.tx_rate_limiter.is_some() && p.rx_rate_limiter.is_none()
+        ));
+        let swap = br#"{"drive_id": "b", "path_on_host": "/other"}"#;
+        assert_eq!(status(route("PATCH", "/drives/b", swap)), 400);
     }
 
     #[test]

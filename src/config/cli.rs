@@ -300,7 +300,7 @@ impl Cli {
             serial: self.serial.clone(),
             drives,
             nets,
-            entropy: self.rng.then_some(EntropyConfig),
+            entropy: self.rng.then_some(EntropyConfig::default()),
             vsock: self.vsock.clone(),
             pvm_compat: match self.pvm_compat {
                 CompatArg::Auto => CompatMode::Auto,

@@ -121,7 +121,7 @@ impl VmConfigDraft {
 
     /// `PUT /entropy`: adds the entropy device (or replaces its settings).
     pub fn put_entropy(&mut self, body: &EntropyBody) -> Result<(), ConfigError> {
-        self.entropy = Some(EntropyConfig::try_from(body)?);
+        self.entropy = Some(EntropyConfig::from(body));
         Ok(())
     }
 

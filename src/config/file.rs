@@ -186,11 +186,7 @@ impl ConfigDocument {
             .iter()
             .map(NetConfig::from)
             .collect();
-        draft.entropy = self
-            .entropy
-            .as_ref()
-            .map(EntropyConfig::try_from)
-            .transpose()?;
+        draft.entropy = self.entropy.as_ref().map(EntropyConfig::from);
         draft.vsock = self.vsock.as_ref().map(VsockConfig::from);
         if let Some(vsock) = &draft.vsock {
             vsock.validate()?;
@@ -380,7 +376,7 @@ mod tests {
         assert!(config.drives[0].readonly && config.drives[0].root);
         assert_eq!(config.nets[0].tap, "tap0");
         assert_eq!(config.serial, SerialConfig::None);
-        assert_eq!(config.entropy, Some(EntropyConfig));
+        assert_eq!(config.entropy, Some(EntropyConfig::default()));
         let vsock = config.vsock.expect("vsock");
         assert_eq!(
             (vsock.guest_cid, vsock.uds_path),
@@ -394,7 +390,7 @@ mod tests {
     }
 
     #[test]
-    fn test_file_vsock_reserved_cid_and_entropy_limiter_rejected() {
+    fn test_file_vsock_reserved_cid_rejected_and_entropy_limiter_kept() {
         let doc =
             |extra: &str| format!(r#"{{"boot-source": {{"kernel_image_path": "/k"}}, {extra}}}"#);
         let vsock = doc(r#""vsock": {"guest_cid": 2, "uds_path": "/v"}"#);
@@ -403,10 +399,9 @@ mod tests {
             Err(ParseError::Invalid(_))
         ));
         let entropy = doc(r#""entropy": {"rate_limiter": {"ops": {"size": 1, "refill_time": 1}}}"#);
-        assert!(matches!(
-            parse(entropy.as_bytes()),
-            Err(ParseError::Invalid(_))
-        ));
+        let (draft, _) = parse(entropy.as_bytes()).expect("a rate limiter is accepted");
+        let limiter = draft.entropy.and_then(|e| e.rate_limiter);
+        assert_eq!(limiter.and_then(|l| l.ops).map(|b| b.size), Some(1));
     }
 
     #[test]

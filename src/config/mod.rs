@@ -13,6 +13,7 @@ pub mod logger;
 pub mod machine;
 pub mod metrics;
 pub mod net;
+pub mod rate_limiter;
 pub mod serial;
 pub mod vsock;
 
@@ -115,9 +116,6 @@ pub enum ConfigError {
     /// Network interface problems.
     #[error(transparent)]
     Net(#[from] net::NetError),
-    /// Entropy device problems.
-    #[error(transparent)]
-    Entropy(#[from] entropy::EntropyError),
     /// Vsock problems.
     #[error(transparent)]
     Vsock(#[from] vsock::VsockError),

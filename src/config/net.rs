@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::Absent;
 use super::drive::{key_values, valid_id};
+use super::rate_limiter::RateLimiterConfig;
 
 /// A MAC address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -80,6 +80,10 @@ pub struct NetConfig {
     pub tap: String,
     /// Guest MAC (generated from the id when absent).
     pub mac: Option<MacAddr>,
+    /// Frames and bytes per second the guest may receive (none: unlimited).
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Frames and bytes per second the guest may send (none: unlimited).
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// One entry of `network-interfaces` in the JSON file, and the body of
@@ -94,12 +98,27 @@ pub struct NetBody {
     /// Guest MAC (default: generated from the id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<MacAddr>,
-    /// Firecracker's receive rate limiter: `null` only.
-    #[serde(default, skip_serializing)]
-    pub rx_rate_limiter: Option<Absent>,
-    /// Firecracker's transmit rate limiter: `null` only.
-    #[serde(default, skip_serializing)]
-    pub tx_rate_limiter: Option<Absent>,
+    /// Firecracker's receive rate limiter (absent or null: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Firecracker's transmit rate limiter (absent or null: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// The body of `PATCH /network-interfaces/{id}` while the VM runs: the interface and its new
+/// rate limiters (Firecracker's `PartialNetworkInterface`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetPatch {
+    /// Identifier (required).
+    pub iface_id: String,
+    /// The receive change: buckets named replace the current ones, 0-sized ones remove them.
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// The transmit change, the same way.
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 impl From<&NetBody> for NetConfig {
@@ -108,6 +127,8 @@ impl From<&NetBody> for NetConfig {
             id: body.iface_id.clone(),
             tap: body.host_dev_name.clone(),
             mac: body.guest_mac,
+            rx_rate_limiter: body.rx_rate_limiter.and_then(RateLimiterConfig::normalized),
+            tx_rate_limiter: body.tx_rate_limiter.and_then(RateLimiterConfig::normalized),
         }
     }
 }
@@ -118,7 +139,8 @@ impl From<&NetConfig> for NetBody {
             iface_id: net.id.clone(),
             host_dev_name: net.tap.clone(),
             guest_mac: net.mac,
-            ..Default::default()
+            rx_rate_limiter: net.rx_rate_limiter,
+            tx_rate_limiter: net.tx_rate_limiter,
         }
     }
 }
@@ -148,6 +170,8 @@ impl FromStr for NetConfig {
             id: String::new(),
             tap: String::new(),
             mac: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
         };
         for (key, value) in key_values(s).map_err(NetError::Parse)? {
             match key {
@@ -220,14 +244,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_net_body_rate_limiters_null_only() {
-        let ok = r#"{"iface_id": "eth0", "host_dev_name": "tap0",
+    fn test_net_body_rate_limiters_null_or_buckets() {
+        let null = r#"{"iface_id": "eth0", "host_dev_name": "tap0",
                      "rx_rate_limiter": null, "tx_rate_limiter": null}"#;
-        assert!(serde_json::from_str::<NetBody>(ok).is_ok());
-        let refused = r#"{"iface_id": "eth0", "host_dev_name": "tap0",
+        let body: NetBody = serde_json::from_str(null).expect("null accepted");
+        assert_eq!(NetConfig::from(&body).rx_rate_limiter, None);
+        let limited = r#"{"iface_id": "eth0", "host_dev_name": "tap0",
                           "rx_rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#;
-        let e = crate::config::file::parse_json::<NetBody>(refused.as_bytes()).expect_err("no");
-        assert!(e.starts_with("rx_rate_limiter: not supported"), "{e}");
+        let body: NetBody = serde_json::from_str(limited).expect("limiter accepted");
+        let net = NetConfig::from(&body);
+        assert!(net.rx_rate_limiter.is_some() && net.tx_rate_limiter.is_none());
+        assert_eq!(NetBody::from(&net), body);
+        let bad = r#"{"iface_id": "eth0", "host_dev_name": "tap0",
+                      "tx_rate_limiter": {"ops": {"size": 1}}}"#;
+        let e = crate::config::file::parse_json::<NetBody>(bad.as_bytes()).expect_err("no");
+        assert!(e.starts_with("tx_rate_limiter.ops"), "{e}");
     }
 
     #[test]

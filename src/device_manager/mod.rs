@@ -459,7 +459,7 @@ mod tests {
         let json = serde_json::to_string(&reports[0]).expect("json");
         assert_eq!(
             json,
-            r#"{"id":"root","kind":"block","counters":{"ops":0,"read_bytes":0,"written_bytes":0,"errors":0,"drops":0}}"#
+            r#"{"id":"root","kind":"block","counters":{"ops":0,"read_bytes":0,"written_bytes":0,"errors":0,"drops":0,"throttled":0}}"#
         );
     }
 

@@ -3,5 +3,6 @@
 pub mod acpi;
 pub mod bus;
 pub mod legacy;
+pub mod rate_limiter;
 pub mod state;
 pub mod virtio;

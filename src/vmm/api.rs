@@ -9,8 +9,12 @@ use crate::api::{
     VmStateChange,
 };
 use crate::config::VmConfigDraft;
+use crate::config::drive::DrivePatch;
 use crate::config::file::{ConfigDocument, ProcessSettings};
 use crate::config::machine::MachineConfigBody;
+use crate::config::net::NetPatch;
+use crate::config::rate_limiter;
+use crate::device_manager::VirtioHandle;
 use crate::events::LifecycleEvent;
 use crate::metrics::Sources;
 use crate::vstate::vcpu::{VcpuAck, VcpuControlError};
@@ -83,6 +87,8 @@ impl Controller {
                 }
             }
             ApiRequest::Action(ActionType::FlushMetrics) => self.flush_metrics(),
+            ApiRequest::PatchDrive(patch) => self.patch_drive(patch),
+            ApiRequest::PatchNet(patch) => self.patch_net(patch),
             ApiRequest::SetVmState(VmStateChange::Paused) => self.pause(),
             ApiRequest::SetVmState(VmStateChange::Resumed) => self.resume(),
             ApiRequest::CreateSnapshot(body) => self.create_snapshot(body),
@@ -90,6 +96,65 @@ impl Controller {
                 "A snapshot can only be loaded before any configuration: this microVM already runs.",
             ),
         }
+    }
+
+    /// `PATCH /drives/{id}`: the disk's rate limiter changes at once, and so does the
+    /// configuration `GET /vm/config` and snapshots report.
+    fn patch_drive(&mut self, patch: &DrivePatch) -> ApiResponse {
+        let id = &patch.drive_id;
+        let Some(drive) = self
+            .config
+            .as_mut()
+            .and_then(|c| c.drives.iter_mut().find(|d| &d.id == id))
+        else {
+            return ApiResponse::bad_request(&format!("No drive with id {id}."));
+        };
+        let Some(update) = &patch.rate_limiter else {
+            return ApiResponse::no_content();
+        };
+        let handle = self.devices.virtio.virtio().iter().find(|e| e.id() == id);
+        let Some(VirtioHandle::Block(block)) = handle.map(|e| e.handle()) else {
+            return ApiResponse::error(500, &format!("Drive {id} has no device."));
+        };
+        block
+            .lock()
+            .expect("block device lock poisoned")
+            .update_rate_limiter(update);
+        drive.rate_limiter = rate_limiter::patch(drive.rate_limiter, Some(update));
+        log::info!("Drive {id}: rate limiter now {:?}", drive.rate_limiter);
+        ApiResponse::no_content()
+    }
+
+    /// `PATCH /network-interfaces/{id}`: the interface's receive and transmit rate limiters
+    /// change at once, and so does the configuration.
+    fn patch_net(&mut self, patch: &NetPatch) -> ApiResponse {
+        let id = &patch.iface_id;
+        let Some(net) = self
+            .config
+            .as_mut()
+            .and_then(|c| c.nets.iter_mut().find(|n| &n.id == id))
+        else {
+            return ApiResponse::bad_request(&format!("No network interface with id {id}."));
+        };
+        let handle = self.devices.virtio.virtio().iter().find(|e| e.id() == id);
+        let Some(VirtioHandle::Net(nic)) = handle.map(|e| e.handle()) else {
+            return ApiResponse::error(500, &format!("Network interface {id} has no device."));
+        };
+        let (rx, tx) = (
+            patch.rx_rate_limiter.as_ref(),
+            patch.tx_rate_limiter.as_ref(),
+        );
+        nic.lock()
+            .expect("net device lock poisoned")
+            .update_rate_limiters(rx, tx);
+        net.rx_rate_limiter = rate_limiter::patch(net.rx_rate_limiter, rx);
+        net.tx_rate_limiter = rate_limiter::patch(net.tx_rate_limiter, tx);
+        log::info!(
+            "Network interface {id}: rate limiters now rx {:?}, tx {:?}",
+            net.rx_rate_limiter,
+            net.tx_rate_limiter
+        );
+        ApiResponse::no_content()
     }
 
     /// Writes a metrics line with every device's and vCPU's counters.

@@ -20,6 +20,8 @@ pub struct CounterValues {
     pub errors: u64,
     /// Frames dropped (no guest buffer could hold them, or the host handed over garbage).
     pub drops: u64,
+    /// Times a rate limiter made a queue wait (devices without one: 0).
+    pub throttled: u64,
 }
 
 impl fmt::Display for CounterValues {
@@ -41,6 +43,7 @@ pub struct DeviceCounters {
     written_bytes: AtomicU64,
     errors: AtomicU64,
     drops: AtomicU64,
+    throttled: AtomicU64,
 }
 
 impl DeviceCounters {
@@ -52,6 +55,7 @@ impl DeviceCounters {
             .store(values.written_bytes, Ordering::Relaxed);
         self.errors.store(values.errors, Ordering::Relaxed);
         self.drops.store(values.drops, Ordering::Relaxed);
+        self.throttled.store(values.throttled, Ordering::Relaxed);
     }
 
     /// The totals last published.
@@ -62,6 +66,7 @@ impl DeviceCounters {
             written_bytes: self.written_bytes.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             drops: self.drops.load(Ordering::Relaxed),
+            throttled: self.throttled.load(Ordering::Relaxed),
         }
     }
 }
@@ -79,6 +84,7 @@ mod tests {
             written_bytes: 512,
             errors: 1,
             drops: 2,
+            throttled: 4,
         };
         counters.publish(values);
         assert_eq!(counters.values(), values);

@@ -152,15 +152,28 @@ pub trait VirtioDevice: Send {
 #[derive(Debug)]
 pub struct QueueBroken(pub String);
 
+/// What `serve_chains`' callback did with one chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// Done: the chain goes to the used ring with this used length.
+    Used(u32),
+    /// The rate limiter said wait: the chain goes back to the avail ring, the pass stops and
+    /// the limiter's timer wakes the device.
+    Throttled,
+    /// Started: the device puts it in the used ring when it completes.
+    InFlight,
+}
+
 /// Serves every chain the driver made available on `queue`: `serve` handles one chain and
-/// returns the used length (or `None` to stop, the queue broken), then the chain goes to the
-/// used ring. With EVENT_IDX the loop re-checks after re-enabling notifications, so a chain
-/// posted meanwhile is not missed. Returns whether any chain was used; the caller raises the
-/// interrupt when `needs_notification` says so.
+/// says what became of it (or `None` to stop, the queue broken); a used chain goes to the used
+/// ring. With EVENT_IDX the loop re-checks after re-enabling notifications, so a chain posted
+/// meanwhile is not missed. Returns whether any chain was used; the caller raises the
+/// interrupt when `needs_notification` says so. A throttled pass leaves the rest of the chains
+/// where they were (the queue's position rewound to the throttled one).
 pub fn serve_chains(
     mem: &GuestMemoryMmap,
     queue: &mut Queue,
-    mut serve: impl FnMut(DescriptorChain<&GuestMemoryMmap>) -> Option<u32>,
+    mut serve: impl FnMut(DescriptorChain<&GuestMemoryMmap>) -> Option<Served>,
 ) -> Result<bool, QueueBroken> {
     let broken = |e: &dyn std::fmt::Display| QueueBroken(e.to_string());
     let mut used_any = false;
@@ -168,19 +181,37 @@ pub fn serve_chains(
         if queue.event_idx_enabled() {
             queue.disable_notification(mem).map_err(|e| broken(&e))?;
         }
+        let start = queue.next_avail();
         let chains: Vec<_> = queue.iter(mem).map_err(|e| broken(&e))?.collect();
-        for chain in chains {
+        for (taken, chain) in chains.into_iter().enumerate() {
             let head = chain.head_index();
-            let len =
-                serve(chain).ok_or_else(|| QueueBroken("a request broke the queue".into()))?;
-            queue
-                .add_used(mem, head, len)
-                .map_err(|e| broken(&format!("cannot complete request {head}: {e}")))?;
+            match serve(chain).ok_or_else(|| QueueBroken("a request broke the queue".into()))? {
+                Served::Used(len) => queue
+                    .add_used(mem, head, len)
+                    .map_err(|e| broken(&format!("cannot complete request {head}: {e}")))?,
+                Served::Throttled => {
+                    // `taken` < the ring size, which is at most 32768.
+                    queue.set_next_avail(start.wrapping_add(taken as u16));
+                    return Ok(used_any);
+                }
+                Served::InFlight => continue,
+            }
             used_any = true;
         }
         if !queue.event_idx_enabled() || !queue.enable_notification(mem).map_err(|e| broken(&e))? {
             return Ok(used_any);
         }
+    }
+}
+
+/// Bytes in `chain`'s writable (or readable) descriptors: what a request asks for, as rate
+/// limiters count it before the request is served (a chain that turns out malformed is
+/// refused later, by the device, at no more than this cost).
+pub fn chain_len(chain: &DescriptorChain<&GuestMemoryMmap>, writable: bool) -> u64 {
+    if writable {
+        chain.clone().writable().map(|d| u64::from(d.len())).sum()
+    } else {
+        chain.clone().readable().map(|d| u64::from(d.len())).sum()
     }
 }
 

@@ -17,12 +17,44 @@ const IOV_MAX: usize = 1024;
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
 
+/// Advances `iovs` from index `first` past `bytes` bytes (shrinking the iovec it stops
+/// inside); returns the index of the first iovec with bytes left.
+fn skip_bytes(iovs: &mut [libc::iovec], mut first: usize, mut bytes: usize) -> usize {
+    while bytes > 0 && first < iovs.len() {
+        let iov = &mut iovs[first];
+        if bytes >= iov.iov_len {
+            bytes -= iov.iov_len;
+            first += 1;
+        } else {
+            iov.iov_base = iov.iov_base.cast::<u8>().wrapping_add(bytes).cast();
+            iov.iov_len -= bytes;
+            bytes = 0;
+        }
+    }
+    first
+}
+
 /// An open backing file.
 pub struct DiskFile {
     file: File,
     size: u64,
     readonly: bool,
     punch_hole: bool,
+    /// `cache_type` Unsafe: a guest FLUSH is acknowledged without syncing.
+    flush_ignored: bool,
+    /// `direct=on`: the same file opened with O_DIRECT, for transfers whose offset and buffers
+    /// are sector-aligned (the others go through `file` and the page cache).
+    direct: Option<File>,
+}
+
+/// Whether a transfer at `offset` over `iovs` can bypass the page cache (O_DIRECT needs the
+/// offset, every buffer address and every length aligned to the logical block size).
+fn aligned(offset: u64, iovs: &[libc::iovec]) -> bool {
+    let sector = SECTOR_SIZE as usize;
+    offset.is_multiple_of(SECTOR_SIZE)
+        && iovs.iter().all(|v| {
+            (v.iov_base as usize).is_multiple_of(sector) && v.iov_len.is_multiple_of(sector)
+        })
 }
 
 /// Why a backing file could not be used.
@@ -83,7 +115,36 @@ impl DiskFile {
             size,
             readonly,
             punch_hole,
+            flush_ignored: false,
+            direct: None,
         })
+    }
+
+    /// `direct=on`: opens `path` a second time with O_DIRECT; aligned transfers use it from
+    /// now on. Fails where the file system has no O_DIRECT.
+    pub fn open_direct(&mut self, path: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!self.readonly)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)?;
+        self.direct = Some(file);
+        Ok(())
+    }
+
+    /// Whether aligned transfers bypass the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// The descriptor a transfer at `offset` over `iovs` goes through: the O_DIRECT one when
+    /// there is one and the transfer is aligned, else the buffered one.
+    pub fn fd_for(&self, offset: u64, iovs: &[libc::iovec]) -> std::os::fd::RawFd {
+        match &self.direct {
+            Some(direct) if aligned(offset, iovs) => direct.as_raw_fd(),
+            _ => self.file.as_raw_fd(),
+        }
     }
 
     /// Size in bytes (at open).
@@ -94,6 +155,16 @@ impl DiskFile {
     /// Whether the guest may not write.
     pub fn readonly(&self) -> bool {
         self.readonly
+    }
+
+    /// With `true` (`cache_type` Unsafe), a guest FLUSH is acknowledged without syncing.
+    pub fn set_flush_ignored(&mut self, ignored: bool) {
+        self.flush_ignored = ignored;
+    }
+
+    /// Whether a guest FLUSH is acknowledged without syncing (read-only, or Unsafe).
+    pub fn flush_ignored(&self) -> bool {
+        self.readonly || self.flush_ignored
     }
 
     /// Whether discard and write-zeroes are offered.
@@ -123,21 +194,18 @@ impl DiskFile {
         offset: u64,
         bufs: &[VolatileSlice<'_>],
     ) -> std::io::Result<()> {
-        if self.readonly {
-            return Err(std::io::Error::from_raw_os_error(libc::EBADF));
-        }
         self.vectored_at(offset, bufs, true)
     }
 
     fn vectored_at(
         &self,
-        mut offset: u64,
+        offset: u64,
         bufs: &[VolatileSlice<'_>],
         write: bool,
     ) -> std::io::Result<()> {
         // The guards keep the pointers valid while the iovecs are in use.
         let guards: Vec<_> = bufs.iter().map(|b| b.ptr_guard_mut()).collect();
-        let mut iovs: Vec<libc::iovec> = guards
+        let iovs: Vec<libc::iovec> = guards
             .iter()
             .zip(bufs)
             .filter(|(_, b)| !b.is_empty())
@@ -146,21 +214,44 @@ impl DiskFile {
                 iov_len: b.len(),
             })
             .collect();
-        let mut first = 0;
+        // SAFETY: the iovecs describe the slices `bufs`, which the guards keep mapped.
+        unsafe { self.iovecs_at(offset, &iovs, 0, write) }
+    }
+
+    /// Reads into (or, with `write`, writes from) the memory `iovs` describe, at `offset`,
+    /// skipping the first `skip` bytes of the iovecs (what an earlier short transfer did).
+    /// Short transfers are resumed until everything is done or the file ends.
+    ///
+    /// # Safety
+    /// Every iovec must describe memory that stays valid (and, for a read, writable) for the
+    /// whole call.
+    pub unsafe fn iovecs_at(
+        &self,
+        mut offset: u64,
+        iovs: &[libc::iovec],
+        skip: usize,
+        write: bool,
+    ) -> std::io::Result<()> {
+        if write && self.readonly {
+            return Err(std::io::Error::from_raw_os_error(libc::EBADF));
+        }
+        let iovs = &mut iovs.to_vec();
+        let mut first = skip_bytes(iovs, 0, skip);
         while first < iovs.len() {
             let batch = &iovs[first..iovs.len().min(first + IOV_MAX)];
             let pos = libc::off_t::try_from(offset)
                 .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
             let count = batch.len() as libc::c_int;
+            let fd = self.fd_for(offset, batch);
             let done = if write {
-                // SAFETY: every iovec describes `len` readable bytes of a guest memory slice that
-                // its guard keeps mapped for this call; the kernel only reads them.
-                unsafe { libc::pwritev(self.file.as_raw_fd(), batch.as_ptr(), count, pos) }
+                // SAFETY: every iovec describes `len` readable bytes the caller keeps valid for
+                // this call (guest memory); the kernel only reads them.
+                unsafe { libc::pwritev(fd, batch.as_ptr(), count, pos) }
             } else {
-                // SAFETY: every iovec describes `len` writable bytes of a guest memory slice that
-                // its guard keeps mapped for this call; the guest may touch them concurrently,
-                // which for plain bytes is the same benign race as any device DMA.
-                unsafe { libc::preadv(self.file.as_raw_fd(), batch.as_ptr(), count, pos) }
+                // SAFETY: every iovec describes `len` writable bytes the caller keeps valid for
+                // this call; the guest may touch them concurrently, which for plain bytes is
+                // the same benign race as any device DMA.
+                unsafe { libc::preadv(fd, batch.as_ptr(), count, pos) }
             };
             if done < 0 {
                 let e = std::io::Error::last_os_error();
@@ -176,20 +267,9 @@ impl DiskFile {
                     std::io::ErrorKind::UnexpectedEof
                 }));
             }
-            let mut left = done as usize;
-            offset += left as u64;
+            offset += done as u64;
             // Skip what is done; a short transfer resumes inside an iovec.
-            while left > 0 {
-                let iov = &mut iovs[first];
-                if left >= iov.iov_len {
-                    left -= iov.iov_len;
-                    first += 1;
-                } else {
-                    iov.iov_base = iov.iov_base.cast::<u8>().wrapping_add(left).cast();
-                    iov.iov_len -= left;
-                    left = 0;
-                }
-            }
+            first = skip_bytes(iovs, first, done as usize);
         }
         Ok(())
     }
@@ -234,6 +314,86 @@ mod tests {
             disk.read_at(4096, &mut buf).expect("read");
             assert_eq!(buf, [0; 4]);
         }
+        std::fs::remove_file(&path).ok();
+    }
+
+    #[test]
+    fn test_direct_transfers_only_when_aligned() {
+        let path = std::env::temp_dir().join(format!("ember-disk-direct-{}", std::process::id()));
+        std::fs::write(
+            &path,
+            (0..8192u32).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
+        )
+        .expect("create");
+        let mut disk = DiskFile::open(&path, false).expect("open");
+        if disk.open_direct(&path).is_err() {
+            eprintln!("SKIP test_direct_transfers_only_when_aligned: no O_DIRECT in the temp dir");
+            std::fs::remove_file(&path).ok();
+            return;
+        }
+        let layout = std::alloc::Layout::from_size_align(4096, 4096).expect("layout");
+        // SAFETY: a non-zero size; freed below with the same layout.
+        let buf = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!buf.is_null());
+        let whole = [libc::iovec {
+            iov_base: buf.cast(),
+            iov_len: 4096,
+        }];
+        let odd = [libc::iovec {
+            iov_base: buf.wrapping_add(1).cast(),
+            iov_len: 512,
+        }];
+        assert_ne!(disk.fd_for(512, &whole), disk.fd_for(512, &odd));
+        assert_eq!(
+            disk.fd_for(100, &whole),
+            disk.fd_for(512, &odd),
+            "unaligned offset"
+        );
+        // SAFETY: both iovecs lie inside the 4096-byte allocation, alive until dealloc.
+        unsafe {
+            disk.iovecs_at(512, &whole, 0, false).expect("direct read");
+            assert_eq!(*buf, (512 % 251) as u8);
+            disk.iovecs_at(1024, &odd, 0, false).expect("buffered read");
+            assert_eq!(*buf.wrapping_add(1), (1024 % 251) as u8);
+            std::alloc::dealloc(buf, layout);
+        }
+        std::fs::remove_file(&path).ok();
+    }
+
+    #[test]
+    fn test_skip_bytes_resumes_inside_an_iovec() {
+        let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
+        let mut iovs = [
+            libc::iovec {
+                iov_base: a.as_mut_ptr().cast(),
+                iov_len: a.len(),
+            },
+            libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            },
+        ];
+        let first = skip_bytes(&mut iovs, 0, 6);
+        assert_eq!(first, 1);
+        assert_eq!(iovs[1].iov_len, 2);
+        assert_eq!(iovs[1].iov_base, b[2..].as_mut_ptr().cast());
+        assert_eq!(skip_bytes(&mut iovs, 1, 2), 2, "all done");
+    }
+
+    #[test]
+    fn test_disk_iovecs_at_skips_what_a_short_transfer_did() {
+        let path = std::env::temp_dir().join(format!("ember-disk-skip-{}", std::process::id()));
+        std::fs::write(&path, (0..64u8).collect::<Vec<u8>>()).expect("create");
+        let disk = DiskFile::open(&path, false).expect("open");
+        let mut buf = [0xffu8; 8];
+        let iovs = [libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }];
+        // As if the first 3 bytes had come from an earlier read at offset 16.
+        // SAFETY: the iovec describes `buf`, alive for the call.
+        unsafe { disk.iovecs_at(16 + 3, &iovs, 3, false) }.expect("read");
+        assert_eq!(buf, [0xff, 0xff, 0xff, 19, 20, 21, 22, 23]);
         std::fs::remove_file(&path).ok();
     }
 

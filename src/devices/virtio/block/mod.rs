@@ -1,11 +1,15 @@
-//! virtio-blk on a host file: the device (config space, features, queue processing on the event
-//! loop). Request parsing and execution live in `request`, the file in `disk`.
+//! virtio-blk on a host file: the device (config space, features, its queues, the event-loop
+//! side). A request is charged to the rate limiter by its descriptor lengths (a throttled one
+//! stays in the ring untouched), parsed in `request`, and handed to an I/O engine (`engine`:
+//! Sync, or the io_uring one in `uring`); the file is in `disk`.
 
 pub mod disk;
+pub mod engine;
 pub mod persist;
 pub mod request;
 #[cfg(test)]
 mod tests;
+mod uring;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,17 +28,22 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use self::disk::{DiskError, DiskFile, SECTOR_SIZE};
+use self::engine::{BlockEngine, IoEngine, Submitted, SyncEngine};
 use self::request::{HostIoError, MAX_DISCARD_SEGMENTS, RequestStats};
 use super::counters::{CounterValues, DeviceCounters};
 use super::{
-    ActivateContext, ActivateError, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    ActivateContext, ActivateError, Served, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioInterrupt, read_config_bytes, serve_chains,
-    single_queue,
 };
+use crate::config::drive::CacheType;
+use crate::config::rate_limiter::RateLimiterConfig;
+use crate::devices::rate_limiter::{RateLimiter, RateLimiterError};
 
-/// Size of the one request queue.
+/// Default size of each request queue.
 pub const QUEUE_SIZE: u16 = 256;
-const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
+pub use crate::config::drive::MAX_QUEUES;
+/// VIRTIO_BLK_F_MQ: `num_queues` in config space is valid.
+const VIRTIO_BLK_F_MQ: u32 = 12;
 /// Size of virtio_blk_config up to write_zeroes_may_unmap.
 const CONFIG_SIZE: usize = 60;
 
@@ -55,6 +64,20 @@ pub enum BlockError {
     /// An eventfd could not be created.
     #[error("Failed to create an eventfd for disk {0}")]
     EventFd(String, #[source] std::io::Error),
+    /// The rate limiter's timer could not be created.
+    #[error("Disk {0}")]
+    RateLimiter(String, #[source] RateLimiterError),
+    /// `direct=on` and the file system cannot open the file with O_DIRECT.
+    #[error("Disk {id}: direct=on: cannot open {path} with O_DIRECT")]
+    Direct {
+        /// Drive id.
+        id: String,
+        /// Path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// After the first warning about a kind of host failure, at most one more per this period.
@@ -88,10 +111,37 @@ impl HostErrorLog {
     }
 }
 
+/// Logs the latest host failure in `stats` (the first of each kind at once, later ones at most
+/// once per `HOST_ERROR_LOG_PERIOD`).
+fn report_host_error(
+    name: &str,
+    path: &Path,
+    stats: &mut RequestStats,
+    host_errors: &mut HostErrorLog,
+) {
+    if let Some(error) = stats.last_host_error.take()
+        && let Some(count) = host_errors.note(error, Instant::now())
+    {
+        log::warn!(
+            "Disk {name}: host {} of {} failed: {error}; the guest gets an I/O error ({count} time(s) since the last report; {} host failure(s) in all)",
+            error.op,
+            path.display(),
+            stats.host_errors
+        );
+    }
+}
+
 struct Active {
     mem: GuestMemoryMmap,
-    queue: Queue,
+    /// Every queue the transport has; the driver set up those that are ready (queue 0 only
+    /// without VIRTIO_BLK_F_MQ).
+    queues: Vec<Queue>,
     interrupt: Arc<VirtioInterrupt>,
+}
+
+/// An engine tag: the queue and the descriptor head of a request.
+fn tag(queue: usize, head: u16) -> u32 {
+    ((queue as u32) << 16) | u32::from(head)
 }
 
 /// A virtio-blk device.
@@ -101,6 +151,7 @@ pub struct Block {
     disk: DiskFile,
     features: u64,
     config: [u8; CONFIG_SIZE],
+    queue_sizes: Vec<u16>,
     queue_evts: Vec<EventFd>,
     active: Option<Active>,
     broken: bool,
@@ -109,6 +160,8 @@ pub struct Block {
     stats: RequestStats,
     host_errors: HostErrorLog,
     counters: Arc<DeviceCounters>,
+    limiter: RateLimiter,
+    engine: Box<dyn BlockEngine>,
 }
 
 impl From<RequestStats> for CounterValues {
@@ -119,6 +172,7 @@ impl From<RequestStats> for CounterValues {
             written_bytes: stats.written_bytes,
             errors: stats.malformed + stats.io_errors + stats.unsupported,
             drops: 0,
+            throttled: 0,
         }
     }
 }
@@ -188,6 +242,7 @@ impl Block {
             disk,
             features,
             config,
+            queue_sizes: vec![QUEUE_SIZE],
             queue_evts,
             active: None,
             broken: false,
@@ -195,7 +250,19 @@ impl Block {
             stats: RequestStats::default(),
             host_errors: HostErrorLog::default(),
             counters: Arc::default(),
+            limiter: RateLimiter::new(&format!("disk {id}"), None)
+                .map_err(|e| BlockError::RateLimiter(id.into(), e))?,
+            engine: Box::new(SyncEngine::default()),
         })
+    }
+
+    /// Applies a rate limiter configuration or change (see `RateLimiter::update`); a queue
+    /// that waited for the old limiter is looked at again.
+    pub fn update_rate_limiter(&mut self, update: &RateLimiterConfig) {
+        self.limiter.update(update);
+        if self.active.is_some() {
+            self.kick_queues("new rate limiter");
+        }
     }
 
     /// Counters of malformed and failed requests.
@@ -203,29 +270,146 @@ impl Block {
         self.stats
     }
 
-    fn process_queue(&mut self) {
+    /// Gives the disk `num_queues` request queues of `queue_size` entries (before it is
+    /// attached): more than one offers VIRTIO_BLK_F_MQ with `num_queues` in config space.
+    pub fn set_queues(&mut self, num_queues: u16, queue_size: u16) -> Result<(), BlockError> {
+        let num_queues = num_queues.clamp(1, MAX_QUEUES);
+        self.queue_evts = (0..num_queues)
+            .map(|_| {
+                EventFd::new(EFD_NONBLOCK).map_err(|e| BlockError::EventFd(self.id.clone(), e))
+            })
+            .collect::<Result<_, _>>()?;
+        self.queue_sizes = vec![queue_size; usize::from(num_queues)];
+        put_u32(&mut self.config, 12, u32::from(queue_size.max(3)) - 2); // seg_max
+        if num_queues > 1 {
+            self.features |= 1 << VIRTIO_BLK_F_MQ;
+            self.config[34..36].copy_from_slice(&num_queues.to_le_bytes());
+        } else {
+            self.features &= !(1 << VIRTIO_BLK_F_MQ);
+            self.config[34..36].fill(0);
+        }
+        Ok(())
+    }
+
+    /// `direct=on`: aligned transfers bypass the host page cache (O_DIRECT).
+    pub fn set_direct(&mut self) -> Result<(), BlockError> {
+        self.disk
+            .open_direct(&self.path)
+            .map_err(|source| BlockError::Direct {
+                id: self.id.clone(),
+                path: self.path.display().to_string(),
+                source,
+            })
+    }
+
+    /// What a guest FLUSH does: Writeback syncs the host file, Unsafe only acknowledges it.
+    pub fn set_cache_type(&mut self, cache: CacheType) {
+        self.disk.set_flush_ignored(cache == CacheType::Unsafe);
+    }
+
+    fn publish_counters(&self) {
+        self.counters.publish(CounterValues {
+            throttled: self.limiter.throttled(),
+            ..self.stats.into()
+        });
+    }
+
+    /// Wakes every queue (activation, wake-up, a new rate limiter).
+    fn kick_queues(&self, why: &str) {
+        for evt in &self.queue_evts {
+            if let Err(e) = evt.write(1) {
+                log::error!("Disk {}: cannot wake its queues ({why}): {e}", self.id);
+            }
+        }
+    }
+
+    /// Selects the I/O engine (before the driver starts the device): Async falls back to Sync
+    /// with one log line where the host has no io_uring.
+    pub fn set_io_engine(&mut self, wanted: IoEngine) {
+        let mut done = Vec::new();
+        self.engine
+            .reap(None, &self.disk, &mut self.stats, true, &mut done);
+        let in_flight: u16 = self.queue_sizes.iter().sum();
+        self.engine = engine::open_engine(&self.id, wanted, in_flight);
+    }
+
+    /// The engine serving requests (after any fallback).
+    pub fn io_engine(&self) -> IoEngine {
+        self.engine.kind()
+    }
+
+    /// Puts the requests the engine finished into the used ring (with `wait`, every request in
+    /// flight, waited for) and raises the interrupt if the driver wants it.
+    fn complete_in_flight(&mut self, wait: bool) {
+        let mut done = Vec::new();
+        let mem = self.active.as_ref().map(|a| a.mem.clone());
+        let answer = if self.broken { None } else { mem.as_ref() };
+        self.engine
+            .reap(answer, &self.disk, &mut self.stats, wait, &mut done);
+        report_host_error(&self.id, &self.path, &mut self.stats, &mut self.host_errors);
+        if let (Some(active), Some(mem), false) = (self.active.as_mut(), answer, done.is_empty()) {
+            let mut used = vec![false; active.queues.len()];
+            for (tag, len) in done {
+                let (index, head) = ((tag >> 16) as usize, tag as u16);
+                let Some(queue) = active.queues.get_mut(index) else {
+                    continue;
+                };
+                if let Err(e) = queue.add_used(mem, head, len) {
+                    log::warn!("Disk {}: cannot complete request {head}: {e}", self.id);
+                    self.broken = true;
+                    break;
+                }
+                used[index] = true;
+            }
+            // Every queue that got entries is asked (EVENT_IDX keeps per-queue state).
+            let mut notify = false;
+            for (queue, used) in active.queues.iter_mut().zip(used) {
+                notify |= used && queue.needs_notification(mem).unwrap_or(true);
+            }
+            if notify {
+                active.interrupt.signal_used_queue();
+            }
+        }
+        self.publish_counters();
+    }
+
+    /// Serves every ready queue (after a rate limiter's timer, which does not say which
+    /// queue waited).
+    fn process_queues(&mut self) {
+        let ready = self.active.as_ref().map_or(0, |a| a.queues.len());
+        for index in 0..ready {
+            self.process_queue(index);
+        }
+    }
+
+    fn process_queue(&mut self, index: usize) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
         let mem = active.mem.clone();
-        let queue = &mut active.queue;
+        let Some(queue) = active.queues.get_mut(index).filter(|q| q.ready()) else {
+            return;
+        };
         let id = self.id.as_bytes();
         let (disk, stats, host_errors) = (&self.disk, &mut self.stats, &mut self.host_errors);
         let (name, path) = (&self.id, &self.path);
+        let (limiter, engine) = (&mut self.limiter, &mut self.engine);
         let served = serve_chains(&mem, queue, |chain| {
-            let done = request::process(&mem, chain, disk, id, stats);
-            if let Some(error) = stats.last_host_error.take()
-                && let Some(count) = host_errors.note(error, Instant::now())
-            {
-                log::warn!(
-                    "Disk {name}: host {} of {} failed: {error}; the guest gets an I/O error ({count} time(s) since the last report; {} host failure(s) in all)",
-                    error.op,
-                    path.display(),
-                    stats.host_errors
-                );
+            if !limiter.consume(request::data_len_hint(&chain)) {
+                return Some(Served::Throttled);
             }
-            Some(done.used_len)
+            let head = tag(index, chain.head_index());
+            let done = match request::parse(&mem, chain, disk, id, stats) {
+                Err(malformed) => malformed,
+                Ok(request) => match engine.submit(&mem, head, request, disk, stats) {
+                    Submitted::Done(done) => done,
+                    Submitted::InFlight => return Some(Served::InFlight),
+                },
+            };
+            report_host_error(name, path, stats, host_errors);
+            Some(Served::Used(done.used_len))
         });
+        engine.commit(&mem, disk, stats);
         let used_any = match served {
             Ok(used_any) => used_any,
             Err(e) => {
@@ -241,7 +425,20 @@ impl Block {
         if used_any && queue.needs_notification(&mem).unwrap_or(true) {
             active.interrupt.signal_used_queue();
         }
-        self.counters.publish(self.stats.into());
+        if self.engine.in_flight() > 0 {
+            // What completed during the submission (page-cache hits) goes back at once.
+            self.complete_in_flight(false);
+        }
+        self.publish_counters();
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        // The kernel may still be writing into guest memory: wait for it.
+        let mut done = Vec::new();
+        self.engine
+            .reap(None, &self.disk, &mut self.stats, true, &mut done);
     }
 }
 
@@ -263,7 +460,7 @@ impl VirtioDevice for Block {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
+        &self.queue_sizes
     }
 
     fn queue_events(&self) -> &[EventFd] {
@@ -275,56 +472,82 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let queue = single_queue(ctx.queues)?;
+        if !ctx.queues.first().is_some_and(|q| q.ready()) {
+            return Err(ActivateError::BadQueue(0, "not ready".into()));
+        }
         self.active = Some(Active {
             mem: ctx.mem,
-            queue,
+            queues: ctx.queues,
             interrupt: ctx.interrupt,
         });
         self.broken = false;
         // This runs on the vCPU thread that wrote DRIVER_OK, which does no device I/O (its
         // seccomp filter forbids preadv and friends): requests queued before DRIVER_OK are
-        // left to the event loop, woken through the queue's eventfd.
-        if let Err(e) = self.queue_evts[0].write(1) {
-            log::error!(
-                "Disk {}: cannot wake its queue after activation: {e}",
-                self.id
-            );
-        }
+        // left to the event loop, woken through the queues' eventfds.
+        self.kick_queues("activation");
         Ok(())
     }
 
     fn reset(&mut self) {
+        // On the vCPU thread: requests still in flight finish unanswered, retired by the event
+        // loop (the driver gave up the queue; guest memory stays mapped for the VM's life).
+        self.engine.abandon();
         self.active = None;
         self.broken = false;
     }
 
     fn quiesce(&mut self) {
         self.quiesced = true;
+        // Every request in flight completes before the VM counts as paused.
+        self.complete_in_flight(true);
     }
 
     fn active_queues(&self) -> Option<Vec<QueueState>> {
-        // Requests complete before `process_queue` returns: none is ever half done.
-        self.active.as_ref().map(|a| vec![a.queue.state()])
+        // Sync requests complete before `process_queue` returns and async ones before
+        // `quiesce` does: none is half done in a paused VM.
+        if self.engine.in_flight() > 0 {
+            log::warn!(
+                "Disk {}: saving its queue with {} request(s) in flight",
+                self.id,
+                self.engine.in_flight()
+            );
+        }
+        self.active
+            .as_ref()
+            .map(|a| a.queues.iter().map(|q| q.state()).collect())
     }
 
     fn wake(&mut self) {
         self.quiesced = false;
-        if let Err(e) = self.queue_evts[0].write(1) {
-            log::error!("Disk {}: cannot wake its queue: {e}", self.id);
-        }
+        self.kick_queues("wake-up");
     }
 }
 
-/// Event-loop tokens.
-const TOKEN_QUEUE: u32 = 0;
+/// Event-loop tokens: queue `i` is token `i` (below `MAX_QUEUES`).
+const TOKEN_LIMITER: u32 = 1000;
+const TOKEN_COMPLETION: u32 = 1001;
 
 impl MutEventSubscriber for Block {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if events.data() != TOKEN_QUEUE {
+        let token = events.data();
+        let queue = match token {
+            TOKEN_LIMITER => {
+                self.limiter.on_timer();
+                None
+            }
+            TOKEN_COMPLETION => return self.complete_in_flight(false),
+            index => match self.queue_evts.get(index as usize) {
+                Some(evt) => {
+                    let _ = evt.read();
+                    Some(index as usize)
+                }
+                None => return,
+            },
+        };
+        if self.limiter.is_blocked() {
+            // Throttled: the limiter's timer comes back here; the avail ring keeps the rest.
             return;
         }
-        let _ = self.queue_evts[0].read();
         if self.quiesced {
             // `wake` kicks the queue again; nothing is lost, the avail ring keeps it.
             return;
@@ -336,15 +559,27 @@ impl MutEventSubscriber for Block {
             );
             return;
         }
-        self.process_queue();
+        match queue {
+            Some(index) => self.process_queue(index),
+            None => self.process_queues(),
+        }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::with_data(
-            &self.queue_evts[0],
-            TOKEN_QUEUE,
+        let mut added = ops.add(Events::with_data(
+            &self.limiter,
+            TOKEN_LIMITER,
             EventSet::IN,
-        )) {
+        ));
+        for (index, evt) in self.queue_evts.iter().enumerate() {
+            added =
+                added.and_then(|()| ops.add(Events::with_data(evt, index as u32, EventSet::IN)));
+        }
+        if let Some(evt) = self.engine.completion_event() {
+            added = added
+                .and_then(|()| ops.add(Events::with_data(evt, TOKEN_COMPLETION, EventSet::IN)));
+        }
+        if let Err(e) = added {
             log::error!("Disk {}: cannot watch its queue: {e:?}", self.id);
         }
     }

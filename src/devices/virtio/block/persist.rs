@@ -57,6 +57,10 @@ impl Block {
         if state.readonly != self.disk.readonly() {
             return Err(mismatch("read-only"));
         }
+        if state.config.get(34..36) != self.config.get(34..36) {
+            // Snapshots from before num_queues had one queue whatever the vCPU count.
+            return Err(mismatch("the number of request queues (num_queues)"));
+        }
         if state.config[..] != self.config[..] {
             return Err(mismatch("the config space (capacity)"));
         }

@@ -12,7 +12,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use virtio_queue::{DescriptorChain, Reader, Writer};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use super::disk::{DiskFile, SECTOR_SIZE};
 
@@ -105,7 +105,7 @@ impl std::fmt::Display for HostIoError {
 
 /// Why a request failed, logged at debug level and turned into a status byte.
 #[derive(Debug, thiserror::Error)]
-enum RequestError {
+pub(crate) enum RequestError {
     #[error("header shorter than 16 bytes")]
     ShortHeader,
     #[error("data length {0} is not a multiple of 512")]
@@ -215,16 +215,104 @@ fn data_slices<'m>(
     Ok(slices)
 }
 
-/// Executes the request; returns the data bytes it wrote into guest memory past `data`.
-fn execute(
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+/// What a parsed request asks of the disk.
+pub(crate) enum Op<'m> {
+    /// Read into the guest's buffers (IN).
+    Read {
+        /// Byte offset in the disk.
+        offset: u64,
+        /// The guest's buffers, in order.
+        bufs: Vec<VolatileSlice<'m>>,
+    },
+    /// Write the guest's buffers (OUT).
+    Write {
+        /// Byte offset in the disk.
+        offset: u64,
+        /// The guest's buffers, in order.
+        bufs: Vec<VolatileSlice<'m>>,
+    },
+    /// Make every completed write durable (FLUSH on a writable disk).
+    Flush,
+    /// Punch these (offset, bytes) ranges (DISCARD).
+    Discard(Vec<(u64, u64)>),
+    /// Zero these (offset, bytes) ranges (WRITE_ZEROES).
+    WriteZeroes(Vec<(u64, u64)>),
+    /// Nothing left for the disk: done while parsing (GET_ID, FLUSH of a read-only disk) or
+    /// refused (`Err`).
+    Done(Result<(), RequestError>),
+}
+
+/// How a request ends, kept apart from its buffers so that an engine can hold it while the
+/// I/O is in flight: where the status byte goes and what success adds to the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reply {
+    /// Guest address of the status byte (the chain's last writable byte).
+    status: GuestAddress,
+    /// Data bytes the request puts into guest memory on success (IN, GET_ID).
+    data_in: u32,
+    /// Bytes read from / written to the disk on success, for the counters.
+    read: u64,
+    written: u64,
+}
+
+/// A parsed request: what to do, and how it ends.
+pub(crate) struct Request<'m> {
+    /// What the disk must do.
+    pub(crate) op: Op<'m>,
+    /// Where and how it is answered.
+    pub(crate) reply: Reply,
+}
+
+fn segments(
+    disk: &DiskFile,
+    kind: u32,
+    reader: &mut Reader<'_>,
+) -> Result<Vec<(u64, u64)>, RequestError> {
+    if disk.readonly() {
+        return Err(RequestError::ReadOnly);
+    }
+    if !disk.supports_discard() {
+        return Err(RequestError::Unsupported(kind));
+    }
+    let avail = reader.available_bytes();
+    if avail == 0 || !avail.is_multiple_of(16) || avail / 16 > MAX_DISCARD_SEGMENTS as usize {
+        return Err(RequestError::BadSegments);
+    }
+    let mut ranges = Vec::with_capacity(avail / 16);
+    for _ in 0..avail / 16 {
+        let mut seg = [0u8; 16];
+        reader.read_exact(&mut seg).map_err(RequestError::Memory)?;
+        let start = u64::from_le_bytes(seg[0..8].try_into().expect("8 bytes"));
+        let sectors = u32::from_le_bytes(seg[8..12].try_into().expect("4 bytes"));
+        let flags = u32::from_le_bytes(seg[12..16].try_into().expect("4 bytes"));
+        // Only the "unmap" flag (bit 0) exists, and only for write-zeroes.
+        let allowed = if kind == VIRTIO_BLK_T_WRITE_ZEROES {
+            1
+        } else {
+            0
+        };
+        if flags & !allowed != 0 {
+            return Err(RequestError::Unsupported(kind));
+        }
+        let bytes = u64::from(sectors) * SECTOR_SIZE;
+        let offset = check_range(disk, start, bytes)?;
+        if bytes != 0 {
+            ranges.push((offset, bytes));
+        }
+    }
+    Ok(ranges)
+}
+
+/// Parses the header and data of a request whose status byte is known to exist: the op, and
+/// the data bytes a successful one puts into guest memory (GET_ID is served here).
+fn parse_op<'m>(
+    mem: &'m GuestMemoryMmap,
+    chain: DescriptorChain<&'m GuestMemoryMmap>,
     disk: &DiskFile,
     id: &[u8],
     reader: &mut Reader<'_>,
     data: &mut Writer<'_>,
-    stats: &mut RequestStats,
-) -> Result<usize, RequestError> {
+) -> Result<(Op<'m>, usize), RequestError> {
     let mut header = [0u8; 16];
     reader
         .read_exact(&mut header)
@@ -236,10 +324,7 @@ fn execute(
             let len = data_len(data.available_bytes())?;
             let offset = check_range(disk, sector, len as u64)?;
             let bufs = data_slices(mem, chain, true, 0, len)?;
-            disk.read_volatile_at(offset, &bufs)
-                .map_err(|e| RequestError::Io(HostOp::Read, e))?;
-            stats.read_bytes += len as u64;
-            Ok(len)
+            Ok((Op::Read { offset, bufs }, len))
         }
         VIRTIO_BLK_T_OUT => {
             if disk.readonly() {
@@ -248,74 +333,203 @@ fn execute(
             let len = data_len(reader.available_bytes())?;
             let offset = check_range(disk, sector, len as u64)?;
             let bufs = data_slices(mem, chain, false, reader.bytes_read(), len)?;
-            disk.write_volatile_at(offset, &bufs)
-                .map_err(|e| RequestError::Io(HostOp::Write, e))?;
-            stats.written_bytes += len as u64;
-            Ok(0)
+            Ok((Op::Write { offset, bufs }, 0))
         }
-        VIRTIO_BLK_T_FLUSH => {
-            if disk.readonly() {
-                return Ok(0);
-            }
-            disk.flush()
-                .map_err(|e| RequestError::Io(HostOp::Flush, e))
-                .map(|()| 0)
-        }
+        VIRTIO_BLK_T_FLUSH if disk.flush_ignored() => Ok((Op::Done(Ok(())), 0)),
+        VIRTIO_BLK_T_FLUSH => Ok((Op::Flush, 0)),
         VIRTIO_BLK_T_GET_ID => {
             let mut serial = [0u8; VIRTIO_BLK_ID_BYTES as usize];
             let n = id.len().min(serial.len());
             serial[..n].copy_from_slice(&id[..n]);
             let room = data.available_bytes().min(serial.len());
             data.write_all(&serial[..room])
-                .map_err(RequestError::Memory)
-                .map(|()| 0)
+                .map_err(RequestError::Memory)?;
+            Ok((Op::Done(Ok(())), room))
         }
-        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
-            if disk.readonly() {
-                return Err(RequestError::ReadOnly);
-            }
-            if !disk.supports_discard() {
-                return Err(RequestError::Unsupported(kind));
-            }
-            let avail = reader.available_bytes();
-            if avail == 0 || !avail.is_multiple_of(16) || avail / 16 > MAX_DISCARD_SEGMENTS as usize
-            {
-                return Err(RequestError::BadSegments);
-            }
-            for _ in 0..avail / 16 {
-                let mut seg = [0u8; 16];
-                reader.read_exact(&mut seg).map_err(RequestError::Memory)?;
-                let start = u64::from_le_bytes(seg[0..8].try_into().expect("8 bytes"));
-                let sectors = u32::from_le_bytes(seg[8..12].try_into().expect("4 bytes"));
-                let flags = u32::from_le_bytes(seg[12..16].try_into().expect("4 bytes"));
-                // Only the "unmap" flag (bit 0) exists, and only for write-zeroes.
-                let allowed = if kind == VIRTIO_BLK_T_WRITE_ZEROES {
-                    1
-                } else {
-                    0
-                };
-                if flags & !allowed != 0 {
-                    return Err(RequestError::Unsupported(kind));
-                }
-                let bytes = u64::from(sectors) * SECTOR_SIZE;
-                let offset = check_range(disk, start, bytes)?;
-                if bytes == 0 {
-                    continue;
-                }
-                let (op, done) = if kind == VIRTIO_BLK_T_DISCARD {
-                    (HostOp::Discard, disk.discard(offset, bytes))
-                } else {
-                    (HostOp::WriteZeroes, disk.write_zeroes(offset, bytes))
-                };
-                done.map_err(|e| RequestError::Io(op, e))?;
-            }
-            Ok(0)
-        }
+        VIRTIO_BLK_T_DISCARD => Ok((Op::Discard(segments(disk, kind, reader)?), 0)),
+        VIRTIO_BLK_T_WRITE_ZEROES => Ok((Op::WriteZeroes(segments(disk, kind, reader)?), 0)),
         other => Err(RequestError::Unsupported(other)),
     }
 }
 
-/// Parses and executes the request in `chain`, writing its data and status into guest memory.
+/// The guest address of `chain`'s last writable byte (the status byte), if it has one.
+fn status_address(chain: &DescriptorChain<&GuestMemoryMmap>) -> Option<GuestAddress> {
+    let last = chain.clone().writable().filter(|d| d.len() > 0).last()?;
+    last.addr().checked_add(u64::from(last.len()) - 1)
+}
+
+/// Parses the request in `chain` (the first step: nothing reaches the disk here). A chain that
+/// cannot even carry a status byte is answered at once: `Err` with its completion.
+pub(crate) fn parse<'m>(
+    mem: &'m GuestMemoryMmap,
+    chain: DescriptorChain<&'m GuestMemoryMmap>,
+    disk: &DiskFile,
+    id: &[u8],
+    stats: &mut RequestStats,
+) -> Result<Request<'m>, Completion> {
+    stats.requests += 1;
+    let malformed = |stats: &mut RequestStats| {
+        stats.malformed += 1;
+        Completion {
+            used_len: 0,
+            status: None,
+        }
+    };
+    let data_chain = chain.clone();
+    let status = status_address(&chain);
+    let readers = Reader::new(mem, chain.clone()).and_then(|r| Ok((r, Writer::new(mem, chain)?)));
+    let (mut reader, writer) = match readers {
+        Ok(pair) => pair,
+        Err(e) => {
+            log::debug!("virtio-blk: descriptor chain outside guest memory: {e}");
+            return Err(malformed(stats));
+        }
+    };
+    let (Some(status), Some(data_room)) = (status, writer.available_bytes().checked_sub(1)) else {
+        log::debug!("virtio-blk: request without a writable status byte");
+        return Err(malformed(stats));
+    };
+    let mut writer = writer;
+    if writer.split_at(data_room).is_err() {
+        return Err(malformed(stats));
+    }
+    let (op, data_in) = match parse_op(mem, data_chain, disk, id, &mut reader, &mut writer) {
+        Ok(parsed) => parsed,
+        Err(e) => (Op::Done(Err(e)), writer.bytes_written()),
+    };
+    let (read, written) = match &op {
+        Op::Read { bufs, .. } => (bufs.iter().map(|b| b.len() as u64).sum(), 0),
+        Op::Write { bufs, .. } => (0, bufs.iter().map(|b| b.len() as u64).sum()),
+        _ => (0, 0),
+    };
+    Ok(Request {
+        op,
+        reply: Reply {
+            status,
+            data_in: data_in as u32,
+            read,
+            written,
+        },
+    })
+}
+
+/// Runs `op` on the disk synchronously (the Sync engine, and the Async engine's ops that have
+/// no io_uring form here).
+pub(crate) fn execute_sync(op: &Op<'_>, disk: &DiskFile) -> Result<(), RequestError> {
+    match op {
+        Op::Read { offset, bufs } => disk
+            .read_volatile_at(*offset, bufs)
+            .map_err(|e| RequestError::Io(HostOp::Read, e)),
+        Op::Write { offset, bufs } => disk
+            .write_volatile_at(*offset, bufs)
+            .map_err(|e| RequestError::Io(HostOp::Write, e)),
+        Op::Flush => disk.flush().map_err(|e| RequestError::Io(HostOp::Flush, e)),
+        Op::Discard(ranges) => ranges.iter().try_for_each(|&(offset, bytes)| {
+            disk.discard(offset, bytes)
+                .map_err(|e| RequestError::Io(HostOp::Discard, e))
+        }),
+        Op::WriteZeroes(ranges) => ranges.iter().try_for_each(|&(offset, bytes)| {
+            disk.write_zeroes(offset, bytes)
+                .map_err(|e| RequestError::Io(HostOp::WriteZeroes, e))
+        }),
+        Op::Done(result) => match result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e.duplicate()),
+        },
+    }
+}
+
+impl Reply {
+    /// Ends the request with `result`: the status byte into guest memory, the counters; the
+    /// used length for the used ring.
+    pub(crate) fn finish(
+        self,
+        mem: &GuestMemoryMmap,
+        result: Result<(), RequestError>,
+        stats: &mut RequestStats,
+    ) -> Completion {
+        let (status, data) = match result {
+            Ok(()) => {
+                stats.read_bytes += self.read;
+                stats.written_bytes += self.written;
+                (VIRTIO_BLK_S_OK as u8, self.data_in)
+            }
+            Err(RequestError::Unsupported(kind)) => {
+                log::debug!("virtio-blk: unsupported request type {kind}");
+                stats.unsupported += 1;
+                (VIRTIO_BLK_S_UNSUPP as u8, self.data_in.min(self.partial()))
+            }
+            Err(e) => {
+                log::debug!("virtio-blk: request failed: {e}");
+                stats.io_errors += 1;
+                if let RequestError::Io(op, host) = &e {
+                    stats.host_errors += 1;
+                    stats.last_host_error = Some(HostIoError::new(*op, host));
+                }
+                (VIRTIO_BLK_S_IOERR as u8, self.data_in.min(self.partial()))
+            }
+        };
+        if mem.write_obj(status, self.status).is_err() {
+            stats.malformed += 1;
+            return Completion {
+                used_len: data,
+                status: None,
+            };
+        }
+        Completion {
+            used_len: data + 1,
+            status: Some(status),
+        }
+    }
+
+    /// Data bytes a failed request still reports: those it wrote while parsing (a GET_ID that
+    /// failed part way); a failed read reports none.
+    fn partial(&self) -> u32 {
+        if self.read > 0 { 0 } else { self.data_in }
+    }
+}
+
+impl RequestError {
+    /// A copy for a second report (io::Error is not Clone).
+    fn duplicate(&self) -> RequestError {
+        match self {
+            RequestError::ShortHeader => RequestError::ShortHeader,
+            RequestError::Unaligned(n) => RequestError::Unaligned(*n),
+            RequestError::TooLarge(n) => RequestError::TooLarge(*n),
+            RequestError::OutOfRange {
+                sector,
+                count,
+                capacity,
+            } => RequestError::OutOfRange {
+                sector: *sector,
+                count: *count,
+                capacity: *capacity,
+            },
+            RequestError::ReadOnly => RequestError::ReadOnly,
+            RequestError::BadSegments => RequestError::BadSegments,
+            RequestError::Memory(e) => {
+                RequestError::Memory(std::io::Error::new(e.kind(), e.to_string()))
+            }
+            RequestError::Io(op, e) => RequestError::Io(
+                *op,
+                e.raw_os_error()
+                    .map(std::io::Error::from_raw_os_error)
+                    .unwrap_or_else(|| std::io::Error::from(e.kind())),
+            ),
+            RequestError::Unsupported(k) => RequestError::Unsupported(*k),
+        }
+    }
+}
+
+/// The data bytes `chain` carries, as the rate limiter counts them before the request is
+/// parsed: every descriptor but the 16-byte header and the status byte (0 for FLUSH).
+pub fn data_len_hint(chain: &DescriptorChain<&GuestMemoryMmap>) -> u64 {
+    (super::super::chain_len(chain, false) + super::super::chain_len(chain, true))
+        .saturating_sub(17)
+}
+
+/// Parses and executes the request in `chain` synchronously, writing its data and status into
+/// guest memory: `parse`, `execute_sync`, `Reply::finish`.
 pub fn process(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
@@ -323,363 +537,15 @@ pub fn process(
     id: &[u8],
     stats: &mut RequestStats,
 ) -> Completion {
-    stats.requests += 1;
-    let data_chain = chain.clone();
-    let readers = Reader::new(mem, chain.clone()).and_then(|r| Ok((r, Writer::new(mem, chain)?)));
-    let (mut reader, mut writer) = match readers {
-        Ok(pair) => pair,
-        Err(e) => {
-            log::debug!("virtio-blk: descriptor chain outside guest memory: {e}");
-            stats.malformed += 1;
-            return Completion {
-                used_len: 0,
-                status: None,
-            };
+    match parse(mem, chain, disk, id, stats) {
+        Ok(request) => {
+            let result = execute_sync(&request.op, disk);
+            request.reply.finish(mem, result, stats)
         }
-    };
-    let Some(data_room) = writer.available_bytes().checked_sub(1) else {
-        log::debug!("virtio-blk: request without a writable status byte");
-        stats.malformed += 1;
-        return Completion {
-            used_len: 0,
-            status: None,
-        };
-    };
-    let mut status_writer = match writer.split_at(data_room) {
-        Ok(w) => w,
-        Err(_) => {
-            stats.malformed += 1;
-            return Completion {
-                used_len: 0,
-                status: None,
-            };
-        }
-    };
-    let mut direct = 0;
-    let status = match execute(mem, data_chain, disk, id, &mut reader, &mut writer, stats) {
-        Ok(written) => {
-            direct = written;
-            VIRTIO_BLK_S_OK as u8
-        }
-        Err(RequestError::Unsupported(kind)) => {
-            log::debug!("virtio-blk: unsupported request type {kind}");
-            stats.unsupported += 1;
-            VIRTIO_BLK_S_UNSUPP as u8
-        }
-        Err(e) => {
-            log::debug!("virtio-blk: request failed: {e}");
-            stats.io_errors += 1;
-            if let RequestError::Io(op, host) = &e {
-                stats.host_errors += 1;
-                stats.last_host_error = Some(HostIoError::new(*op, host));
-            }
-            VIRTIO_BLK_S_IOERR as u8
-        }
-    };
-    let data_written = (writer.bytes_written() + direct) as u32;
-    if status_writer.write_all(&[status]).is_err() {
-        stats.malformed += 1;
-        return Completion {
-            used_len: data_written,
-            status: None,
-        };
-    }
-    Completion {
-        used_len: data_written + 1,
-        status: Some(status),
+        Err(done) => done,
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::RawDescriptor;
-    use virtio_queue::desc::split::Descriptor as SplitDescriptor;
-    use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Bytes, GuestAddress};
-
-    const HDR: u64 = 0x10_0000;
-    const DATA: u64 = 0x20_0000;
-    const STATUS: u64 = 0x30_0000;
-    const W: u16 = VRING_DESC_F_WRITE as u16;
-
-    struct Fixture {
-        mem: GuestMemoryMmap,
-        disk: DiskFile,
-        path: std::path::PathBuf,
-    }
-
-    impl Drop for Fixture {
-        fn drop(&mut self) {
-            std::fs::remove_file(&self.path).ok();
-        }
-    }
-
-    fn fixture(name: &str, readonly: bool) -> Fixture {
-        let path = std::env::temp_dir().join(format!("ember-blk-{name}-{}", std::process::id()));
-        let contents: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, contents).expect("disk file");
-        let disk = DiskFile::open(&path, readonly).expect("open");
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).expect("mem");
-        Fixture { mem, disk, path }
-    }
-
-    fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
-    }
-
-    fn header(mem: &GuestMemoryMmap, kind: u32, sector: u64) {
-        let mut h = [0u8; 16];
-        h[0..4].copy_from_slice(&kind.to_le_bytes());
-        h[8..16].copy_from_slice(&sector.to_le_bytes());
-        mem.write_slice(&h, GuestAddress(HDR)).expect("header");
-    }
-
-    fn run(f: &Fixture, descs: &[RawDescriptor]) -> (Completion, RequestStats) {
-        let queue = MockSplitQueue::new(&f.mem, 16);
-        let chain = queue.build_desc_chain(descs).expect("chain");
-        let mut stats = RequestStats::default();
-        let done = process(&f.mem, chain, &f.disk, b"disk-id", &mut stats);
-        (done, stats)
-    }
-
-    fn status(f: &Fixture) -> u8 {
-        f.mem.read_obj(GuestAddress(STATUS)).expect("status")
-    }
-
-    #[test]
-    fn test_block_write_then_read_round_trip() {
-        let f = fixture("rw", false);
-        f.mem
-            .write_slice(&[0x5a; 512], GuestAddress(DATA))
-            .expect("data");
-        header(&f.mem, VIRTIO_BLK_T_OUT, 3);
-        let (done, _) = run(
-            &f,
-            &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, W)],
-        );
-        assert_eq!(
-            done,
-            Completion {
-                used_len: 1,
-                status: Some(0)
-            }
-        );
-        f.mem
-            .write_slice(&[0; 512], GuestAddress(DATA))
-            .expect("clear");
-        header(&f.mem, VIRTIO_BLK_T_IN, 3);
-        let (done, _) = run(
-            &f,
-            &[desc(HDR, 16, 0), desc(DATA, 512, W), desc(STATUS, 1, W)],
-        );
-        assert_eq!(
-            done,
-            Completion {
-                used_len: 513,
-                status: Some(0)
-            }
-        );
-        let mut back = [0u8; 512];
-        f.mem
-            .read_slice(&mut back, GuestAddress(DATA))
-            .expect("read");
-        assert_eq!(back, [0x5a; 512]);
-        let mut file = vec![0u8; 512];
-        f.disk.read_at(3 * 512, &mut file).expect("file");
-        assert_eq!(file, vec![0x5a; 512]);
-    }
-
-    #[test]
-    fn test_block_read_beyond_capacity_is_ioerr() {
-        let f = fixture("range", false);
-        header(&f.mem, VIRTIO_BLK_T_IN, 15);
-        let (done, stats) = run(
-            &f,
-            &[desc(HDR, 16, 0), desc(DATA, 1024, W), desc(STATUS, 1, W)],
-        );
-        assert_eq!(done.status, Some(VIRTIO_BLK_S_IOERR as u8));
-        assert_eq!(status(&f), VIRTIO_BLK_S_IOERR as u8);
-        assert_eq!(stats.io_errors, 1);
-        assert_eq!(stats.host_errors, 0, "the guest's mistake, not the host's");
-    }
-
-    #[test]
-    fn test_block_file_truncated_under_guest_is_host_error() {
-        let f = fixture("truncated", false);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&f.path)
-            .and_then(|file| file.set_len(1024))
-            .expect("truncate");
-        header(&f.mem, VIRTIO_BLK_T_IN, 4);
-        let (done, stats) = run(
-            &f,
-            &[desc(HDR, 16, 0), desc(DATA, 1024, W), desc(STATUS, 1, W)],
-        );
-        assert_eq!(done.status, Some(VIRTIO_BLK_S_IOERR as u8));
-        assert_eq!((stats.io_errors, stats.host_errors), (1, 1));
-        let error = stats.last_host_error.expect("reported");
-        assert_eq!(error.op, HostOp::Read);
-        assert!(error.to_string().contains("truncated"), "{error}");
-    }
-
-    #[test]
-    fn test_block_huge_sector_does_not_overflow() {
-        let f = fixture("overflow", false);
-        header(&f.mem, VIRTIO_BLK_T_IN, u64::MAX);
-        let (done, _) = run(
-            &f,
-            &[desc(HDR, 16, 0), desc(DATA, 512, W), desc(STATUS, 1, W)],
-        );
-        assert_eq!(done.status, Some(VIRTIO_BLK_S_IOERR as u8));
-    }
-
-    #[test]
-    fn test_block_write_to_readonly_fails_and_file_unchanged() {
-        let f = fixture("ro", true);
-        let before = std::fs::read(&f.path).expect("read");
-        header(&f.mem, VIRTIO_BLK_T_OUT, 0);
-        let (done, _) = run(
-            &f,
-            &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, W)],
-        );
-        assert_eq!(done.status, Some(VIRTIO_BLK_S_IOERR as u8));
-        assert_eq!(std::fs::read(&f.path).expect("read"), before);
-    }
-
-    #[test]
-    fn test_block_missing_status_descriptor_is_malformed() {
-        let f = fixture("nostatus", false);
-        header(&f.mem, VIRTIO_BLK_T_OUT, 0);
-        let (done, stats) = run(&f, &[desc(HDR, 16, 0), desc(DATA, 512, 0)]);
-        assert_eq!(
-            done,
-            Completion {
-                used_len: 0,
-                status: None
-            }
-        );
-        assert_eq!(stats.malformed, 1);
-    }
-
-    #[test]
-    fn test_block_descriptor_outside_memory_is_malformed() {
-        let f = fixture("oob", false);
-        header(&f.mem, VIRTIO_BLK_T_IN, 0);
-        let (done, stats) = run(
-            &f,
-            &[
-                desc(HDR, 16, 0),
-                desc(0xffff_0000, 512, W),
-                desc(STATUS, 1, W),
-            ],
-        );
-        assert_eq!(done.status, None);
-        assert_eq!(stats.malformed, 1);
-    }
-
-    #[test]
-    fn test_block_short_header_is_ioerr() {
-        let f = fixture("short", false);
-        let (done, _) = run(&f, &[desc(HDR, 8, 0), desc(STATUS, 1, W)]);
-        assert_eq!(done.status, Some(VIRTIO_BLK_S_IOERR as u8));
-    }
-
-    #[test]
-    fn test_block_unaligned_data_is_ioerr() {
-        let f = fixture("unaligned", false);
-        header(&f.mem, VIRTIO_BLK_T_IN, 0);
-        let (done, _) = run(
-            &f,
-            &[desc(HDR, 16, 0), desc(DATA, 100, W), desc(STATUS, 1, W)],
-        );
-        assert_eq!(done.status, Some(VIRTIO_BLK_S_IOERR as u8));
-    }
-
-    #[test]
-    fn test_block_unknown_type_is_unsupp() {
-        let f = fixture("unsupp", false);
-        header(&f.mem, 0x7777, 0);
-        let (done, stats) = run(&f, &[desc(HDR, 16, 0), desc(STATUS, 1, W)]);
-        assert_eq!(done.status, Some(VIRTIO_BLK_S_UNSUPP as u8));
-        assert_eq!(stats.unsupported, 1);
-    }
-
-    #[test]
-    fn test_block_get_id_writes_serial() {
-        let f = fixture("getid", false);
-        header(&f.mem, VIRTIO_BLK_T_GET_ID, 0);
-        let (done, _) = run(
-            &f,
-            &[desc(HDR, 16, 0), desc(DATA, 20, W), desc(STATUS, 1, W)],
-        );
-        assert_eq!(
-            done,
-            Completion {
-                used_len: 21,
-                status: Some(0)
-            }
-        );
-        let mut id = [0u8; 20];
-        f.mem.read_slice(&mut id, GuestAddress(DATA)).expect("id");
-        assert_eq!(&id[..7], b"disk-id");
-        assert_eq!(id[7], 0);
-    }
-
-    #[test]
-    fn test_block_flush_ok() {
-        let f = fixture("flush", false);
-        header(&f.mem, VIRTIO_BLK_T_FLUSH, 0);
-        let (done, _) = run(&f, &[desc(HDR, 16, 0), desc(STATUS, 1, W)]);
-        assert_eq!(done.status, Some(0));
-    }
-
-    #[test]
-    fn test_block_discard_zeroes_range() {
-        let f = fixture("discard", false);
-        if !f.disk.supports_discard() {
-            return;
-        }
-        header(&f.mem, VIRTIO_BLK_T_WRITE_ZEROES, 0);
-        let mut seg = [0u8; 16];
-        seg[0..8].copy_from_slice(&8u64.to_le_bytes());
-        seg[8..12].copy_from_slice(&8u32.to_le_bytes());
-        f.mem.write_slice(&seg, GuestAddress(DATA)).expect("seg");
-        let (done, _) = run(
-            &f,
-            &[desc(HDR, 16, 0), desc(DATA, 16, 0), desc(STATUS, 1, W)],
-        );
-        assert_eq!(done.status, Some(0));
-        let mut buf = vec![0xffu8; 4096];
-        f.disk.read_at(4096, &mut buf).expect("read");
-        assert!(buf.iter().all(|b| *b == 0));
-        let mut before = [0u8; 1];
-        f.disk.read_at(4095, &mut before).expect("read");
-        assert_eq!(before[0], (4095 % 251) as u8);
-    }
-
-    #[test]
-    fn test_block_descriptor_loop_terminates() {
-        let f = fixture("loop", false);
-        header(&f.mem, VIRTIO_BLK_T_IN, 0);
-        let queue = MockSplitQueue::new(&f.mem, 16);
-        // Descriptor 1 points back at itself: the chain must end, not spin.
-        let looping = [
-            RawDescriptor::from(SplitDescriptor::new(HDR, 16, VRING_DESC_F_NEXT as u16, 1)),
-            RawDescriptor::from(SplitDescriptor::new(
-                DATA,
-                512,
-                W | VRING_DESC_F_NEXT as u16,
-                1,
-            )),
-        ];
-        let chain = queue.build_multiple_desc_chains(&looping).expect("chain");
-        let mut stats = RequestStats::default();
-        let done = process(&f.mem, chain, &f.disk, b"id", &mut stats);
-        // 15 copies of the data descriptor: 7680 bytes, minus the status byte: not a multiple of
-        // 512, so the request fails cleanly.
-        assert_eq!(done.status, Some(VIRTIO_BLK_S_IOERR as u8));
-    }
-}
+#[path = "request_tests.rs"]
+mod tests;

@@ -96,7 +96,7 @@ fn test_block_counters_count_requests_bytes_and_errors() {
     post_request(&mem, &mq, 1, VIRTIO_BLK_T_IN, 0, 1024);
     post_request(&mem, &mq, 2, T_UNKNOWN, 0, 512);
 
-    block.process_queue();
+    block.process_queue(0);
 
     assert_eq!(
         block.counters().values(),
@@ -106,6 +106,7 @@ fn test_block_counters_count_requests_bytes_and_errors() {
             written_bytes: 512,
             errors: 1,
             drops: 0,
+            throttled: 0,
         }
     );
     assert_eq!([status(&mem, 0), status(&mem, 1)], [0, 0]);
@@ -146,7 +147,7 @@ fn test_block_state_round_trip_serves_the_next_request_only() {
     mem.write_slice(&[0x5a; 512], GuestAddress(data_at(0)))
         .expect("data");
     post_request(&mem, &mq, 0, VIRTIO_BLK_T_OUT, 2, 512);
-    block.process_queue();
+    block.process_queue(0);
     let json = serde_json::to_string(&block.save()).expect("serialize");
     let queues = block
         .active_queues()
@@ -162,7 +163,7 @@ fn test_block_state_round_trip_serves_the_next_request_only() {
         .restore(&serde_json::from_str(&json).expect("deserialize"))
         .expect("restore");
     post_request(&mem, &mq, 1, VIRTIO_BLK_T_IN, 2, 512);
-    restored.process_queue();
+    restored.process_queue(0);
 
     assert_eq!(
         restored.counters().values().ops,
@@ -205,4 +206,47 @@ fn test_block_restore_refuses_another_disk() {
         new_block(&disk).restore(&newer),
         Err(StateError::Version { .. })
     ));
+    let mut four_queues = new_block(&disk);
+    four_queues.set_queues(4, QUEUE_SIZE).expect("eventfds");
+    assert!(matches!(
+        four_queues.restore(&saved),
+        Err(StateError::Mismatch {
+            field: "the number of request queues (num_queues)",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn test_block_four_queues_offer_mq_and_serve_each_queue() {
+    let disk = Scratch::new("blk-mq", &[0x5au8; DISK_SIZE]);
+    let mem = memory();
+    let mut block = new_block(&disk);
+    block.set_queues(4, 16).expect("eventfds");
+    assert_eq!(block.queue_max_sizes(), &[16, 16, 16, 16]);
+    assert_ne!(block.avail_features() & (1 << VIRTIO_BLK_F_MQ), 0);
+    let mut num_queues = [0u8; 2];
+    block.read_config(34, &mut num_queues);
+    assert_eq!(u16::from_le_bytes(num_queues), 4);
+    let mq0 = MockSplitQueue::new(&mem, 16);
+    let mq1 = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+    let queues = vec![
+        mq0.create_queue().expect("queue 0"),
+        mq1.create_queue().expect("queue 1"),
+    ];
+    let _irq = activate(&mut block, &mem, queues);
+    post_request(&mem, &mq1, 0, VIRTIO_BLK_T_IN, 0, 512);
+
+    block.process_queue(1);
+
+    assert_eq!(status(&mem, 0), 0);
+    assert_eq!(
+        mq1.used().idx().load(),
+        1,
+        "completed on the queue it came from"
+    );
+    assert_eq!(mq0.used().idx().load(), 0);
+    assert_eq!(block.active_queues().map(|q| q.len()), Some(2));
+    block.set_queues(1, 256).expect("eventfds");
+    assert_eq!(block.avail_features() & (1 << VIRTIO_BLK_F_MQ), 0);
 }

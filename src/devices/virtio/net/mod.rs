@@ -30,6 +30,8 @@ use self::tap::{Tap, TapError};
 use super::counters::{CounterValues, DeviceCounters};
 use super::{ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt, read_config_bytes};
 use crate::config::net::MacAddr;
+use crate::config::rate_limiter::RateLimiterConfig;
+use crate::devices::rate_limiter::{RateLimiter, RateLimiterError};
 
 /// Size of each of the two queues.
 pub const QUEUE_SIZE: u16 = 256;
@@ -49,6 +51,9 @@ pub enum NetError {
     /// An eventfd could not be created.
     #[error("Failed to create an eventfd for network interface {0}")]
     EventFd(String, #[source] std::io::Error),
+    /// A rate limiter's timer could not be created.
+    #[error("Network interface {0}")]
+    RateLimiter(String, #[source] RateLimiterError),
 }
 
 /// Event-loop tokens.
@@ -58,6 +63,8 @@ enum Token {
     RxQueue = 0,
     TxQueue = 1,
     Tap = 2,
+    RxLimiter = 3,
+    TxLimiter = 4,
 }
 
 struct Active {
@@ -88,6 +95,8 @@ pub struct Net {
     tap_interest: EventSet,
     stats: NetStats,
     counters: Arc<DeviceCounters>,
+    rx_limiter: RateLimiter,
+    tx_limiter: RateLimiter,
 }
 
 impl From<NetStats> for CounterValues {
@@ -98,6 +107,7 @@ impl From<NetStats> for CounterValues {
             written_bytes: stats.tx_bytes,
             errors: stats.tx_malformed + stats.tx_errors + stats.rx_malformed,
             drops: stats.rx_dropped,
+            throttled: 0,
         }
     }
 }
@@ -122,6 +132,11 @@ impl Net {
         let queue_evts = (0..QUEUE_SIZES.len())
             .map(|_| EventFd::new(EFD_NONBLOCK).map_err(|e| NetError::EventFd(id.to_string(), e)))
             .collect::<Result<Vec<_>, _>>()?;
+        let limiter = |side: &str| {
+            RateLimiter::new(&format!("net {id} {side}"), None)
+                .map_err(|e| NetError::RateLimiter(id.into(), e))
+        };
+        let (rx_limiter, tx_limiter) = (limiter("rx")?, limiter("tx")?);
         log::info!("Network interface {id}: TAP {}, MAC {mac}", tap.name());
         Ok(Net {
             id: id.to_string(),
@@ -138,7 +153,31 @@ impl Net {
             tap_interest: EventSet::empty(),
             stats: NetStats::default(),
             counters: Arc::default(),
+            rx_limiter,
+            tx_limiter,
         })
+    }
+
+    /// Applies rate limiter configurations or changes (see `RateLimiter::update`) to the
+    /// receive and transmit sides; queues that waited for the old limiters are looked at again.
+    pub fn update_rate_limiters(
+        &mut self,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) {
+        for (update, limiter, evt) in [
+            (rx, &mut self.rx_limiter, &self.queue_evts[RX_INDEX]),
+            (tx, &mut self.tx_limiter, &self.queue_evts[TX_INDEX]),
+        ] {
+            if let Some(update) = update {
+                limiter.update(update);
+                if self.active.is_some()
+                    && let Err(e) = evt.write(1)
+                {
+                    log::error!("net {}: cannot wake its queue: {e}", self.id);
+                }
+            }
+        }
     }
 
     /// Traffic and drop counters.
@@ -160,6 +199,7 @@ impl Net {
             &active.mem,
             &mut active.rx,
             &mut self.tap,
+            &mut self.rx_limiter,
             &mut self.stats,
             &name,
         );
@@ -184,6 +224,7 @@ impl Net {
             &active.mem,
             &mut active.tx,
             &mut self.tap,
+            &mut self.tx_limiter,
             &mut self.stats,
             &name,
         );
@@ -356,6 +397,12 @@ impl MutEventSubscriber for Net {
         if token == Token::RxQueue as u32 || token == Token::TxQueue as u32 {
             let _ = self.queue_evts[token as usize].read();
         }
+        // A fired timer is disarmed whatever happens next (it would stay readable otherwise).
+        if token == Token::RxLimiter as u32 {
+            self.rx_limiter.on_timer();
+        } else if token == Token::TxLimiter as u32 {
+            self.tx_limiter.on_timer();
+        }
         let runnable = self.active.is_some() && !self.broken && !self.quiesced;
         if runnable {
             match token {
@@ -366,7 +413,15 @@ impl MutEventSubscriber for Net {
                         self.process_rx();
                     }
                 }
+                // Throttled: the limiter's timer comes back for the queue.
+                t if t == Token::TxQueue as u32 && self.tx_limiter.is_blocked() => {}
                 t if t == Token::TxQueue as u32 => self.process_tx(),
+                t if t == Token::RxLimiter as u32 => {
+                    if !self.tap_failed {
+                        self.process_rx();
+                    }
+                }
+                t if t == Token::TxLimiter as u32 => self.process_tx(),
                 t if t == Token::Tap as u32 => self.handle_tap(events.event_set()),
                 other => log::warn!("{}: unexpected event token {other}", self.name()),
             }
@@ -375,7 +430,10 @@ impl MutEventSubscriber for Net {
             log::debug!("{}: quiesced; event left for the wake-up", self.name());
         }
         self.update_tap_interest(ops);
-        self.counters.publish(self.stats.into());
+        self.counters.publish(CounterValues {
+            throttled: self.rx_limiter.throttled() + self.tx_limiter.throttled(),
+            ..self.stats.into()
+        });
         log::trace!("{}: {:?}", self.name(), self.stats);
     }
 
@@ -383,6 +441,14 @@ impl MutEventSubscriber for Net {
         for (evt, token) in self.queue_evts.iter().zip([Token::RxQueue, Token::TxQueue]) {
             if let Err(e) = ops.add(Events::with_data(evt, token as u32, EventSet::IN)) {
                 log::error!("{}: cannot watch its queues: {e:?}", self.name());
+            }
+        }
+        for (limiter, token) in [
+            (&self.rx_limiter, Token::RxLimiter),
+            (&self.tx_limiter, Token::TxLimiter),
+        ] {
+            if let Err(e) = ops.add(Events::with_data(limiter, token as u32, EventSet::IN)) {
+                log::error!("{}: cannot watch its rate limiters: {e:?}", self.name());
             }
         }
         // The TAP is watched once the driver activates the device.

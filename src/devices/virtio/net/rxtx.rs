@@ -3,6 +3,7 @@
 //! TAP), RX reads one frame from the backend and scatters it into one guest chain. Malformed
 //! chains are dropped and counted; a frame that cannot be placed yet waits (one at most).
 
+use crate::devices::rate_limiter::RateLimiter;
 use std::io::ErrorKind;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
@@ -161,6 +162,8 @@ pub struct TxPass {
     pub used: bool,
     /// The backend would block: a frame waits, retry when it is writable.
     pub blocked: bool,
+    /// The rate limiter said wait: the next chain stays in the ring until its timer fires.
+    pub throttled: bool,
     /// The guest corrupted the queue; stop using it until reset.
     pub broken: bool,
 }
@@ -224,12 +227,13 @@ impl Tx {
         }
     }
 
-    /// Sends what the guest queued, the waiting frame first.
+    /// Sends what the guest queued, the waiting frame first, as far as `limiter` lets it.
     pub fn process(
         &mut self,
         mem: &GuestMemoryMmap,
         queue: &mut Queue,
         backend: &mut dyn Backend,
+        limiter: &mut RateLimiter,
         stats: &mut NetStats,
         name: &str,
     ) -> TxPass {
@@ -263,6 +267,12 @@ impl Tx {
                 let head = chain.head_index();
                 match gather_tx(mem, chain, &mut self.buf) {
                     Ok(len) => {
+                        if !limiter.consume(len as u64) {
+                            // The chain goes back to the ring; the limiter's timer wakes us.
+                            queue.go_to_previous_position();
+                            pass.throttled = true;
+                            return pass;
+                        }
                         if !self.send(backend, len, stats, name) {
                             self.pending = Some((head, len));
                             pass.blocked = true;
@@ -306,6 +316,8 @@ pub struct RxPass {
     pub backend_failed: bool,
     /// The guest corrupted the queue; stop using it until reset.
     pub broken: bool,
+    /// The rate limiter said wait: a frame waits until its timer fires.
+    pub throttled: bool,
 }
 
 enum Delivery {
@@ -398,12 +410,14 @@ impl Rx {
 
     /// Moves frames from the backend into guest buffers, the waiting frame first. Stops when
     /// the backend is empty, when the guest has no buffer (the frame then waits and the backend
-    /// should not be polled until the guest posts buffers), or after `RX_BUDGET` frames.
+    /// should not be polled until the guest posts buffers), when `limiter` says wait (the
+    /// frame waits for its timer), or after `RX_BUDGET` frames.
     pub fn process(
         &mut self,
         mem: &GuestMemoryMmap,
         queue: &mut Queue,
         backend: &mut dyn Backend,
+        limiter: &mut RateLimiter,
         stats: &mut NetStats,
         name: &str,
     ) -> RxPass {
@@ -431,9 +445,16 @@ impl Rx {
             };
             set_num_buffers(&mut self.buf[..len], 1);
             self.pending = Some(len);
+            if !limiter.consume(len as u64) {
+                pass.throttled = true;
+                return pass;
+            }
             match self.deliver(mem, queue, len, stats, &mut pass, name) {
                 Delivery::Delivered | Delivery::Dropped => self.pending = None,
-                Delivery::NoBuffers => return pass,
+                Delivery::NoBuffers => {
+                    limiter.give_back(len as u64);
+                    return pass;
+                }
                 Delivery::Broken => {
                     pass.broken = true;
                     return pass;
@@ -456,6 +477,10 @@ mod tests {
     use vm_memory::GuestAddress;
 
     const BUF: u64 = 0x10_0000;
+
+    fn unlimited() -> RateLimiter {
+        RateLimiter::new("test", None).expect("timerfd")
+    }
     const W: u16 = VRING_DESC_F_WRITE as u16;
 
     /// A backend that records writes and hands out queued frames.
@@ -510,7 +535,7 @@ mod tests {
         );
         let (mut tx, mut be, mut st) = (Tx::default(), Fake::default(), NetStats::default());
 
-        let pass = tx.process(&mem, &mut q, &mut be, &mut st, "t");
+        let pass = tx.process(&mem, &mut q, &mut be, &mut unlimited(), &mut st, "t");
 
         assert_eq!(be.written, vec![data]);
         assert!(pass.used && !pass.blocked && !pass.broken);
@@ -528,7 +553,7 @@ mod tests {
         post(&mq, 1, &[desc(BUF, 12, 0), desc(BUF + 12, 20, 0)]);
         let (mut tx, mut be, mut st) = (Tx::default(), Fake::default(), NetStats::default());
 
-        tx.process(&mem, &mut q, &mut be, &mut st, "t");
+        tx.process(&mem, &mut q, &mut be, &mut unlimited(), &mut st, "t");
 
         assert_eq!(st.tx_malformed, 1);
         assert_eq!(be.written.len(), 1, "the next good frame still goes out");
@@ -544,7 +569,7 @@ mod tests {
         post(&mq, 0, &[desc(BUF, 12, 0), desc(0x40_0000_0000, 64, 0)]);
         let (mut tx, mut be, mut st) = (Tx::default(), Fake::default(), NetStats::default());
 
-        let pass = tx.process(&mem, &mut q, &mut be, &mut st, "t");
+        let pass = tx.process(&mem, &mut q, &mut be, &mut unlimited(), &mut st, "t");
 
         assert_eq!(st.tx_malformed, 1);
         assert!(be.written.is_empty());
@@ -560,7 +585,7 @@ mod tests {
         post(&mq, 0, &[desc(BUF, 12, 0), desc(BUF + 12, 70_000, 0)]);
         let (mut tx, mut be, mut st) = (Tx::default(), Fake::default(), NetStats::default());
 
-        tx.process(&mem, &mut q, &mut be, &mut st, "t");
+        tx.process(&mem, &mut q, &mut be, &mut unlimited(), &mut st, "t");
 
         assert_eq!(st.tx_malformed, 1);
         assert!(be.written.is_empty());
@@ -574,7 +599,7 @@ mod tests {
         post(&mq, 0, &[desc(BUF, 12, 0), desc(BUF + 12, 20, W)]);
         let (mut tx, mut be, mut st) = (Tx::default(), Fake::default(), NetStats::default());
 
-        tx.process(&mem, &mut q, &mut be, &mut st, "t");
+        tx.process(&mem, &mut q, &mut be, &mut unlimited(), &mut st, "t");
 
         assert_eq!(st.tx_malformed, 1);
         assert!(be.written.is_empty());
@@ -593,13 +618,13 @@ mod tests {
             ..Fake::default()
         };
 
-        let pass = tx.process(&mem, &mut q, &mut be, &mut st, "t");
+        let pass = tx.process(&mem, &mut q, &mut be, &mut unlimited(), &mut st, "t");
         assert!(pass.blocked && !pass.used);
         assert!(tx.is_blocked());
         assert_eq!(mq.used().idx().load(), 0, "nothing completed while blocked");
 
         be.write_blocked = false;
-        let pass = tx.process(&mem, &mut q, &mut be, &mut st, "t");
+        let pass = tx.process(&mem, &mut q, &mut be, &mut unlimited(), &mut st, "t");
 
         assert!(!pass.blocked && pass.used);
         assert_eq!(
@@ -630,10 +655,75 @@ mod tests {
         post(&mq, 0, &[desc(table, 32, indirect)]);
         let (mut tx, mut be, mut st) = (Tx::default(), Fake::default(), NetStats::default());
 
-        tx.process(&mem, &mut q, &mut be, &mut st, "t");
+        tx.process(&mem, &mut q, &mut be, &mut unlimited(), &mut st, "t");
 
         assert_eq!(be.written, vec![data]);
         assert_eq!(mq.used().idx().load(), 1);
+    }
+
+    fn one_frame_per_bucket() -> RateLimiter {
+        RateLimiter::new("test", Some(&one_frame_config())).expect("timerfd")
+    }
+
+    fn one_frame_config() -> crate::config::rate_limiter::RateLimiterConfig {
+        crate::config::rate_limiter::RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(crate::config::rate_limiter::TokenBucketConfig {
+                size: 1,
+                one_time_burst: None,
+                refill_time: 3_600_000,
+            }),
+        }
+    }
+
+    #[test]
+    fn test_tx_throttled_chain_stays_in_the_ring_until_the_limiter_allows() {
+        let mem = memory();
+        let mq = MockSplitQueue::new(&mem, 16);
+        let mut q: Queue = mq.create_queue().expect("queue");
+        post(&mq, 0, &[desc(BUF, 12 + 60, 0)]);
+        post(&mq, 1, &[desc(BUF + 0x1000, 12 + 60, 0)]);
+        let (mut tx, mut be, mut st) = (Tx::default(), Fake::default(), NetStats::default());
+        let mut limiter = one_frame_per_bucket();
+
+        let pass = tx.process(&mem, &mut q, &mut be, &mut limiter, &mut st, "t");
+
+        assert!(pass.used && pass.throttled && !pass.blocked);
+        assert_eq!((be.written.len(), mq.used().idx().load()), (1, 1));
+        assert_eq!(q.next_avail(), 1, "the second chain was given back");
+        assert!(limiter.is_blocked());
+        limiter.update(&one_frame_config());
+        let pass = tx.process(&mem, &mut q, &mut be, &mut limiter, &mut st, "t");
+        assert!(pass.used && !pass.throttled, "a full bucket of one again");
+        assert_eq!((be.written.len(), mq.used().idx().load()), (2, 2));
+    }
+
+    #[test]
+    fn test_rx_throttled_frame_waits_and_the_tap_is_not_read() {
+        let mem = memory();
+        let mq = MockSplitQueue::new(&mem, 16);
+        let mut q: Queue = mq.create_queue().expect("queue");
+        post(&mq, 0, &[desc(BUF, 2048, W)]);
+        post(&mq, 1, &[desc(BUF + 0x1000, 2048, W)]);
+        let mut be = Fake::default();
+        for seed in 0..3 {
+            be.incoming.push_back(frame(40, seed));
+        }
+        let (mut rx, mut st) = (Rx::default(), NetStats::default());
+        let mut limiter = one_frame_per_bucket();
+
+        let pass = rx.process(&mem, &mut q, &mut be, &mut limiter, &mut st, "t");
+
+        assert!(pass.used && pass.throttled && !pass.wants_backend);
+        assert_eq!(
+            (st.rx_frames, be.reads),
+            (1, 2),
+            "one delivered, one waiting"
+        );
+        assert!(rx.has_pending());
+        let pass = rx.process(&mem, &mut q, &mut be, &mut limiter, &mut st, "t");
+        assert!(pass.throttled && !pass.used);
+        assert_eq!(be.reads, 2, "nothing more is read while throttled");
     }
 
     #[test]
@@ -647,7 +737,7 @@ mod tests {
         be.incoming.push_back(data.clone());
         let (mut rx, mut st) = (Rx::default(), NetStats::default());
 
-        let pass = rx.process(&mem, &mut q, &mut be, &mut st, "t");
+        let pass = rx.process(&mem, &mut q, &mut be, &mut unlimited(), &mut st, "t");
 
         assert!(pass.used && pass.wants_backend);
         assert_eq!(used(&mq, 0), (0, 72));
@@ -668,17 +758,17 @@ mod tests {
         be.incoming.push_back(frame(50, 2));
         let (mut rx, mut st) = (Rx::default(), NetStats::default());
 
-        let pass = rx.process(&mem, &mut q, &mut be, &mut st, "t");
+        let pass = rx.process(&mem, &mut q, &mut be, &mut unlimited(), &mut st, "t");
         assert!(!pass.wants_backend && !pass.used);
         assert!(rx.has_pending());
         assert_eq!(be.reads, 1, "only one frame is taken from the TAP");
-        let pass = rx.process(&mem, &mut q, &mut be, &mut st, "t");
+        let pass = rx.process(&mem, &mut q, &mut be, &mut unlimited(), &mut st, "t");
         assert!(!pass.wants_backend);
         assert_eq!(be.reads, 1, "a waiting frame is not joined by another");
 
         post(&mq, 0, &[desc(BUF, 2048, W)]);
         post(&mq, 1, &[desc(BUF + 4096, 2048, W)]);
-        let pass = rx.process(&mem, &mut q, &mut be, &mut st, "t");
+        let pass = rx.process(&mem, &mut q, &mut be, &mut unlimited(), &mut st, "t");
 
         assert!(pass.used && pass.wants_backend && !rx.has_pending());
         assert_eq!(used(&mq, 0), (0, 40));
@@ -699,7 +789,7 @@ mod tests {
         be.incoming.push_back(frame(40, 1));
         let (mut rx, mut st) = (Rx::default(), NetStats::default());
 
-        rx.process(&mem, &mut q, &mut be, &mut st, "t");
+        rx.process(&mem, &mut q, &mut be, &mut unlimited(), &mut st, "t");
 
         assert_eq!(st.rx_malformed, 3);
         assert_eq!(used(&mq, 0), (0, 0));
@@ -720,7 +810,7 @@ mod tests {
         be.incoming.push_back(frame(60, 2));
         let (mut rx, mut st) = (Rx::default(), NetStats::default());
 
-        rx.process(&mem, &mut q, &mut be, &mut st, "t");
+        rx.process(&mem, &mut q, &mut be, &mut unlimited(), &mut st, "t");
 
         assert_eq!(st.rx_dropped, 1);
         assert_eq!(mq.used().idx().load(), 1);
@@ -737,7 +827,7 @@ mod tests {
         be.incoming.push_back(frame(5, 1));
         let (mut rx, mut st) = (Rx::default(), NetStats::default());
 
-        let pass = rx.process(&mem, &mut q, &mut be, &mut st, "t");
+        let pass = rx.process(&mem, &mut q, &mut be, &mut unlimited(), &mut st, "t");
 
         assert_eq!(st.rx_dropped, 1);
         assert!(!pass.used && pass.wants_backend);
@@ -755,7 +845,7 @@ mod tests {
         }
         let (mut rx, mut st) = (Rx::default(), NetStats::default());
 
-        let pass = rx.process(&mem, &mut q, &mut be, &mut st, "t");
+        let pass = rx.process(&mem, &mut q, &mut be, &mut unlimited(), &mut st, "t");
 
         assert!(pass.wants_backend);
         assert_eq!(st.rx_dropped, RX_BUDGET as u64);
@@ -778,7 +868,7 @@ mod tests {
         let mut q = corrupted_event_idx_queue(&mq);
         let (mut tx, mut be, mut st) = (Tx::default(), Fake::default(), NetStats::default());
 
-        let pass = tx.process(&mem, &mut q, &mut be, &mut st, "t");
+        let pass = tx.process(&mem, &mut q, &mut be, &mut unlimited(), &mut st, "t");
 
         assert!(pass.broken && !pass.used);
         assert!(be.written.is_empty());
@@ -794,7 +884,7 @@ mod tests {
         be.incoming.push_back(frame(40, 1));
         let (mut rx, mut st) = (Rx::default(), NetStats::default());
 
-        let pass = rx.process(&mem, &mut q, &mut be, &mut st, "t");
+        let pass = rx.process(&mem, &mut q, &mut be, &mut unlimited(), &mut st, "t");
 
         assert!(pass.broken && !pass.used);
     }

@@ -1,8 +1,8 @@
 //! virtio-rng (entropy device): one request queue whose writable buffers Ember fills with bytes
 //! from the host's `getrandom(2)`. Requests are served on the event loop; a request larger than
 //! `MAX_REQUEST_BYTES` is filled only that far (the used length says how much, as the spec
-//! allows). The optional rate limiter of the API body is accepted and not enforced yet (see
-//! docs/usage.md).
+//! allows). An optional rate limiter (`devices/rate_limiter.rs`) counts requests and bytes; a
+//! throttled queue waits for the limiter's timerfd.
 
 pub mod persist;
 
@@ -17,9 +17,12 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::counters::{CounterValues, DeviceCounters};
 use super::{
-    ActivateContext, ActivateError, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioInterrupt, serve_chains, single_queue,
+    ActivateContext, ActivateError, Served, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioInterrupt, chain_len, serve_chains,
+    single_queue,
 };
+use crate::config::rate_limiter::RateLimiterConfig;
+use crate::devices::rate_limiter::{RateLimiter, RateLimiterError};
 
 /// Size of the one request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -34,6 +37,9 @@ pub enum RngError {
     /// An eventfd could not be created.
     #[error("Failed to create an eventfd for entropy device {0}")]
     EventFd(String, #[source] std::io::Error),
+    /// The rate limiter's timer could not be created.
+    #[error("Entropy device {0}")]
+    RateLimiter(String, #[source] RateLimiterError),
 }
 
 /// What the device did, for the counters.
@@ -57,6 +63,7 @@ impl From<RngStats> for CounterValues {
             written_bytes: 0,
             errors: stats.malformed + stats.host_errors,
             drops: 0,
+            throttled: 0,
         }
     }
 }
@@ -76,6 +83,7 @@ pub struct Rng {
     quiesced: bool,
     stats: RngStats,
     counters: Arc<DeviceCounters>,
+    limiter: RateLimiter,
 }
 
 /// Fills `buf` from the host's entropy pool (`getrandom(2)`, blocking only until the pool is
@@ -145,7 +153,20 @@ impl Rng {
             quiesced: false,
             stats: RngStats::default(),
             counters: Arc::default(),
+            limiter: RateLimiter::new(&format!("rng {id}"), None)
+                .map_err(|e| RngError::RateLimiter(id.into(), e))?,
         })
+    }
+
+    /// Applies a rate limiter configuration or change (see `RateLimiter::update`); a queue
+    /// that waited for the old limiter is looked at again.
+    pub fn update_rate_limiter(&mut self, update: &RateLimiterConfig) {
+        self.limiter.update(update);
+        if self.active.is_some()
+            && let Err(e) = self.queue_evts[0].write(1)
+        {
+            log::error!("Entropy device {}: cannot wake its queue: {e}", self.id);
+        }
     }
 
     /// What the device did so far.
@@ -160,7 +181,15 @@ impl Rng {
         let mem = &active.mem;
         let queue = &mut active.queue;
         let stats = &mut self.stats;
-        let used_any = match serve_chains(mem, queue, |chain| Some(serve(mem, chain, stats))) {
+        let limiter = &mut self.limiter;
+        let served = serve_chains(mem, queue, |chain| {
+            let wanted = chain_len(&chain, true).min(MAX_REQUEST_BYTES as u64);
+            if !limiter.consume(wanted) {
+                return Some(Served::Throttled);
+            }
+            Some(Served::Used(serve(mem, chain, stats)))
+        });
+        let used_any = match served {
             Ok(used_any) => used_any,
             Err(e) => {
                 log::warn!(
@@ -175,7 +204,10 @@ impl Rng {
         if used_any && queue.needs_notification(mem).unwrap_or(true) {
             active.interrupt.signal_used_queue();
         }
-        self.counters.publish(self.stats.into());
+        self.counters.publish(CounterValues {
+            throttled: self.limiter.throttled(),
+            ..self.stats.into()
+        });
     }
 }
 
@@ -246,18 +278,29 @@ impl VirtioDevice for Rng {
     }
 }
 
+/// Event-loop tokens.
+const TOKEN_QUEUE: u32 = 0;
+const TOKEN_LIMITER: u32 = 1;
+
 impl MutEventSubscriber for Rng {
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.queue_evts[0].read();
-        if self.quiesced || self.broken {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() == TOKEN_LIMITER {
+            self.limiter.on_timer();
+        } else {
+            let _ = self.queue_evts[0].read();
+        }
+        if self.quiesced || self.broken || self.limiter.is_blocked() {
             // Quiesced: `wake` kicks the queue again. Broken: until the driver resets.
+            // Throttled: the limiter's timer comes back here.
             return;
         }
         self.process_queue();
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.queue_evts[0], EventSet::IN)) {
+        let queue = Events::with_data(&self.queue_evts[0], TOKEN_QUEUE, EventSet::IN);
+        let limiter = Events::with_data(&self.limiter, TOKEN_LIMITER, EventSet::IN);
+        if let Err(e) = ops.add(queue).and_then(|()| ops.add(limiter)) {
             log::error!("Entropy device {}: cannot watch its queue: {e:?}", self.id);
         }
     }

@@ -104,6 +104,7 @@ impl From<VsockStats> for CounterValues {
             written_bytes: s.tx_bytes,
             errors: s.malformed,
             drops: s.rst_dropped + s.refused_full,
+            throttled: 0,
         }
     }
 }
