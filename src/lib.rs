@@ -29,6 +29,8 @@ pub mod logger;
 pub mod metrics;
 /// Process-wide settings made before any thread starts (the malloc arena limit).
 pub mod process;
+/// `ember run -- CMD`: a command in a fresh microVM, its output and exit status back.
+pub mod run;
 /// seccomp filters per thread kind.
 pub mod seccomp;
 /// Host stop signals for the event loop.

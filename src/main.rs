@@ -34,6 +34,11 @@ fn parse_cli() -> Result<Cli, ExitCode> {
 
 fn main() -> ExitCode {
     ember::devices::legacy::boot_timer::mark_process_start();
+    // `ember run ...`: a command in a throw-away VM (docs/run.md), its own command line.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|first| first == "run") {
+        return ember::run::cli::main(args);
+    }
     let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(code) => return code,

@@ -8,8 +8,12 @@
  *
  * One session per connection (a forked child each), the protocol of
  * docs/vsock.md ("ember-agent"):
- *   host -> agent   "RUN <shell command>\n" (at most 4095 bytes), then frames
+ *   host -> agent   "RUN <shell command>\n" (at most 4095 bytes), or
+ *                   "EXEC <n>\n" and n bytes of shell script (at most 65536: any
+ *                   bytes but NUL, newlines too; `ember run` sends this), then frames
  *   agent -> host   frames
+ * or, to ask whether the agent is up: host "PING\n", agent "PONG\n" and the end
+ * of the connection.
  * A frame is a kind byte, a 32-bit little-endian length and that many bytes:
  *   0 stdin (host -> agent; length 0 = end of stdin; at most 4096 bytes)
  *   1 stdout, 2 stderr (agent -> host)
@@ -40,6 +44,7 @@
 #define WNOHANG 1
 #define LINE_MAX 4096
 #define FRAME_MAX 4096
+#define SCRIPT_MAX 65536
 
 
 struct sockaddr_vm {
@@ -53,6 +58,12 @@ struct pollfd {
 };
 
 static u64 slen(const char *s) { u64 n = 0; while (s[n]) n++; return n; }
+static int starts(const char *s, const char *prefix)
+{
+	while (*prefix)
+		if (*s++ != *prefix++) return 0;
+	return 1;
+}
 static void out(const char *s) { sys3(SYS_write, 1, s, slen(s)); }
 static __attribute__((noreturn)) void exit_(int code)
 {
@@ -81,7 +92,7 @@ static char *const sh_env[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", 0 };
 
 static void session(int c)
 {
-	static char line[LINE_MAX], buf[FRAME_MAX + 5];
+	static char line[LINE_MAX], script[SCRIPT_MAX + 1], buf[FRAME_MAX + 5];
 	static char rbuf[2 * (FRAME_MAX + 5)];
 	u64 n = 0, have = 0;
 	int in[2], o[2], e[2];
@@ -92,11 +103,32 @@ static void session(int c)
 		n++;
 	}
 	line[n] = 0;
-	if (n < 4 || line[0] != 'R' || line[1] != 'U' || line[2] != 'N' || line[3] != ' ') return;
+	char *command = line + 4;
+	if (n == 4 && starts(line, "PING")) {
+		write_all(c, "PONG\n", 5);
+		return;
+	}
+	if (n > 5 && starts(line, "EXEC ")) {
+		u64 len = 0;
+		for (const char *s = line + 5; *s; s++) {
+			if (*s < '0' || *s > '9' || len > SCRIPT_MAX) return;
+			len = len * 10 + (*s - '0');
+		}
+		if (len > SCRIPT_MAX) return;
+		for (u64 got = 0; got < len;) {
+			i64 r = sys3(SYS_read, c, script + got, len - got);
+			if (r <= 0) return;
+			got += r;
+		}
+		script[len] = 0;
+		command = script;
+	} else if (n < 4 || !starts(line, "RUN ")) {
+		return;
+	}
 	if (sys3(SYS_pipe, in, 0, 0) || sys3(SYS_pipe, o, 0, 0) || sys3(SYS_pipe, e, 0, 0)) return;
 	i64 pid = sys3(SYS_fork, 0, 0, 0);
 	if (pid == 0) {
-		char *argv[] = { "sh", "-c", line + 4, 0 };
+		char *argv[] = { "sh", "-c", command, 0 };
 		sys3(SYS_dup2, in[0], 0, 0);
 		sys3(SYS_dup2, o[1], 1, 0);
 		sys3(SYS_dup2, e[1], 2, 0);

@@ -219,9 +219,9 @@ pub struct Cli {
     /// Run the microVM of a snapshot (made with PUT /snapshot/create) instead of booting one:
     /// its state file, its memory file (mapped copy-on-write, never changed), resume=on to run
     /// at once (else it waits paused for PATCH /vm), net=ID:TAP to give an interface another
-    /// TAP, disk=ID:PATH to give a disk another image (a clone's copy).
-    /// Example: --restore snapshot=vm.snap,mem=vm.mem,resume=on
-    #[arg(long, value_name = "snapshot=PATH,mem=PATH[,resume=on][,net=ID:TAP][,disk=ID:PATH]",
+    /// TAP, disk=ID:PATH to give a disk another image (a clone's copy), vsock=PATH to give the
+    /// vsock device another host socket. Example: --restore snapshot=vm.snap,mem=vm.mem,resume=on
+    #[arg(long, value_name = "snapshot=PATH,mem=PATH[,resume=on][,net=ID:TAP][,disk=ID:PATH][,vsock=PATH]",
           value_parser = parse_restore_arg,
           conflicts_with_all = ["kernel", "config_file", "memory", "vcpus", "disk", "net"])]
     pub restore: Option<RestoreSpec>,

@@ -97,6 +97,19 @@ pub struct SnapshotLoadBody {
     /// Ember extension: disk images to use instead of the saved ones.
     #[serde(default)]
     pub drive_overrides: Vec<DriveOverride>,
+    /// Ember extension: the vsock device's host socket instead of the saved one (two restores
+    /// of one snapshot running at once need a socket each).
+    #[serde(default)]
+    pub vsock_override: Option<VsockOverride>,
+}
+
+/// `vsock_override` of `PUT /snapshot/load`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockOverride {
+    /// The Unix socket the restored device listens on (guest-initiated connections go to
+    /// `<uds_path>_<port>`).
+    pub uds_path: PathBuf,
 }
 
 /// A restore to perform: from the API or the command line.
@@ -110,6 +123,8 @@ pub struct RestoreSpec {
     pub network_overrides: Vec<NetworkOverride>,
     /// Disk images to use instead of the saved ones.
     pub drive_overrides: Vec<DriveOverride>,
+    /// The vsock device's host socket instead of the saved one.
+    pub vsock_uds: Option<PathBuf>,
 }
 
 impl SnapshotLoadBody {
@@ -136,6 +151,7 @@ impl SnapshotLoadBody {
             resume: self.resume_vm,
             network_overrides: self.network_overrides.clone(),
             drive_overrides: self.drive_overrides.clone(),
+            vsock_uds: self.vsock_override.as_ref().map(|o| o.uds_path.clone()),
         })
     }
 }
@@ -149,11 +165,13 @@ fn id_and<'a>(key: &str, value: &'a str, what: &str) -> Result<(String, &'a str)
         .ok_or_else(|| format!("{key}={value}: expected ID:{what}"))
 }
 
-/// Parses `--restore snapshot=PATH,mem=PATH[,resume=on|off][,net=ID:TAP]...[,disk=ID:PATH]...`.
+/// Parses `--restore snapshot=PATH,mem=PATH[,resume=on|off][,net=ID:TAP]...[,disk=ID:PATH]...
+/// [,vsock=PATH]`.
 pub fn parse_restore_arg(arg: &str) -> Result<RestoreSpec, String> {
     let (mut snapshot, mut mem, mut resume) = (None, None, false);
     let mut network_overrides = Vec::new();
     let mut drive_overrides = Vec::new();
+    let mut vsock_uds = None;
     for part in arg.split(',').filter(|p| !p.is_empty()) {
         let (key, value) = part
             .split_once('=')
@@ -182,9 +200,10 @@ pub fn parse_restore_arg(arg: &str) -> Result<RestoreSpec, String> {
                     path_on_host: PathBuf::from(path),
                 });
             }
+            "vsock" if !value.is_empty() => vsock_uds = Some(PathBuf::from(value)),
             other => {
                 return Err(format!(
-                    "unknown key `{other}` (snapshot, mem, resume, net, disk)"
+                    "unknown key `{other}` (snapshot, mem, resume, net, disk, vsock)"
                 ));
             }
         }
@@ -197,6 +216,7 @@ pub fn parse_restore_arg(arg: &str) -> Result<RestoreSpec, String> {
         resume,
         network_overrides,
         drive_overrides,
+        vsock_uds,
     })
 }
 
@@ -206,8 +226,11 @@ mod tests {
 
     #[test]
     fn test_parse_restore_arg_full() {
-        let spec = parse_restore_arg("snapshot=/a,mem=/b,resume=on,net=eth0:tap7,disk=root:/c")
-            .expect("ok");
+        let spec = parse_restore_arg(
+            "snapshot=/a,mem=/b,resume=on,net=eth0:tap7,disk=root:/c,vsock=/run/v.sock",
+        )
+        .expect("ok");
+        assert_eq!(spec.vsock_uds, Some(PathBuf::from("/run/v.sock")));
         assert_eq!(spec.drive_overrides[0].drive_id, "root");
         assert_eq!(spec.drive_overrides[0].path_on_host, PathBuf::from("/c"));
         assert_eq!(spec.paths.snapshot, PathBuf::from("/a"));
@@ -231,6 +254,7 @@ mod tests {
         assert!(parse_restore_arg("snapshot=/a,mem=/b,x=1").is_err());
         assert!(parse_restore_arg("snapshot=/a,mem=/b,resume=maybe").is_err());
         assert!(parse_restore_arg("snapshot=/a,mem=/b,net=eth0").is_err());
+        assert!(parse_restore_arg("snapshot=/a,mem=/b,vsock=").is_err());
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub enum RestoreError {
     /// A drive override names no saved drive.
     #[error("drive_overrides: no drive {0} in the snapshot")]
     UnknownDrive(String),
+    /// A vsock override for a snapshot without a vsock device.
+    #[error("vsock_override: the snapshot has no vsock device")]
+    NoVsock,
     /// A saved state could not be put back.
     #[error("Cannot restore the {what} state")]
     State {
@@ -62,7 +65,7 @@ fn state_err<E: std::error::Error + Send + Sync + 'static>(
 }
 
 /// The configuration to rebuild: the saved one, with this process's serial console and the
-/// overridden TAPs.
+/// overridden TAPs, images and vsock socket.
 fn restored_config(
     snapshot: &Snapshot,
     spec: &RestoreSpec,
@@ -86,6 +89,13 @@ fn restored_config(
             .find(|d| d.id == o.drive_id)
             .ok_or_else(|| RestoreError::UnknownDrive(o.drive_id.clone()))?;
         drive.path = o.path_on_host.clone();
+    }
+    if let Some(uds) = &spec.vsock_uds {
+        let vsock = config.vsock.as_mut().ok_or(RestoreError::NoVsock)?;
+        vsock.uds_path = uds.clone();
+        vsock
+            .validate()
+            .map_err(|e| StartError::from(crate::config::ConfigError::from(e)))?;
     }
     Ok(config)
 }
