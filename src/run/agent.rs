@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 
 /// The vsock port `ember-agent` listens on.
 pub const AGENT_PORT: u32 = 52;
-/// The longest script `EXEC` takes (the agent's limit).
+/// The longest script `EXEC` or body `ARGV` takes (the agent's limit).
 pub const MAX_SCRIPT: usize = 65536;
+/// The most arguments, command included, in an `ARGV` request (the agent's limit).
+pub const MAX_ARGS: usize = 255;
+/// The most environment entries in an `ARGV` request (the agent's limit, `PATH` included).
+pub const MAX_ENV: usize = 62;
 /// The most stdin bytes in one frame (the agent's limit).
 pub const STDIN_CHUNK: usize = 4096;
 /// The longest frame accepted from the guest.
@@ -36,8 +40,9 @@ pub enum AgentError {
     /// The socket could not be used.
     #[error("vsock socket: {0}")]
     Io(#[from] io::Error),
-    /// Ember refused the connection to the guest port (no listener there yet).
-    #[error("the guest's agent did not accept the connection ({0:?})")]
+    /// The connection to the guest port was not made (no listener there yet, Ember's socket
+    /// not there yet): nothing ran, trying again is safe.
+    #[error("the guest's agent did not accept the connection ({0})")]
     Refused(String),
     /// The guest sent something the protocol does not allow.
     #[error("the guest's agent broke the protocol: {0}")]
@@ -95,6 +100,14 @@ impl Session {
         let (mut stream, reader) = connect(uds, timeout)?;
         stream.write_all(format!("EXEC {}\n", script.len()).as_bytes())?;
         stream.write_all(script)?;
+        Ok(Session { stream, reader })
+    }
+
+    /// Has the agent run a command without a shell: `ARGV` with `body` (`argv_body`).
+    pub fn argv(uds: &Path, body: &[u8], timeout: Duration) -> Result<Session, AgentError> {
+        let (mut stream, reader) = connect(uds, timeout)?;
+        stream.write_all(format!("ARGV {}\n", body.len()).as_bytes())?;
+        stream.write_all(body)?;
         Ok(Session { stream, reader })
     }
 
@@ -186,6 +199,33 @@ impl StdinWriter {
     }
 }
 
+/// The body of an `ARGV` request: the root to chroot into (empty: none), the working
+/// directory, the environment and the command's words, each NUL-terminated, an empty string
+/// between environment and command. None when a part holds a NUL or the agent's limits are
+/// passed.
+pub fn argv_body(root: &[u8], dir: &[u8], env: &[Vec<u8>], words: &[&[u8]]) -> Option<Vec<u8>> {
+    if words.is_empty() || words.len() > MAX_ARGS || env.len() > MAX_ENV {
+        return None;
+    }
+    let mut body = Vec::new();
+    let parts = [root, dir]
+        .into_iter()
+        .chain(env.iter().map(Vec::as_slice))
+        .chain([&b""[..]])
+        .chain(words.iter().copied());
+    if env.iter().any(|e| e.is_empty()) {
+        return None; // an empty entry would end the environment
+    }
+    for part in parts {
+        if part.contains(&0) {
+            return None;
+        }
+        body.extend_from_slice(part);
+        body.push(0);
+    }
+    (body.len() <= MAX_SCRIPT).then_some(body)
+}
+
 /// A frame from its kind byte and payload.
 fn parse_frame(kind: u8, data: Vec<u8>) -> Result<Frame, AgentError> {
     match kind {
@@ -243,6 +283,18 @@ mod tests {
             parse_frame(9, vec![]),
             Err(AgentError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn test_argv_body_layout_and_limits() {
+        let body = argv_body(b"", b"/w", &[b"A=1".to_vec()], &[b"ls", b"-l"]).expect("body");
+        assert_eq!(body, b"\0/w\0A=1\0\0ls\0-l\0");
+        assert_eq!(argv_body(b"", b"/", &[], &[]), None);
+        assert_eq!(argv_body(b"", b"/", &[], &[b"a\0b"]), None);
+        let many = vec![&b"x"[..]; MAX_ARGS + 1];
+        assert_eq!(argv_body(b"", b"/", &[], &many), None);
+        let long = vec![b'x'; MAX_SCRIPT];
+        assert_eq!(argv_body(b"", b"/", &[], &[&long]), None);
     }
 
     #[test]

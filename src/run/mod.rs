@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent::{AgentError, Frame, Session, shell_quote};
+use agent::{AgentError, Frame, Session};
 use cache::Entry;
 pub use volume::Volume;
 
@@ -120,8 +120,9 @@ pub struct Report {
     pub restored: bool,
     /// A snapshot was saved by this run.
     pub saved: bool,
-    /// From the start of the run to the agent's first answer.
-    pub agent_ready: Duration,
+    /// From the start of the run to a VM ready for the command: a booted agent's first
+    /// answer, or a restored VM's vsock socket.
+    pub vm_ready: Duration,
     /// From the start of the run to the command's first output byte.
     pub first_output: Option<Duration>,
     /// From the start of the run to the command's exit status.
@@ -133,7 +134,7 @@ impl std::fmt::Display for Report {
         let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
         write!(
             f,
-            "{}; agent ready after {}",
+            "{}; VM ready after {}",
             if self.restored {
                 "restored from a snapshot"
             } else if self.saved {
@@ -141,7 +142,7 @@ impl std::fmt::Display for Report {
             } else {
                 "booted"
             },
-            ms(self.agent_ready)
+            ms(self.vm_ready)
         )?;
         if let Some(first) = self.first_output {
             write!(f, "; first output after {}", ms(first))?;
@@ -371,7 +372,7 @@ impl Run {
         let ready = vm.wait_for_agent(started + self.boot_timeout, self.boot_timeout)?;
         let mut report = Report {
             restored: plan.restore,
-            agent_ready: ready.duration_since(started),
+            vm_ready: ready.duration_since(started),
             ..Report::default()
         };
         if let Some(entry) = plan.save.as_ref() {
@@ -400,7 +401,7 @@ impl Run {
                 .map_err(|e| RunError::Usage(format!("--volume {}: {e}", v.host.display())))?;
         }
 
-        let mut session = vm.session(&plan.script)?;
+        let mut session = vm.open(|uds| Session::argv(uds, &plan.request, AGENT_IO_TIMEOUT))?;
         let stdin = session.stdin().map_err(|e| vm.failure(e))?;
         let input = self.stdin.clone();
         std::thread::Builder::new()
@@ -466,14 +467,7 @@ impl Run {
         for v in &self.volumes {
             v.check().map_err(usage)?;
         }
-        let script = self.script();
-        if script.len() > agent::MAX_SCRIPT || script.contains(&0) {
-            return Err(usage(format!(
-                "the command, its arguments and environment are {} bytes: at most {} without NUL",
-                script.len(),
-                agent::MAX_SCRIPT
-            )));
-        }
+        let request = self.request()?;
         let ember = match &self.ember {
             Some(path) => path.clone(),
             None => find_ember().ok_or_else(|| usage("cannot find the ember binary".into()))?,
@@ -529,7 +523,7 @@ impl Run {
             kernel,
             initrd,
             cmdline,
-            script,
+            request,
             restore,
             save: entry.clone().filter(|_| !restore),
             entry,
@@ -567,32 +561,38 @@ impl Run {
         ))
     }
 
-    /// The shell script the agent runs: environment, working directory, then the command.
-    fn script(&self) -> Vec<u8> {
-        let mut env = b"export HOME=/root\n".to_vec();
-        for (key, value) in &self.env {
-            env.extend_from_slice(b"export ");
-            env.extend_from_slice(&shell_quote(format!("{key}={value}").as_bytes()));
-            env.push(b'\n');
-        }
-        let mut command = b"cd ".to_vec();
-        command.extend_from_slice(&shell_quote(
-            self.workdir.as_deref().unwrap_or("/").as_bytes(),
-        ));
-        command.extend_from_slice(b" || exit 125\nexec");
-        for word in std::iter::once(&self.program).chain(&self.args) {
-            command.push(b' ');
-            command.extend_from_slice(&shell_quote(word.as_bytes()));
-        }
-        command.push(b'\n');
-        if self.rootfs.is_some() {
-            env.extend_from_slice(format!("exec chroot {GUEST_ROOTFS} /bin/sh -c ").as_bytes());
-            env.extend_from_slice(&shell_quote(&command));
-            env.push(b'\n');
+    /// The agent's `ARGV` request for the command: chrooted into the `rootfs` mount when there
+    /// is one, in the working directory, with `HOME` and the environment.
+    fn request(&self) -> Result<Vec<u8>, RunError> {
+        let root = if self.rootfs.is_some() {
+            GUEST_ROOTFS
         } else {
-            env.extend_from_slice(&command);
-        }
-        env
+            ""
+        };
+        let mut env = vec![b"HOME=/root".to_vec()];
+        env.extend(
+            self.env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}").into_bytes()),
+        );
+        let words: Vec<&[u8]> = std::iter::once(&self.program)
+            .chain(&self.args)
+            .map(|w| w.as_bytes())
+            .collect();
+        let dir = self.workdir.as_deref().unwrap_or("/");
+        agent::argv_body(root.as_bytes(), dir.as_bytes(), &env, &words).ok_or_else(|| {
+            let size: usize = words.iter().map(|w| w.len() + 1).sum::<usize>()
+                + env.iter().map(|e| e.len() + 1).sum::<usize>();
+            RunError::Usage(format!(
+                "the command is too big for the agent ({} words, {} variables, {size} bytes; \
+                 at most {}, {} and {} bytes)",
+                words.len(),
+                env.len(),
+                agent::MAX_ARGS,
+                agent::MAX_ENV - 1,
+                agent::MAX_SCRIPT
+            ))
+        })
     }
 }
 
@@ -627,7 +627,8 @@ struct Plan {
     kernel: PathBuf,
     initrd: PathBuf,
     cmdline: String,
-    script: Vec<u8>,
+    /// The `ARGV` request body of the command.
+    request: Vec<u8>,
     /// Restore `entry` instead of booting.
     restore: bool,
     /// Save a snapshot into this entry once the agent answers.
@@ -755,6 +756,10 @@ struct VmProcess {
     uds: PathBuf,
     console: PathBuf,
     api: Option<PathBuf>,
+    /// A restore (else a boot).
+    restored: bool,
+    /// Until when a refused connection is tried again.
+    ready_by: Instant,
     keep_dir: bool,
 }
 
@@ -839,18 +844,28 @@ impl VmProcess {
             uds,
             console,
             api,
+            restored: plan.restore,
+            ready_by: Instant::now(),
             keep_dir: false,
         })
     }
 
-    /// Waits until the agent answers `PING`; returns when it did.
+    /// Waits until a booted VM's agent answers `PING`, or a restored VM's vsock socket is there
+    /// (its agent was listening when the snapshot was taken, and Ember holds connections until
+    /// the guest has taken in the transport reset); returns when.
     fn wait_for_agent(&mut self, deadline: Instant, limit: Duration) -> Result<Instant, RunError> {
-        let mut pause = Duration::from_millis(5);
+        self.ready_by = deadline;
+        // A booting agent takes a minute or more on software-nested hosts, and each refused
+        // attempt costs the guest some work.
+        let longest = Duration::from_millis(if self.restored { 2 } else { 200 });
+        let mut pause = Duration::from_millis(1);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(self.died(status));
             }
-            if self.uds.exists() && agent::ping(&self.uds, Duration::from_secs(10)).is_ok() {
+            if self.uds.exists()
+                && (self.restored || agent::ping(&self.uds, Duration::from_secs(10)).is_ok())
+            {
                 return Ok(Instant::now());
             }
             if Instant::now() >= deadline {
@@ -861,7 +876,7 @@ impl VmProcess {
                 )));
             }
             std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(200));
+            pause = (pause * 2).min(longest);
         }
     }
 
@@ -892,7 +907,27 @@ impl VmProcess {
 
     /// Starts `script`, the agent's IO bounded by `AGENT_IO_TIMEOUT`.
     fn session(&mut self, script: &[u8]) -> Result<Session, RunError> {
-        Session::exec(&self.uds, script, AGENT_IO_TIMEOUT).map_err(|e| self.failure(e))
+        self.open(|uds| Session::exec(uds, script, AGENT_IO_TIMEOUT))
+    }
+
+    /// Starts a session with `start`; a restored VM's first connection is tried again while it
+    /// is refused (the guest may still be taking in its transport reset), up to `ready_by`.
+    fn open(
+        &mut self,
+        start: impl Fn(&Path) -> Result<Session, AgentError>,
+    ) -> Result<Session, RunError> {
+        loop {
+            match start(&self.uds) {
+                Ok(session) => return Ok(session),
+                Err(AgentError::Refused(_)) if self.restored && Instant::now() < self.ready_by => {
+                    if let Ok(Some(status)) = self.child.try_wait() {
+                        return Err(self.died(status));
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => return Err(self.failure(e)),
+            }
+        }
     }
 
     /// Runs a set-up script with `input` (or nothing) on its stdin; it must exit 0.
@@ -1099,37 +1134,20 @@ fn api_call(sock: &Path, method: &str, path: &str, body: &str) -> Result<(), Str
 mod tests {
     use super::*;
 
-    fn script_of(run: &Run) -> String {
-        String::from_utf8(run.script()).expect("utf8")
-    }
-
     #[test]
-    fn test_script_quotes_arguments_env_and_workdir() {
+    fn test_request_carries_words_env_workdir_and_root() {
         let run = Run::new("sh")
-            .args(["-c", "echo 'x'"])
+            .args(["-c", "echo 'x'", ""])
             .env("A", "b c")
             .workdir("/work");
         assert_eq!(
-            script_of(&run),
-            "export HOME=/root\nexport 'A=b c'\ncd '/work' || exit 125\nexec 'sh' '-c' 'echo '\\''x'\\'''\n"
+            run.request().expect("request"),
+            b"\0/work\0HOME=/root\0A=b c\0\0sh\0-c\0echo 'x'\0\0"
         );
-        // Run by a real shell, the words come back as given.
-        let run = Run::new("printf").args(["%s|", "a b", "it's", "$HOME"]);
-        let out = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(OsStr::from_bytes(&run.script()))
-            .output()
-            .expect("sh");
-        assert_eq!(out.stdout, b"a b|it's|$HOME|");
-    }
-
-    #[test]
-    fn test_script_with_rootfs_runs_chrooted() {
         let run = Run::new("ls").rootfs("/img.ext4");
-        let script = script_of(&run);
-        assert!(
-            script.contains("exec chroot /run/ember-rootfs /bin/sh -c 'cd '\\''/'\\'' || exit 125"),
-            "{script}"
+        assert_eq!(
+            run.request().expect("request"),
+            b"/run/ember-rootfs\0/\0HOME=/root\0\0ls\0"
         );
     }
 
@@ -1145,7 +1163,8 @@ mod tests {
         assert!(err(Run::new("x").cpus(0)).contains("--cpus"));
         let missing = Volume::parse("/nonexistent-ember:/w").expect("parse");
         assert!(err(Run::new("x").volume(missing)).contains("/nonexistent-ember"));
-        assert!(err(Run::new("x").arg("y".repeat(70000))).contains("at most 65536"));
+        assert!(err(Run::new("x").arg("y".repeat(70000))).contains("too big"));
+        assert!(err(Run::new("x").args(vec!["y"; 300])).contains("too big"));
         let err = err(Run::new("x").ember("/bin/true").kernel("/nonexistent-k"));
         assert!(
             err.contains("--kernel /nonexistent-k: no such file"),
@@ -1171,14 +1190,14 @@ mod tests {
         assert_eq!(RunError::Usage("x".into()).exit_code(), 125);
         let report = Report {
             restored: true,
-            agent_ready: Duration::from_millis(12),
+            vm_ready: Duration::from_millis(12),
             first_output: Some(Duration::from_millis(340)),
             finished: Duration::from_millis(400),
             ..Report::default()
         };
         assert_eq!(
             report.to_string(),
-            "restored from a snapshot; agent ready after 12 ms; first output after 340 ms; exit status after 400 ms"
+            "restored from a snapshot; VM ready after 12 ms; first output after 340 ms; exit status after 400 ms"
         );
     }
 }

@@ -54,6 +54,9 @@ pub const MAX_PENDING_RST: usize = 256;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often deadlines are checked while any exists.
 const TICK: Duration = Duration::from_millis(250);
+/// After a TRANSPORT_RESET, how long the receive queue waits for the guest to acknowledge it
+/// (a new event buffer) before packets flow anyway (a driver that never refills the queue).
+const RESET_ACK_WAIT: Duration = Duration::from_secs(1);
 /// First port Ember gives a host-initiated connection (Firecracker's range starts here too).
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
@@ -136,6 +139,12 @@ pub struct Vsock {
     drop_all: bool,
     /// A TRANSPORT_RESET event is owed to the guest (after a restore).
     transport_reset_owed: bool,
+    /// When the TRANSPORT_RESET went to the guest and the event queue's available index then,
+    /// until the guest acknowledges it: it makes the event buffer available again after
+    /// handling the event (Linux does). Nothing goes to the receive queue meanwhile: a
+    /// connection request from the host could otherwise reach the guest before the reset and
+    /// be dropped with the stale ones.
+    reset_unacked: Option<(std::time::Instant, std::num::Wrapping<u16>)>,
     /// The guest had no receive buffer when a packet was waiting.
     rx_starved: bool,
     conns: BTreeMap<u32, Connection>,
@@ -179,6 +188,7 @@ impl Vsock {
             broken: false,
             drop_all: false,
             transport_reset_owed: false,
+            reset_unacked: None,
             rx_starved: false,
             conns: BTreeMap::new(),
             by_port: HashMap::new(),
@@ -281,7 +291,9 @@ impl Vsock {
         }
         // Deadlines wait while the VM is paused (the guest cannot answer then).
         let tick = runnable
-            && (self.listener_backoff || self.conns.values().any(|c| c.deadline.is_some()));
+            && (self.listener_backoff
+                || self.reset_unacked.is_some()
+                || self.conns.values().any(|c| c.deadline.is_some()));
         if tick != self.timer_armed {
             let result = if tick {
                 self.timer.reset(TICK, Some(TICK))

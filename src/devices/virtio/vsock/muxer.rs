@@ -5,6 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::num::Wrapping;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use virtio_queue::{QueueOwnedT, QueueT, Reader, Writer};
@@ -239,6 +240,17 @@ impl Vsock {
     /// Fills receive buffers while anything waits for the guest: owed RSTs first, then the
     /// connections round robin. A chain that nothing fills goes back to the ring.
     pub(super) fn process_rx(&mut self) {
+        if let Some((sent, avail)) = self.reset_unacked {
+            let acknowledged = self.active.as_ref().is_some_and(|a| {
+                a.queues[EVQ]
+                    .avail_idx(&a.mem, Ordering::Acquire)
+                    .is_ok_and(|now| now != avail)
+            });
+            if !acknowledged && sent.elapsed() < super::RESET_ACK_WAIT {
+                return;
+            }
+            self.reset_unacked = None;
+        }
         let Some(active) = self.active.as_mut() else {
             return;
         };
@@ -455,8 +467,12 @@ impl Vsock {
             .and_then(|mut w| w.write_all(&EVENT_TRANSPORT_RESET.to_le_bytes()).ok());
         let len = if written.is_some() { 4 } else { 0 };
         if active.queues[EVQ].add_used(&mem, head, len).is_ok() {
+            let avail = active.queues[EVQ].avail_idx(&mem, Ordering::Acquire);
             active.interrupt.signal_used_queue();
             self.transport_reset_owed = written.is_none();
+            if written.is_some() {
+                self.reset_unacked = Some((Instant::now(), avail.unwrap_or_default()));
+            }
         }
     }
 }

@@ -505,6 +505,22 @@ fn test_vsock_restore_owes_a_transport_reset_event() {
     assert_eq!(len, 4);
     let id: u32 = h.mem.read_obj(GuestAddress(evq_buf)).expect("id");
     assert_eq!(id, 0, "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
+    // A host connection made now waits until the guest has handled the reset (its event queue
+    // kick): its request cannot be dropped with the stale connections.
+    let mut client = UnixStream::connect(&h.path).expect("connect");
+    client.write_all(b"CONNECT 52\n").expect("line");
+    h.run();
+    assert!(
+        h.recv().is_none(),
+        "no request before the reset is acknowledged"
+    );
+    evq.post(&h.mem, 4, true);
+    h.kick(EVQ);
+    h.run();
+    let (req, _) = h
+        .recv()
+        .expect("the request once the guest acknowledged the reset");
+    assert_eq!((req.op, req.dst_port), (Op::Request as u16, 52));
     let mut other = state.clone();
     other.guest_cid = 9;
     assert!(h.vsock.lock().expect("lock").restore(&other).is_err());
