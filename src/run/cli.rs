@@ -89,7 +89,7 @@ pub struct RunCli {
     pub console_log: Option<PathBuf>,
 
     /// Always boot; neither use nor save a snapshot.
-    #[arg(long, conflicts_with_all = ["from_snapshot", "cache_dir"])]
+    #[arg(long, conflicts_with = "from_snapshot")]
     pub no_snapshot: bool,
 
     /// Use this directory for the snapshot (restored when it holds one for these settings,
