@@ -17,7 +17,7 @@
  *                   "ARGV <n>\n" and n bytes: NUL-terminated strings ROOT,
  *                   DIR, then KEY=VALUE entries, an empty string, then the
  *                   command and its arguments (at most 65536 bytes, 255
- *                   arguments and 63 variables): the command runs without a
+ *                   arguments and 61 variables): the command runs without a
  *                   shell (looked up in PATH), chrooted into ROOT when it is not
  *                   empty, in DIR (`ember run` sends this), then frames
  *   agent -> host   frames
@@ -61,6 +61,8 @@
 #define SIGKILL 9
 #define SYS_chdir 80
 #define SYS_chroot 161
+#define SYS_setpriority 141
+#define PRIO_PROCESS 0
 #define CLONE_VM 0x100
 #define CLONE_VFORK 0x4000
 #define SIGCHLD 17
@@ -121,12 +123,17 @@ static int frame(int fd, int kind, char *buf, u32 len)
 	return write_all(fd, buf, 5 + len);
 }
 
-static char *sh_env[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", 0 };
+/* The commands' environment: PATH, and GLIBC_TUNABLES from the agent's own
+ * (set by Ember's policy on software-nested hosts: without it glibc programs
+ * use AVX, whose registers the guest kernel does not switch there). */
+static char *sh_env[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", 0, 0 };
 #define DEFAULT_PATH "/usr/sbin:/usr/bin:/sbin:/bin"
 
 /* What the command's process does before it becomes the command. */
 struct start {
 	int in, out, err;
+	int script, ready; /* a zygote's: become fds 3 and 4 (else -1) */
+	int nice;          /* its nice value (a zygote starts in the background) */
 	const char *root, *dir;
 	char **argv, **envp;
 };
@@ -180,7 +187,9 @@ static void start_command(void *arg)
 	sys3(SYS_dup2, st->in, 0, 0);
 	sys3(SYS_dup2, st->out, 1, 0);
 	sys3(SYS_dup2, st->err, 2, 0);
-	for (int fd = 3; fd < 64; fd++) sys3(SYS_close, fd, 0, 0);
+	if (st->script >= 0) sys3(SYS_dup2, st->script, 3, 0), sys3(SYS_dup2, st->ready, 4, 0);
+	for (int fd = st->script >= 0 ? 5 : 3; fd < 64; fd++) sys3(SYS_close, fd, 0, 0);
+	if (st->nice) sys3(SYS_setpriority, PRIO_PROCESS, 0, st->nice);
 	if (st->root[0] && (sys3(SYS_chroot, st->root, 0, 0) || sys3(SYS_chdir, "/", 0, 0))) {
 		say("ember-agent: cannot enter ", st->root, "");
 		exit_(125);
@@ -265,12 +274,15 @@ static int parse_argv(char *body, u64 len, struct start *st, char **argv, char *
 	st->dir = p; p += slen(p) + 1;
 	int ne = 0, na = 0, has_path = 0;
 	while (p < end && *p) {
-		if (ne == MAX_ENV - 2) return -1;
+		if (ne == MAX_ENV - 3) return -1;
 		has_path |= starts(p, "PATH=");
 		envp[ne++] = p;
 		p += slen(p) + 1;
 	}
+	int has_tunables = 0;
+	for (int i = 0; i < ne; i++) has_tunables |= starts(envp[i], "GLIBC_TUNABLES=");
 	if (!has_path) envp[ne++] = sh_env[0];
+	if (!has_tunables && sh_env[1]) envp[ne++] = sh_env[1];
 	envp[ne] = 0;
 	if (p >= end) return -1;
 	p++; /* the empty string */
@@ -283,15 +295,118 @@ static int parse_argv(char *body, u64 len, struct start *st, char **argv, char *
 	return na ? 0 : -1;
 }
 
+/* A command's process as its worker sees it: the pid, the write end of its
+ * stdin, the read ends of its stdout and stderr, and (a zygote) the write end
+ * of the pipe it reads its script from, else -1. */
+struct proc {
+	i64 pid;
+	int in, out, err, script, ready;
+};
+
+static void close_fds(int *fds, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (fds[i] >= 0) sys3(SYS_close, fds[i], 0, 0), fds[i] = -1;
+}
+
+/* Starts st with fresh pipes (and a script pipe when `zygote`); 0 on success. */
+static int make_proc(struct proc *p, struct start *st, int zygote)
+{
+	static char stack[16384] __attribute__((aligned(16)));
+	/* in, out, err, script, ready: read and write ends */
+	int f[10] = { -1, -1, -1, -1, -1, -1, -1, -1, -1, -1 };
+	for (int i = 0; i < (zygote ? 10 : 6); i += 2)
+		if (sys3(SYS_pipe, f + i, 0, 0)) {
+			close_fds(f, 10);
+			return -1;
+		}
+	st->in = f[0], st->out = f[3], st->err = f[5], st->script = f[6], st->ready = f[9];
+	i64 pid = spawn_vm(start_command, st, stack + sizeof(stack));
+	int theirs[5] = { f[0], f[3], f[5], f[6], f[9] };
+	close_fds(theirs, 5);
+	if (pid < 0) {
+		int ours[5] = { f[1], f[2], f[4], f[7], f[8] };
+		close_fds(ours, 5);
+		return -1;
+	}
+	p->pid = pid, p->in = f[1], p->out = f[2], p->err = f[4], p->script = f[7], p->ready = f[8];
+	return 0;
+}
+
+/* The zygote: a busybox shell started ahead, blocked reading its script from
+ * fd 3 with its stdio on the next session's pipes; it closes fd 4 when it got
+ * there. A command then costs no fork and no exec of the shell (about 0.7 s
+ * where the guest kernel is emulated): in a snapshot of an idle agent VM the
+ * zygotes are already loaded. A zygote starts at nice 19, so that making the
+ * next one takes little from a command running meanwhile; a command gets nice
+ * 0 back. */
+static struct proc zygote;
+static int zygote_ready;
+static char *zygote_argv[] = { "sh", "-c", "exec 4>&-; . /proc/self/fd/3", "sh", 0 };
+
+/* Starts the worker's zygote; with `wait`, returns once it is loaded. */
+static void prepare_zygote(int wait)
+{
+	struct start st = { 0, 0, 0, -1, -1, 19, "", "", zygote_argv, sh_env };
+	if (zygote_ready) return;
+	zygote_ready = make_proc(&zygote, &st, 1) == 0;
+	if (!zygote_ready) return;
+	char b;
+	while (wait && sys3(SYS_read, zygote.ready, &b, 1) > 0) {
+	}
+	sys3(SYS_close, zygote.ready, 0, 0);
+}
+
+/* The zygote's script (built in zbuf). */
+static char zbuf[4 * SCRIPT_MAX + 4096];
+static u64 zlen;
+static void zput(const char *s, u64 n)
+{
+	for (u64 i = 0; i < n && zlen < sizeof(zbuf); i++) zbuf[zlen++] = s[i];
+}
+static void zputs(const char *s) { zput(s, slen(s)); }
+static void zquote(const char *s) /* one shell word, whatever its bytes */
+{
+	zputs("'");
+	for (; *s; s++) *s == '\'' ? zputs("'\\''") : zput(s, 1);
+	zputs("'");
+}
+static int streq(const char *a, const char *b)
+{
+	while (*a && *a == *b) a++, b++;
+	return *a == *b;
+}
+
+/* The script of an ARGV request for the zygote: fd 3 closed, the directory,
+ * the environment, then `exec` of the words, or the script itself for
+ * `sh -c SCRIPT` (the zygote is that shell). 0 if it does not fit. */
+static int argv_script(const struct start *st)
+{
+	char **w = st->argv;
+	zlen = 0;
+	zputs("exec 3<&-\n");
+	if (st->dir[0]) zputs("cd "), zquote(st->dir), zputs(" || exit 125\n");
+	for (char **e = st->envp; *e; e++) zputs("export "), zquote(*e), zputs("\n");
+	if ((streq(w[0], "sh") || streq(w[0], "/bin/sh")) && w[1] && streq(w[1], "-c") && w[2] &&
+	    !w[3]) {
+		zputs(w[2]);
+		zputs("\n");
+	} else {
+		zputs("exec");
+		for (; *w; w++) zputs(" "), zquote(*w);
+		zputs("\n");
+	}
+	return zlen < sizeof(zbuf);
+}
+
 static void session(int c)
 {
 	static char line[LINE_MAX], script[SCRIPT_MAX + 1], buf[FRAME_MAX + 5];
 	static char *argv[MAX_ARGS], *envp[MAX_ENV];
-	static char stack[16384] __attribute__((aligned(16)));
 	u64 n = 0, have = 0;
-	int in[2], o[2], e[2];
 	char *sh_argv[] = { "sh", "-c", 0, 0 };
-	struct start st = { 0, 0, 0, "", "", sh_argv, sh_env };
+	struct start st = { 0, 0, 0, -1, -1, 0, "", "", sh_argv, sh_env };
+	struct proc cmd;
 
 	for (;;) { /* the request line; what follows it stays in rbuf */
 		for (n = 0; n < have && rbuf[n] != '\n'; n++) {
@@ -329,21 +444,25 @@ static void session(int c)
 	} else {
 		return;
 	}
-	if (sys3(SYS_pipe, in, 0, 0)) return;
-	if (sys3(SYS_pipe, o, 0, 0)) { sys3(SYS_close, in[0], 0, 0); sys3(SYS_close, in[1], 0, 0); return; }
-	if (sys3(SYS_pipe, e, 0, 0)) {
-		for (int i = 0; i < 2; i++) sys3(SYS_close, in[i], 0, 0), sys3(SYS_close, o[i], 0, 0);
+	/* The zygote runs it, unless it must be chrooted (or no zygote is there). */
+	if (zygote_ready && !st.root[0]) {
+		if (st.argv == sh_argv) {
+			zlen = 0;
+			zputs("exec 3<&-\n");
+			zputs(sh_argv[2]);
+			zputs("\n");
+		} else if (!argv_script(&st)) {
+			return;
+		}
+		cmd = zygote, zygote_ready = 0;
+		sys3(SYS_setpriority, PRIO_PROCESS, cmd.pid, 0);
+		write_all(cmd.script, zbuf, zlen);
+		sys3(SYS_close, cmd.script, 0, 0);
+	} else if (make_proc(&cmd, &st, 0)) {
 		return;
 	}
-	st.in = in[0], st.out = o[1], st.err = e[1];
-	i64 pid = spawn_vm(start_command, &st, stack + sizeof(stack));
-	sys3(SYS_close, in[0], 0, 0);
-	sys3(SYS_close, o[1], 0, 0);
-	sys3(SYS_close, e[1], 0, 0);
-	if (pid < 0) {
-		sys3(SYS_close, in[1], 0, 0), sys3(SYS_close, o[0], 0, 0), sys3(SYS_close, e[0], 0, 0);
-		return;
-	}
+	i64 pid = cmd.pid;
+	int in[2] = { -1, cmd.in }, o[2] = { cmd.out, -1 }, e[2] = { cmd.err, -1 };
 	int stdin_open = 1, outs = 2, broken = 0;
 	u64 off = 0; /* payload bytes of the first stdin frame in rbuf already in the pipe */
 	/* The host's stdin frames go into the pipe without blocking: a command that
@@ -418,10 +537,22 @@ abort: /* the host broke the protocol or went away: the command goes too */
 	frame(c, 3, buf, 4);
 }
 
-/* A worker: one session after another on the shared listener. */
-static __attribute__((noreturn)) void worker(int s)
+/* A worker: one session after another on the shared listener. A first
+ * worker loads its zygote, says so on `ready` and waits for the end of `go`
+ * (the listener is listening from then on); a replacement starts at once. */
+static __attribute__((noreturn)) void worker(int s, int ready, int go)
 {
+	if (ready >= 0) {
+		prepare_zygote(1);
+		char b = 'r';
+		write_all(ready, &b, 1);
+		sys3(SYS_close, ready, 0, 0);
+		while (sys3(SYS_read, go, &b, 1) > 0) {
+		}
+		sys3(SYS_close, go, 0, 0);
+	}
 	for (;;) {
+		prepare_zygote(0);
 		int c = sys3(SYS_accept, s, 0, 0);
 		if (c < 0) continue;
 		session(c);
@@ -431,9 +562,12 @@ static __attribute__((noreturn)) void worker(int s)
 
 int main(int argc, char **argv)
 {
+	for (char **e = argv + argc + 1; *e; e++)
+		if (starts(*e, "GLIBC_TUNABLES=")) sh_env[1] = *e;
 	u32 port = 52;
 	if (argc >= 2 && argv[1][0] == '-' && argv[1][1] == '-' && argv[1][2] == 's') {
 		sigpipe(1);
+		prepare_zygote(1);
 		session(0);
 		return 0;
 	}
@@ -444,15 +578,37 @@ int main(int argc, char **argv)
 	sigpipe(1);
 	int s = sys3(SYS_socket, AF_VSOCK, SOCK_STREAM, 0);
 	struct sockaddr_vm addr = { AF_VSOCK, 0, port, VMADDR_CID_ANY, { 0 } };
-	if (s < 0 || sys3(SYS_bind, s, &addr, sizeof(addr)) || sys3(SYS_listen, s, 8, 0)) {
+	if (s < 0 || sys3(SYS_bind, s, &addr, sizeof(addr))) {
 		out("ember-agent: cannot listen on vsock\n");
 		return 1;
 	}
+	/* Listening (and so answering the host) only once every worker has its
+	 * zygote loaded: a snapshot taken when the agent answers holds them all. */
+	int ready[2], go[2];
+	if (sys3(SYS_pipe, ready, 0, 0) || sys3(SYS_pipe, go, 0, 0)) return 1;
 	for (int i = 0; i < WORKERS; i++)
-		if (sys3(SYS_fork, 0, 0, 0) == 0) worker(s);
+		if (sys3(SYS_fork, 0, 0, 0) == 0) {
+			sys3(SYS_close, ready[0], 0, 0);
+			sys3(SYS_close, go[1], 0, 0);
+			worker(s, ready[1], go[0]);
+		}
+	sys3(SYS_close, ready[1], 0, 0);
+	sys3(SYS_close, go[0], 0, 0);
+	char b[WORKERS];
+	for (int got = 0; got < WORKERS;) {
+		i64 r = sys3(SYS_read, ready[0], b, WORKERS - got);
+		if (r <= 0) break;
+		got += r;
+	}
+	sys3(SYS_close, ready[0], 0, 0);
+	if (sys3(SYS_listen, s, 8, 0)) {
+		out("ember-agent: cannot listen on vsock\n");
+		return 1;
+	}
+	sys3(SYS_close, go[1], 0, 0);
 	out("ember-agent: listening\n");
 	for (;;) { /* a worker that died is replaced */
-		if (sys4(SYS_wait4, -1, 0, 0, 0) > 0 && sys3(SYS_fork, 0, 0, 0) == 0) worker(s);
+		if (sys4(SYS_wait4, -1, 0, 0, 0) > 0 && sys3(SYS_fork, 0, 0, 0) == 0) worker(s, -1, -1);
 	}
 }
 

@@ -16,8 +16,8 @@ pub const AGENT_PORT: u32 = 52;
 pub const MAX_SCRIPT: usize = 65536;
 /// The most arguments, command included, in an `ARGV` request (the agent's limit).
 pub const MAX_ARGS: usize = 255;
-/// The most environment entries in an `ARGV` request (the agent's limit, `PATH` included).
-pub const MAX_ENV: usize = 62;
+/// The most environment entries in an `ARGV` request (the agent's limit).
+pub const MAX_ENV: usize = 61;
 /// The most stdin bytes in one frame (the agent's limit).
 pub const STDIN_CHUNK: usize = 4096;
 /// The longest frame accepted from the guest.
