@@ -17,9 +17,9 @@
  *                   "ARGV <n>\n" and n bytes: NUL-terminated strings ROOT,
  *                   DIR, then KEY=VALUE entries, an empty string, then the
  *                   command and its arguments (at most 65536 bytes, 255
- *                   arguments and 61 variables): the command runs without a
- *                   shell (looked up in PATH), chrooted into ROOT when it is not
- *                   empty, in DIR (`ember run` sends this), then frames
+ *                   arguments and 61 variables): the words reach the command as
+ *                   they are (looked up in PATH), chrooted into ROOT when it is
+ *                   not empty, in DIR (`ember run` sends this), then frames
  *   agent -> host   frames
  * or, to ask whether the agent is up: host "PING\n", agent "PONG\n" and the end
  * of the connection.
@@ -28,11 +28,14 @@
  *   1 stdout, 2 stderr (agent -> host)
  *   3 exit status (agent -> host, 4 bytes: the exit code, or 128 + signal),
  *     the last frame; the agent closes the connection after it.
- * RUN and EXEC run `/bin/sh -c <command>` with the PATH of /init. A command
- * that cannot start gets a line on stderr and status 127 (not found), 126
- * (not executable) or 125 (ROOT or DIR unusable). The command is started with
- * clone(CLONE_VM | CLONE_VFORK): no copy of the worker's memory (a fork costs
- * a third of a second where guest kernel code is emulated).
+ * RUN and EXEC are shell scripts; ARGV is an `exec` of the quoted words (or,
+ * for `sh -c SCRIPT`, the script). The worker's zygote (below) runs them: a
+ * shell loaded ahead, so a command costs no fork and no exec of the shell. An
+ * ARGV with a ROOT starts the command itself with clone(CLONE_VM |
+ * CLONE_VFORK): no copy of the worker's memory (a fork costs a third of a
+ * second where guest kernel code is emulated). A command that cannot start
+ * gets a line on stderr and status 127 (not found), 126 (not executable) or
+ * 125 (ROOT or DIR unusable). Commands get PATH and the agent's GLIBC_TUNABLES.
  */
 #include "sys.h"
 
