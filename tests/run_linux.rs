@@ -4,8 +4,8 @@
 //! restores the first run's snapshot instead of booting. Through the library (`Run`) and the
 //! CLI (`ember run`).
 //!
-//! Two Linux boots in all (the snapshot run's first, and `--rootfs`, which always boots): about
-//! a minute each on software-nested hosts; every other run restores the snapshot (about a second
+//! Three Linux boots in all (the snapshot run's first, `--rootfs`, which always boots, and one
+//! without an init): about a minute each on software-nested hosts; every other run restores the snapshot (about a second
 //! here). Skipped when the images are not built.
 
 mod common;
@@ -224,7 +224,8 @@ fn test_ember_run_commands_volumes_codes_and_snapshot_reuse() {
 }
 
 /// `--rootfs`: the command runs chrooted into a read-only ext4 image (the reference rootfs),
-/// with /proc and a writable /tmp.
+/// with /proc and a writable /tmp. Then a guest whose userspace cannot start (no init): one
+/// line with the kernel's panic, status 125.
 #[test]
 fn test_ember_run_rootfs_chroots_into_the_image() {
     let (Some(_), Some(_), Some(rootfs)) = (
@@ -247,4 +248,24 @@ fn test_ember_run_rootfs_chroots_into_the_image() {
     assert_eq!(out.code, 0, "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "/sbin/init\nt\nproc\nread-only\n");
     assert!(!out.report.restored && !out.report.saved, "{}", out.report);
+
+    // A guest whose userspace cannot start (here: no init) is said so in one line, 125.
+    let (_, err, code) = cli(
+        &cache,
+        &[
+            "--no-snapshot",
+            "--append",
+            "rdinit=/nonexistent",
+            "--",
+            "true",
+        ],
+        b"",
+    );
+    assert_eq!(code, 125, "{err}");
+    assert!(
+        err.starts_with("ember run: the VM stopped")
+            && err.contains("the guest's userspace did not start: Kernel panic")
+            && err.lines().count() == 1,
+        "{err}"
+    );
 }

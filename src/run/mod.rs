@@ -1015,18 +1015,22 @@ impl VmProcess {
     }
 
     /// The error for a VM that exited.
+    /// The guest kernel's panic line, when it panicked (its userspace could not start).
     fn died(&mut self, status: std::process::ExitStatus) -> RunError {
         self.keep_dir = true;
         let log = std::fs::read_to_string(self.dir.join("ember.log")).unwrap_or_default();
-        let last = log
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
+        let console = std::fs::read(&self.console).unwrap_or_default();
+        let reason = match panic_line(&String::from_utf8_lossy(&console)) {
+            Some(panic) => format!(": the guest's userspace did not start: {panic}"),
+            None => log
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(|l| format!(": {}", l.trim()))
+                .unwrap_or_default(),
+        };
         RunError::Vm(format!(
-            "the VM stopped ({status}){}{} (console: {})",
-            if last.is_empty() { "" } else { ": " },
-            last.trim(),
+            "the VM stopped ({status}){reason} (console: {})",
             self.console.display()
         ))
     }
@@ -1045,6 +1049,14 @@ impl Drop for VmProcess {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// The guest kernel's panic message in a console log, without the timestamp.
+fn panic_line(console: &str) -> Option<&str> {
+    console.lines().find_map(|l| {
+        l.find("Kernel panic - not syncing")
+            .map(|at| l[at..].trim_end())
+    })
 }
 
 /// A NIC's id as ember names it: `id=` in the spec, else eth0, eth1, ... in order.
@@ -1170,6 +1182,17 @@ mod tests {
             err.contains("--kernel /nonexistent-k: no such file"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn test_panic_line_from_a_console_log() {
+        let log = "[    1.0] Run /init as init process\r\n[    1.2] Kernel panic - not syncing: \
+                   Attempted to kill init! exitcode=0x0000000b\r\n[    1.3] CPU: 0 PID: 1\n";
+        assert_eq!(
+            panic_line(log),
+            Some("Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b")
+        );
+        assert_eq!(panic_line("[ 0.1] all fine\n"), None);
     }
 
     #[test]
