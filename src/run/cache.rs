@@ -5,12 +5,17 @@
 //! key was hashed from). It is written in a temporary directory and renamed into place, so a
 //! reader sees a whole entry or none; two runs that miss at once both boot and the first rename
 //! wins. Restores map `vm.mem` copy-on-write and never change it, so any number of runs can use
-//! one entry at once. Deleting the directory is always safe.
+//! one entry at once. Deleting the directory is always safe. Each entry is as big as the guest's
+//! memory: when a run saves one, all but the `KEEP` most recently used entries of the cache go
+//! (a restore marks its entry used; a VM running from a removed entry keeps its mapping).
 
 use std::fs::File;
 use std::hash::Hasher;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+
+/// How many snapshots a cache directory keeps.
+pub const KEEP: usize = 4;
 
 /// The files of one snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +52,14 @@ impl Entry {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(format!("{}: {e}", self.dir.join("key").display())),
         }
+    }
+
+    /// Marks the entry as used now (pruning keeps the most recently used).
+    pub fn touch(&self) {
+        let _ = File::options()
+            .write(true)
+            .open(self.dir.join("key"))
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
     }
 
     /// A fresh directory next to the entry to write a snapshot into, then `commit`.
@@ -87,6 +100,33 @@ impl Entry {
             }
         }
     }
+}
+
+/// Removes all but the `keep` most recently used entries of `cache` (directories named by
+/// `key_name` that hold a `key` file), never `current`; returns how many went.
+pub fn prune(cache: &Path, keep: usize, current: &Path) -> io::Result<usize> {
+    let mut entries = Vec::new();
+    for item in std::fs::read_dir(cache)? {
+        let path = item?.path();
+        let named = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.len() == 16 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !named || path == current {
+            continue;
+        }
+        if let Ok(used) = std::fs::metadata(path.join("key")).and_then(|m| m.modified()) {
+            entries.push((used, path));
+        }
+    }
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+    let mut removed = 0;
+    for (_, path) in entries.into_iter().skip(keep.saturating_sub(1)) {
+        if std::fs::remove_dir_all(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// The default cache directory: `$EMBER_CACHE_DIR/run`, else `$XDG_CACHE_HOME/ember/run`, else
@@ -168,6 +208,41 @@ mod tests {
         let file = dir.join("f");
         std::fs::write(&file, b"a").expect("write");
         assert_eq!(hash_file(&file).expect("hash"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn test_prune_keeps_the_most_recently_used() {
+        let dir = scratch("prune");
+        let entry = |n: u64| Entry {
+            dir: dir.join(format!("{n:016x}")),
+            key_text: format!("k{n}"),
+        };
+        let base = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+        for n in 0..6u64 {
+            let e = entry(n);
+            let staging = e.staging().expect("staging");
+            e.commit(&staging).expect("commit");
+            File::options()
+                .write(true)
+                .open(e.dir.join("key"))
+                .and_then(|f| f.set_modified(base + std::time::Duration::from_secs(n)))
+                .expect("mtime");
+        }
+        std::fs::create_dir(dir.join("not-an-entry")).expect("mkdir");
+        entry(1).touch(); // used just now
+        assert_eq!(prune(&dir, 3, &entry(0).dir).expect("prune"), 3);
+        for (n, kept) in [
+            (0, true),
+            (1, true),
+            (5, true),
+            (4, false),
+            (3, false),
+            (2, false),
+        ] {
+            assert_eq!(entry(n).dir.exists(), kept, "entry {n}");
+        }
+        assert!(dir.join("not-an-entry").exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

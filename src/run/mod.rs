@@ -380,6 +380,13 @@ impl Run {
                 Ok(()) => report.saved = true,
                 Err(e) => eprintln!("ember run: warning: no snapshot saved: {e}"),
             }
+            // Each entry is as big as guest memory: the cache keeps the most recent few.
+            if report.saved
+                && !matches!(self.snapshot, SnapshotMode::Dir(_))
+                && let Some(cache) = entry.dir.parent()
+            {
+                let _ = cache::prune(cache, cache::KEEP, &entry.dir);
+            }
         }
         if self.rootfs.is_some() {
             vm.setup(&rootfs_script(), None, "mounting the root file system")?;
@@ -518,6 +525,9 @@ impl Run {
             Some(e) => e.is_ready().map_err(usage)?,
             None => false,
         };
+        if restore && let Some(e) = &entry {
+            e.touch();
+        }
         Ok(Plan {
             ember,
             kernel,
