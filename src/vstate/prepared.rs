@@ -80,6 +80,17 @@ fn warm_memory_slots(vm: &Vm) -> Result<(), VmError> {
     deleted.map_err(|e| VmError::Placeholder(e.into()))
 }
 
+/// Whether this process has a finite address-space limit.
+fn address_space_limited() -> bool {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the one struct it is given.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) };
+    rc != 0 || limit.rlim_cur != libc::RLIM_INFINITY
+}
+
 /// A `PreparedVm` being made on its own thread.
 #[derive(Default)]
 pub struct Preparing(Option<JoinHandle<Result<PreparedVm, VmError>>>);
@@ -87,12 +98,28 @@ pub struct Preparing(Option<JoinHandle<Result<PreparedVm, VmError>>>);
 impl Preparing {
     /// Starts making one. Start it before the process's seccomp filters are installed: the
     /// thread makes system calls (open, mmap) that the VMM thread's filter forbids.
+    ///
+    /// A new thread maps its signal stack in the standard library's start-up, where a failure
+    /// aborts the process: under an address-space limit (RLIMIT_AS) no VM is prepared (it is
+    /// only a head start), and this returns once the thread is past its start-up, so that a
+    /// limit set on Ember from outside afterwards (prlimit) cannot catch it there.
     pub fn start() -> Self {
+        if address_space_limited() {
+            log::debug!("No VM prepared ahead: the address space is limited (RLIMIT_AS)");
+            return Preparing(None);
+        }
+        let (started, running) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("ember_prepare".into())
-            .spawn(PreparedVm::new)
+            .spawn(move || {
+                let _ = started.send(());
+                PreparedVm::new()
+            })
             .map_err(|e| log::debug!("No VM prepared ahead: cannot start its thread: {e}"))
             .ok();
+        if handle.is_some() {
+            let _ = running.recv();
+        }
         Preparing(handle)
     }
 
