@@ -953,23 +953,34 @@ impl VmProcess {
             Some(input) => stdin.copy_from(input),
             None => stdin.close(),
         });
-        let mut errors = Vec::new();
-        let code = loop {
-            match session.next_frame(Some(Instant::now() + AGENT_IO_TIMEOUT)) {
-                Ok(Frame::Stdout(_)) => {}
-                Ok(Frame::Stderr(data)) => errors.extend_from_slice(&data),
-                Ok(Frame::Exit(code)) => break code,
-                Err(e) => return Err(self.failure(e)),
-            }
-        };
+        let (code, errors) = self.drain(&mut session, |_| {})?;
         let _ = feeder.join();
         if code != 0 {
             return Err(RunError::Vm(format!(
-                "{what} failed in the guest (status {code}): {}",
-                String::from_utf8_lossy(&errors).trim()
+                "{what} failed in the guest (status {code}): {errors}"
             )));
         }
         Ok(())
+    }
+
+    /// Reads a helper session to its exit status: stdout to `out`, stderr kept; returns the
+    /// status and the stderr text.
+    fn drain(
+        &mut self,
+        session: &mut Session,
+        mut out: impl FnMut(&[u8]),
+    ) -> Result<(u32, String), RunError> {
+        let mut errors = Vec::new();
+        loop {
+            match session.next_frame(Some(Instant::now() + AGENT_IO_TIMEOUT)) {
+                Ok(Frame::Stdout(data)) => out(&data),
+                Ok(Frame::Stderr(data)) => errors.extend_from_slice(&data),
+                Ok(Frame::Exit(code)) => {
+                    return Ok((code, String::from_utf8_lossy(&errors).trim().to_string()));
+                }
+                Err(e) => return Err(self.failure(e)),
+            }
+        }
     }
 
     /// Copies a writable volume back from the guest.
@@ -984,28 +995,18 @@ impl VmProcess {
                 .and_then(|s| s.close().map_err(AgentError::Io))
                 .map_err(|e| self.failure(e))?;
             let mut into = tar.stdin.take();
-            let mut errors = Vec::new();
-            let code = loop {
-                match session.next_frame(Some(Instant::now() + AGENT_IO_TIMEOUT)) {
-                    Ok(Frame::Stdout(data)) => {
-                        if let Some(pipe) = into.as_mut()
-                            && pipe.write_all(&data).is_err()
-                        {
-                            into = None;
-                        }
-                    }
-                    Ok(Frame::Stderr(data)) => errors.extend_from_slice(&data),
-                    Ok(Frame::Exit(code)) => break code,
-                    Err(e) => return Err(self.failure(e)),
+            let (code, errors) = self.drain(&mut session, |data| {
+                // A host tar that stopped reading: its exit status says why.
+                if let Some(pipe) = into.as_mut()
+                    && pipe.write_all(data).is_err()
+                {
+                    into = None;
                 }
-            };
+            })?;
             drop(into);
             let unpacked = wait_tar(&mut tar);
             if code != 0 {
-                return Err(failed(format!(
-                    "tar in the guest exited {code}: {}",
-                    String::from_utf8_lossy(&errors).trim()
-                )));
+                return Err(failed(format!("tar in the guest exited {code}: {errors}")));
             }
             unpacked.map_err(failed)?;
             volume::mirror(&staging, &v.host).map_err(|e| failed(e.to_string()))
@@ -1024,8 +1025,8 @@ impl VmProcess {
         RunError::Vm(format!("{e} (console: {})", self.console.display()))
     }
 
-    /// The error for a VM that exited.
-    /// The guest kernel's panic line, when it panicked (its userspace could not start).
+    /// The error for a VM that exited: with the guest kernel's panic line when it panicked (its
+    /// userspace could not start), else with Ember's last log line.
     fn died(&mut self, status: std::process::ExitStatus) -> RunError {
         self.keep_dir = true;
         let log = std::fs::read_to_string(self.dir.join("ember.log")).unwrap_or_default();
@@ -1114,41 +1115,43 @@ fn api_call(sock: &Path, method: &str, path: &str, body: &str) -> Result<(), Str
         body.len()
     );
     stream.write_all(request.as_bytes()).map_err(fail)?;
+    // The head (httparse), then as much body as its Content-Length says.
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
-    // The head, then as much body as Content-Length says.
     loop {
         let n = stream.read(&mut buf).map_err(fail)?;
         if n == 0 {
-            break;
+            return Err(format!("{method} {path}: the answer ended early"));
         }
         answer.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&answer);
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len = text[..end]
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            if answer.len() >= end + 4 + len {
-                break;
-            }
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut response = httparse::Response::new(&mut headers);
+        let head_len = match response.parse(&answer) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => continue,
+            Err(e) => return Err(format!("{method} {path}: bad answer: {e}")),
+        };
+        let body_len = response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| {
+                std::str::from_utf8(h.value)
+                    .ok()?
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+            })
+            .unwrap_or(0);
+        if answer.len() < head_len + body_len {
+            continue;
         }
-    }
-    let text = String::from_utf8_lossy(&answer);
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    if (200..300).contains(&status) {
-        Ok(())
-    } else {
-        let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-        Err(format!("{method} {path}: {status} {}", body.trim()))
+        let status = response.code.unwrap_or(0);
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let body = String::from_utf8_lossy(&answer[head_len..head_len + body_len]);
+        return Err(format!("{method} {path}: {status} {}", body.trim()));
     }
 }
 
