@@ -56,7 +56,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const TICK: Duration = Duration::from_millis(250);
 /// After a TRANSPORT_RESET, how long the receive queue waits for the guest to acknowledge it
 /// (a new event buffer) before packets flow anyway (a driver that never refills the queue).
-const RESET_ACK_WAIT: Duration = Duration::from_secs(1);
+const RESET_ACK_WAIT: Duration = Duration::from_secs(5);
 /// First port Ember gives a host-initiated connection (Firecracker's range starts here too).
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
